@@ -1,0 +1,157 @@
+"""Decode any photo a user is likely to have into an 8-bit RGB array, or say why not.
+
+Every failure is a :class:`DecodeError` with a short, stable reason (used in reports and
+tests): "truncated image data", "not identifiable as an image", "decompression bomb (...)".
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageFile
+
+try:  # HEIC/HEIF/AVIF; a regular dependency, but decoding the rest must not need it.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    HEIF_SUPPORT = True
+except ImportError:  # pragma: no cover
+    HEIF_SUPPORT = False
+
+# Refuse images that declare more pixels than this (a 100 MP medium-format frame is fine).
+MAX_PIXELS = 200_000_000
+# Never decode half a file: a truncated photo gets a reason, not a grey bottom half.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+# We enforce our own limit; Pillow's warning/error would fire at a different size.
+Image.MAX_IMAGE_PIXELS = None
+
+_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
+    3: (Image.Transpose.ROTATE_180,),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
+    5: (Image.Transpose.TRANSPOSE,),
+    6: (Image.Transpose.ROTATE_270,),
+    7: (Image.Transpose.TRANSVERSE,),
+    8: (Image.Transpose.ROTATE_90,),
+}
+
+
+class DecodeError(Exception):
+    """An image that cannot be scored; ``str()`` is a one-line reason."""
+
+
+@dataclass
+class Decoded:
+    rgb: np.ndarray  # HxWx3 uint8, orientation applied
+    format: str
+    size: tuple[int, int]  # full (width, height) as stored, before draft and orientation
+    orientation: int
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = int(img.getexif().get(_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not cost the picture
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB, keeping the picture visible (alpha over white, HDR scaled)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        peak = float(arr.max()) if arr.size else 0.0
+        if mode == "F" and peak <= 1.0:
+            arr = arr * 255.0  # float images are usually 0..1: without this they turn black
+        elif peak > 255.0:
+            arr = arr / (257.0 if peak <= 65535.0 else peak / 255.0)
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if mode == "LAB" or (mode == "CMYK" and img.info.get("icc_profile")):
+        try:
+            src = (ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
+                   if img.info.get("icc_profile") else ImageCms.createProfile("LAB"))
+            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # noqa: BLE001 - fall back to Pillow's naive conversion
+            if mode == "LAB":
+                raise DecodeError("unsupported colour space (LAB without a usable profile)") from None
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open (header only) with a pixel limit checked before any pixel is decoded."""
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"decompression bomb ({exc})") from None
+    except (Image.UnidentifiedImageError, SyntaxError):
+        raise DecodeError("not identifiable as an image") from None
+    except OSError as exc:
+        raise DecodeError(_reason(exc)) from None
+    w, h = img.size
+    if w <= 0 or h <= 0:
+        img.close()
+        raise DecodeError("not identifiable as an image (zero size)")
+    if w * h > MAX_PIXELS:
+        img.close()
+        raise DecodeError(f"decompression bomb ({w * h:.3g} pixels declared, limit {MAX_PIXELS:.3g})")
+    return img
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).lower()
+    if "truncated" in text or "premature end" in text or "unexpected end" in text:
+        return "truncated image data"
+    if "decoder error" in text or "broken data stream" in text or "corrupt" in text:
+        return "corrupt compressed data"
+    if "cannot identify" in text:
+        return "not identifiable as an image"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"cannot decode: {first[:120]}"
+
+
+def decode(path: str | Path, draft: int | None = None) -> Decoded:
+    """Decode ``path`` to RGB with EXIF orientation applied.
+
+    ``draft``: for JPEGs, let libjpeg downscale by 1/2, 1/4 or 1/8 in the DCT while keeping
+    both sides >= ``draft`` pixels (much faster on big photos; ``None`` = full decode).
+    Only the first frame of animated or multi-page files is used.
+    """
+    img = open_image(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's per-file warnings become our reasons
+            fmt = img.format or "?"
+            size = img.size
+            orientation = _orientation(img)
+            if draft and fmt in ("JPEG", "MPO"):
+                img.draft("RGB", (draft, draft))
+            img.load()
+            rotated = img
+            for op in _TRANSPOSE.get(orientation, ()):
+                rotated = rotated.transpose(op)
+            rgb = np.asarray(_to_rgb(rotated), dtype=np.uint8)
+    except DecodeError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise DecodeError(_reason(exc)) from None
+    except MemoryError:
+        raise DecodeError("image too large to decode in memory") from None
+    finally:
+        img.close()
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise DecodeError(f"unexpected decoded shape {rgb.shape}")
+    return Decoded(rgb=rgb, format=fmt, size=size, orientation=orientation)

@@ -1,0 +1,180 @@
+"""ILGNet (Jin et al., WCSP 2016) in PyTorch, layer for layer after the authors' deploy.prototxt.
+
+Every parameterised Caffe layer becomes a module whose state-dict key is the Caffe layer
+name with ``/`` replaced by ``.``: ``inception_3a/3x3_reduce`` -> ``inception_3a.3x3_reduce``,
+``loss1/classifier_cjy`` -> ``loss1.classifier_cjy``. :func:`caffe_layer_name` and
+:func:`torch_module_name` convert between the two, so the Caffe importer needs no table.
+
+Caffe semantics that differ from common PyTorch ports and are reproduced here:
+
+* all pooling is ceil-mode (Caffe rounds the output size up);
+* the inception pool branches use AVE pooling (GoogLeNet uses MAX) with pad 1; PyTorch's
+  ``avg_pool2d(count_include_pad=True, ceil_mode=True)`` divides by the window clipped to the
+  padded input, which is what Caffe does (verified against OpenCV's Caffe runtime in tests);
+* LRN across channels with ``k=1``, ``alpha/size`` scaling, as ``nn.LocalResponseNorm``;
+* InnerProduct layers flatten C,H,W in row-major order, as ``torch.flatten`` on NCHW.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INPUT_SIZE = 227
+NUM_CLASSES = 2
+# Softmax index 1 of loss1/loss is "high quality" (the label of mean score > 5 in AVA1).
+LABELS = ("low", "high")
+DROPOUT = 0.7
+
+# (name, in_channels, 1x1, 3x3_reduce, 3x3, 5x5_reduce, 5x5, pool_proj), from deploy.prototxt.
+INCEPTION_CFG = (
+    ("inception_3a", 192, 64, 96, 128, 16, 32, 32),
+    ("inception_3b", 256, 128, 128, 192, 32, 96, 64),
+    ("inception_4a", 480, 192, 96, 208, 16, 48, 64),
+)
+
+# The prototxt gives every head layer lr_mult 10/20 and every trunk layer 1/2; biases never decay.
+HEAD_LAYERS = ("temp1", "temp2", "temp3", "temp_cjy", "loss1/classifier_cjy")
+# Layers that ImageNet GoogLeNet (bvlc_googlenet) shares with ILGNet by name and shape.
+TRUNK_LAYERS = (
+    "conv1/7x7_s2",
+    "conv2/3x3_reduce",
+    "conv2/3x3",
+    *(f"{cfg[0]}/{b}" for cfg in INCEPTION_CFG
+      for b in ("1x1", "3x3_reduce", "3x3", "5x5_reduce", "5x5", "pool_proj")),
+    "loss1/conv",
+)
+
+
+def caffe_layer_name(module_name: str) -> str:
+    """``inception_3a.3x3`` -> ``inception_3a/3x3``."""
+    return module_name.replace(".", "/")
+
+
+def torch_module_name(layer_name: str) -> str:
+    """``inception_3a/3x3`` -> ``inception_3a.3x3``."""
+    return layer_name.replace("/", ".")
+
+
+class _Scope(nn.Module):
+    """A named container so that ``conv1/7x7_s2`` can live at ``conv1.7x7_s2``."""
+
+    def __init__(self, **children: nn.Module) -> None:
+        super().__init__()
+        for name, child in children.items():
+            self.add_module(name, child)
+
+    def __getitem__(self, name: str) -> nn.Module:
+        return self._modules[name]
+
+
+class Inception(nn.Module):
+    """One GoogLeNet inception block with ILGNet's AVE-pooled pool branch."""
+
+    def __init__(self, in_ch: int, c1: int, c3r: int, c3: int, c5r: int, c5: int, cp: int) -> None:
+        super().__init__()
+        layers = {
+            "1x1": nn.Conv2d(in_ch, c1, 1),
+            "3x3_reduce": nn.Conv2d(in_ch, c3r, 1),
+            "3x3": nn.Conv2d(c3r, c3, 3, padding=1),
+            "5x5_reduce": nn.Conv2d(in_ch, c5r, 1),
+            "5x5": nn.Conv2d(c5r, c5, 5, padding=2),
+            "pool_proj": nn.Conv2d(in_ch, cp, 1),
+        }
+        for name, layer in layers.items():
+            self.add_module(name, layer)
+        self.out_channels = c1 + c3 + c5 + cp
+
+    def __getitem__(self, name: str) -> nn.Conv2d:
+        return self._modules[name]  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b1 = F.relu(self["1x1"](x))
+        b3 = F.relu(self["3x3"](F.relu(self["3x3_reduce"](x))))
+        b5 = F.relu(self["5x5"](F.relu(self["5x5_reduce"](x))))
+        pooled = F.avg_pool2d(x, 3, stride=1, padding=1, ceil_mode=True, count_include_pad=True)
+        bp = F.relu(self["pool_proj"](pooled))
+        return torch.cat((b1, b3, b5, bp), dim=1)
+
+
+class ILGNet(nn.Module):
+    """Inception modules with connected Local and Global features (ILGNet).
+
+    ``forward`` returns logits of shape (N, 2); ``softmax(logits)[:, 1]`` is the aesthetic score.
+    Input: (N, 3, 227, 227) BGR, 0-255, mean-subtracted (see :mod:`ilgnet_cli.preprocess`).
+    """
+
+    def __init__(self, dropout: float = DROPOUT) -> None:
+        super().__init__()
+        self.conv1 = _Scope(**{"7x7_s2": nn.Conv2d(3, 64, 7, stride=2, padding=3)})
+        self.conv2 = _Scope(**{
+            "3x3_reduce": nn.Conv2d(64, 64, 1),
+            "3x3": nn.Conv2d(64, 192, 3, padding=1),
+        })
+        self.lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        for name, *cfg in INCEPTION_CFG:
+            self.add_module(name, Inception(*cfg))
+        # Local features: FC-256 on each 28x28 inception output (Caffe flattens C,H,W).
+        self.temp1 = nn.Linear(256 * 28 * 28, 256)
+        self.temp2 = nn.Linear(480 * 28 * 28, 256)
+        # Global feature: AVE 5/3 on inception_4a (14x14 -> 4x4), 1x1 conv 128, FC-512.
+        self.loss1 = _Scope(conv=nn.Conv2d(512, 128, 1), classifier_cjy=nn.Linear(1024, NUM_CLASSES))
+        self.temp3 = nn.Linear(128 * 4 * 4, 512)
+        self.temp_cjy = nn.Linear(256 + 256 + 512, 1024)
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Caffe's fillers from the prototxt: Xavier (fan-in, uniform) weights, constant biases."""
+        for name, module in self.parameterised_layers():
+            fan_in = module.weight[0].numel()
+            bound = math.sqrt(3.0 / fan_in)
+            with torch.no_grad():
+                module.weight.uniform_(-bound, bound, generator=generator)
+                module.bias.fill_(0.0 if name == "loss1/classifier_cjy" else 0.2)
+
+    def parameterised_layers(self) -> Iterator[tuple[str, nn.Conv2d | nn.Linear]]:
+        """(Caffe layer name, module) for every layer that owns weights."""
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                yield caffe_layer_name(name), module
+
+    def blobs(self, data: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named intermediate blobs (Caffe top names), for locating a mismatch layer by layer."""
+        out: dict[str, torch.Tensor] = {}
+        x = F.relu(self.conv1["7x7_s2"](data))
+        x = F.max_pool2d(x, 3, stride=2, ceil_mode=True)
+        out["pool1/norm1"] = x = self.lrn(x)
+        x = F.relu(self.conv2["3x3_reduce"](x))
+        x = F.relu(self.conv2["3x3"](x))
+        x = self.lrn(x)
+        out["pool2/3x3_s2"] = x = F.max_pool2d(x, 3, stride=2, ceil_mode=True)
+        out["inception_3a/output"] = i3a = self.inception_3a(x)
+        temp1 = self.dropout(F.relu(self.temp1(torch.flatten(i3a, 1))))
+        out["inception_3b/output"] = i3b = self.inception_3b(i3a)
+        temp2 = self.dropout(F.relu(self.temp2(torch.flatten(i3b, 1))))
+        x = F.max_pool2d(i3b, 3, stride=2, ceil_mode=True)
+        out["inception_4a/output"] = i4a = self.inception_4a(x)
+        x = F.avg_pool2d(i4a, 5, stride=3, ceil_mode=True, count_include_pad=True)
+        out["loss1/conv"] = x = F.relu(self.loss1["conv"](x))
+        temp3 = self.dropout(F.relu(self.temp3(torch.flatten(x, 1))))
+        out["temp"] = x = torch.cat((temp1, temp2, temp3), dim=1)
+        out["temp_cjy"] = x = self.dropout(F.relu(self.temp_cjy(x)))
+        out["loss1/classifier_cjy"] = self.loss1["classifier_cjy"](x)
+        return out
+
+    def forward(self, data: torch.Tensor) -> torch.Tensor:
+        return self.blobs(data)["loss1/classifier_cjy"]
+
+
+def score_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """P(high quality): softmax index 1, computed in float32 whatever the autocast dtype."""
+    return torch.softmax(logits.float(), dim=1)[:, 1]
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,445 @@
+"""The weights store: a folder of verified ``.safetensors`` files plus the registry of known sets.
+
+Layout (``$ILGNET_HOME``, default: the platform's user cache dir for "ilgnet")::
+
+    weights/NAME.safetensors   tensors + metadata (architecture, mean, labels, source sha256)
+    weights/NAME.json          install record: sha256 and size of the .safetensors, source
+    downloads/                 in-flight downloads (``*.part``), resumable
+
+Weights are only ever read with safetensors: nothing in the store can execute code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+import torch
+
+from ilgnet_cli import __version__
+from ilgnet_cli.caffe_import import CaffeModelError, caffe_to_state_dict, read_caffemodel
+from ilgnet_cli.download import Checksum, DownloadStats, ProgressFn, download, file_digest
+from ilgnet_cli.model import INPUT_SIZE, LABELS, ILGNet
+from ilgnet_cli.preprocess import MEANS_BGR, load_mean_file, parse_mean
+
+ARCH_FULL = "ilgnet"
+ARCH_TRUNK = "ilgnet-trunk"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+NO_WEIGHTS_HELP = (
+    "no ILGNet weights installed. Get them one of three ways: "
+    "(1) 'ilgnet weights fetch ilgnet-ava1' (downloads the authors' model; needs network), "
+    "(2) 'ilgnet weights import ILGnet-AVA1.caffemodel --mean ava1' (a caffemodel you already have), "
+    "(3) 'ilgnet train ...' then 'ilgnet weights add RUN_DIR/best.safetensors --name NAME'"
+)
+
+
+class WeightsError(Exception):
+    """A weights problem the user can act on; ``str()`` is one line."""
+
+
+class NoWeightsError(WeightsError):
+    pass
+
+
+def home() -> Path:
+    env = os.environ.get("ILGNET_HOME")
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("ilgnet"))
+
+
+def weights_dir() -> Path:
+    return home() / "weights"
+
+
+def offline() -> bool:
+    return os.environ.get("ILGNET_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass
+class WeightSpec:
+    name: str
+    description: str
+    kind: str  # "caffemodel" or "safetensors"
+    architecture: str
+    file: str
+    sources: list[str]
+    checksum: str | None = None
+    size: int | None = None
+    size_note: str = ""
+    mean: str = "ava1"
+    paper_accuracy: str = ""
+
+
+@dataclass
+class Registry:
+    default: str
+    weights: dict[str, WeightSpec]
+
+    def get(self, name: str) -> WeightSpec:
+        try:
+            return self.weights[name]
+        except KeyError:
+            known = ", ".join(sorted(self.weights))
+            raise WeightsError(f"unknown weights {name!r}; known: {known}") from None
+
+
+def registry_path() -> Path:
+    env = os.environ.get("ILGNET_REGISTRY")
+    if env:
+        return Path(env)
+    packaged = resources.files("ilgnet_cli") / "_registry" / "registry.json"
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "weights" / "registry.json"
+
+
+def load_registry(path: str | Path | None = None) -> Registry:
+    path = Path(path) if path else registry_path()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        specs = {name: WeightSpec(name=name, **entry) for name, entry in raw["weights"].items()}
+        return Registry(default=raw.get("default", "ilgnet-ava1"), weights=specs)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"cannot read weights registry {path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class Installed:
+    name: str
+    path: Path
+    sha256: str
+    size: int
+    architecture: str
+    mean_bgr: tuple[float, float, float]
+    source: str = ""
+    source_sha256: str = ""
+    installed_at: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def _record_path(name: str) -> Path:
+    return weights_dir() / f"{name}.json"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def installed(name: str) -> Installed | None:
+    rec = _record_path(name)
+    if not rec.exists():
+        return None
+    try:
+        d = json.loads(rec.read_text(encoding="utf-8"))
+        d["path"] = Path(d["path"])
+        d["mean_bgr"] = tuple(d["mean_bgr"])
+        return Installed(**d)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def installed_all() -> list[Installed]:
+    folder = weights_dir()
+    if not folder.is_dir():
+        return []
+    found = (installed(p.stem) for p in sorted(folder.glob("*.json")))
+    return [i for i in found if i is not None]
+
+
+def _check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise WeightsError(f"invalid weights name {name!r} (letters, digits, '.', '_', '-'; max 64)")
+    return name
+
+
+def _write_safetensors(name: str, state: dict[str, np.ndarray], meta: dict[str, str],
+                       source: str, source_sha256: str, mean_bgr: tuple[float, float, float]) -> Installed:
+    from safetensors.numpy import save_file
+
+    _check_name(name)
+    target = weights_dir() / f"{name}.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}, str(tmp),
+                  metadata=meta)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = Installed(
+        name=name, path=target, sha256=file_digest(target), size=target.stat().st_size,
+        architecture=meta["architecture"], mean_bgr=mean_bgr, source=source,
+        source_sha256=source_sha256, installed_at=meta["imported_at"],
+    )
+    _atomic_write_bytes(_record_path(name), json.dumps(record.to_json(), indent=2).encode())
+    return record
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def resolve_mean(mean: str | None, default: str = "ava1") -> tuple[float, float, float]:
+    value = mean or default
+    if value.endswith(".npy"):
+        try:
+            return load_mean_file(value)
+        except (OSError, ValueError) as exc:
+            raise WeightsError(f"cannot read mean file {value}: {exc}") from None
+    try:
+        return parse_mean(value)
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from None
+
+
+def import_caffemodel(path: str | Path, name: str | None = None, mean: str | None = None,
+                      *, trunk: bool | None = None, source: str | None = None) -> Installed:
+    """Convert a caffemodel into the store.
+
+    ``trunk=None`` decides by content: a full ILGNet, else ImageNet GoogLeNet's shared trunk
+    (``bvlc_googlenet.caffemodel``), else an error listing what does not match.
+    """
+    from ilgnet_cli.caffe_import import LayerMismatchError
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"no such file: {path}")
+    try:
+        layers = read_caffemodel(path)
+    except CaffeModelError as exc:
+        raise WeightsError(str(exc)) from None
+    names = {layer.name for layer in layers}
+    if trunk is None:
+        trunk = "temp_cjy" not in names and "loss3/classifier" in names
+    ignored: list[str]
+    try:
+        state, ignored = caffe_to_state_dict(layers, trunk_only=trunk)
+    except LayerMismatchError as exc:
+        raise WeightsError(f"{path.name}: {exc}") from None
+    del layers
+    name = _check_name(name or re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lower())
+    mean_bgr = resolve_mean(mean, "imagenet" if trunk else "ava1")
+    src_sha = file_digest(path)
+    meta = {
+        "format": "pt",
+        "architecture": ARCH_TRUNK if trunk else ARCH_FULL,
+        "input_size": str(INPUT_SIZE),
+        "mean_bgr": ",".join(f"{v:g}" for v in mean_bgr),
+        "labels": ",".join(LABELS),
+        "source_file": path.name,
+        "source_sha256": src_sha,
+        "imported_at": _now(),
+        "ignored_layers": str(len(ignored)),
+        "ilgnet_version": __version__,
+    }
+    return _write_safetensors(name, state, meta, source or str(path), src_sha, mean_bgr)
+
+
+def add_safetensors(path: str | Path, name: str, mean: str | None = None) -> Installed:
+    """Install an ILGNet ``.safetensors`` (e.g. a training run's best checkpoint) after checking it."""
+    path = Path(path)
+    state, meta = read_weights(path)
+    check_state(state, full=meta.get("architecture", ARCH_FULL) == ARCH_FULL)
+    mean_bgr = resolve_mean(mean) if mean else _meta_mean(meta, path)
+    meta = {**meta, "mean_bgr": ",".join(f"{v:g}" for v in mean_bgr), "imported_at": _now(),
+            "source_file": path.name, "source_sha256": file_digest(path)}
+    meta.setdefault("architecture", ARCH_FULL)
+    arrays = {k: v.numpy() for k, v in state.items()}
+    return _write_safetensors(name, arrays, meta, str(path), meta["source_sha256"], mean_bgr)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a .safetensors file; any corruption is a one-line WeightsError."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = dict(fh.metadata() or {})
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own untyped errors
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise WeightsError(f"{path.name} is not a valid safetensors file (corrupt or truncated?): {first}") from None
+    return state, meta
+
+
+def check_state(state: dict[str, torch.Tensor], *, full: bool) -> None:
+    expected = ILGNet().state_dict()
+    missing = [k for k in expected if k not in state]
+    if not full:
+        missing = [k for k in missing if not k.startswith(("temp", "loss1.classifier"))]
+    wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    extra = [k for k in state if k not in expected]
+    if missing or wrong or extra:
+        parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+                 for label, keys in (("missing", missing), ("wrong shape", wrong), ("unexpected", extra)) if keys]
+        raise WeightsError("weights do not fit ILGNet (" + "; ".join(parts) + ")")
+
+
+def _meta_mean(meta: dict[str, str], path: Path) -> tuple[float, float, float]:
+    try:
+        return parse_mean(meta["mean_bgr"])
+    except (KeyError, ValueError):
+        raise WeightsError(f"{path.name} has no usable 'mean_bgr' metadata; pass --mean") from None
+
+
+@dataclass
+class LoadedWeights:
+    model: ILGNet
+    mean_bgr: tuple[float, float, float]
+    sha256: str
+    name: str
+    path: Path
+
+
+def resolve(name_or_path: str) -> tuple[str, Path]:
+    """An installed name or a path to a .safetensors file -> (display name, path)."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix == ".safetensors" or candidate.exists():
+        if candidate.suffix == ".caffemodel":
+            raise WeightsError(f"{candidate.name}: import it first: ilgnet weights import {candidate}")
+        return candidate.stem, candidate
+    rec = installed(name_or_path)
+    if rec is None:
+        raise WeightsError(f"weights {name_or_path!r} are not installed (see 'ilgnet weights list')")
+    return rec.name, rec.path
+
+
+def load_model(name_or_path: str, device: torch.device | str = "cpu") -> LoadedWeights:
+    """An eval-mode ILGNet with complete weights, plus the mean that belongs to them."""
+    name, path = resolve(name_or_path)
+    state, meta = read_weights(path)
+    if meta.get("architecture", ARCH_FULL) != ARCH_FULL:
+        raise WeightsError(f"{name} holds only the {meta['architecture']} (for training), not a scoring model")
+    check_state(state, full=True)
+    model = ILGNet()
+    model.load_state_dict(state)
+    model.eval().to(device)
+    rec = installed(name)
+    sha = rec.sha256 if rec is not None and rec.path == path else file_digest(path)
+    return LoadedWeights(model=model, mean_bgr=_meta_mean(meta, path), sha256=sha, name=name, path=path)
+
+
+# --------------------------------------------------------------------------- fetch / verify
+
+
+def fetch(name: str, *, registry: Registry | None = None, progress: ProgressFn | None = None,
+          stats: DownloadStats | None = None, retries: int = 4, backoff: float = 1.0) -> Installed:
+    """Download a registry entry (mirrors, resume, checksum) and convert it into the store."""
+    if offline():
+        raise WeightsError("ILGNET_OFFLINE is set: not downloading. " + NO_WEIGHTS_HELP.split(". ", 1)[1])
+    registry = registry or load_registry()
+    spec = registry.get(name)
+    checksum = Checksum.parse(spec.checksum) if spec.checksum else None
+    dest = home() / "downloads" / spec.file
+    download(spec.sources, dest, checksum=checksum, expected_size=spec.size, progress=progress,
+             stats=stats, retries=retries, backoff=backoff)
+    try:
+        if spec.kind == "caffemodel":
+            rec = import_caffemodel(dest, name, spec.mean, trunk=spec.architecture == ARCH_TRUNK,
+                                    source=(stats.url if stats else None) or spec.sources[0])
+        elif spec.kind == "safetensors":
+            rec = add_safetensors(dest, name, spec.mean)
+        else:
+            raise WeightsError(f"registry entry {name} has unknown kind {spec.kind!r}")
+    finally:
+        dest.unlink(missing_ok=True)
+    return rec
+
+
+@dataclass
+class VerifyResult:
+    name: str
+    ok: bool
+    message: str
+
+
+def verify(name: str) -> VerifyResult:
+    rec = installed(name)
+    if rec is None:
+        return VerifyResult(name, False, "not installed")
+    if not rec.path.is_file():
+        return VerifyResult(name, False, f"file missing: {rec.path}")
+    actual = file_digest(rec.path)
+    if actual != rec.sha256:
+        return VerifyResult(name, False, f"sha256 mismatch (recorded {rec.sha256[:12]}..., now {actual[:12]}...)")
+    try:
+        state, meta = read_weights(rec.path)
+        check_state(state, full=meta.get("architecture", ARCH_FULL) == ARCH_FULL)
+    except WeightsError as exc:
+        return VerifyResult(name, False, str(exc))
+    return VerifyResult(name, True, f"ok (sha256 {actual[:12]}..., {len(state)} tensors)")
+
+
+def ensure_default(*, allow_download: bool = True, progress: ProgressFn | None = None) -> str:
+    """Name of usable scoring weights: the registry default, fetched on first use if allowed."""
+    registry = load_registry()
+    default = registry.default
+    if installed(default) is not None:
+        return default
+    full = [i for i in installed_all() if i.architecture == ARCH_FULL]
+    if full:
+        return full[0].name
+    if not allow_download or offline():
+        raise NoWeightsError(NO_WEIGHTS_HELP)
+    try:
+        return fetch(default, registry=registry, progress=progress).name
+    except Exception as exc:  # noqa: BLE001 - any failure ends in the same three options
+        raise NoWeightsError(f"could not fetch {default} ({_one_line(exc)}); {NO_WEIGHTS_HELP}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+
+def remove(name: str) -> bool:
+    rec = installed(name)
+    paths = [weights_dir() / f"{name}.safetensors", _record_path(name)]
+    if rec is not None:
+        paths.append(rec.path)
+    removed = False
+    for p in paths:
+        if p.exists():
+            p.unlink()
+            removed = True
+    return removed
+
+
+__all__ = ["MEANS_BGR", "WeightsError", "NoWeightsError", "home", "load_registry", "import_caffemodel",
+           "add_safetensors", "load_model", "fetch", "verify", "ensure_default", "installed_all"]

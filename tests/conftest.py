@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+from localserver import LocalServer  # noqa: E402
+
+SHARED = TESTS.parent.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared reference data not available: {path}")
+    return path
+
+
+@pytest.fixture
+def shared():
+    return shared_path
+
+
+@pytest.fixture(autouse=True)
+def ilgnet_home(tmp_path, monkeypatch):
+    """Every test gets an empty weights store and no network access to real hosts."""
+    home = tmp_path / "ilgnet-home"
+    monkeypatch.setenv("ILGNET_HOME", str(home))
+    monkeypatch.delenv("ILGNET_OFFLINE", raising=False)
+    monkeypatch.delenv("ILGNET_REGISTRY", raising=False)
+    return home
+
+
+@pytest.fixture
+def server():
+    srv = LocalServer()
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def camera_photos(n: int = 8) -> list[Path]:
+    folder = shared_path("photos", "camera")
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")
+    if len(photos) < n:
+        pytest.skip(f"need {n} camera photos in {folder}")
+    return photos[:n]
+
+
+def random_ilgnet_layers(seed: int = 0, logit_scale: float = 2.0) -> list[tuple[str, str, list[np.ndarray]]]:
+    """Random ILGNet weights as (caffe layer, type, [weight, bias]), logits kept unsaturated.
+
+    Weights are Xavier-like; the classifier is rescaled so that logits on real photos have a
+    spread of about ``logit_scale`` (softmax probabilities far from 0 and 1, where a
+    probability comparison is meaningful).
+    """
+    from ilgnet_cli.model import ILGNet
+
+    torch.manual_seed(seed)
+    model = ILGNet()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in model.parameterised_layers():
+            m.bias.uniform_(-0.1, 0.3, generator=gen)
+        cls = model.loss1["classifier_cjy"]
+        cls.weight.mul_(0.05)
+    layers = []
+    for name, m in model.parameterised_layers():
+        kind = "Convolution" if m.weight.ndim == 4 else "InnerProduct"
+        layers.append((name, kind, [m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()]))
+    return layers
+
+
+@pytest.fixture(scope="session")
+def caffemodels(tmp_path_factory):
+    """Random-weight ILGNet caffemodels for deploy.prototxt: V2 (`layer`) and V1 (`layers`)."""
+    from caffe_schema import write_caffemodel
+
+    folder = tmp_path_factory.mktemp("caffemodels")
+    layers = random_ilgnet_layers()
+    v2, v1 = folder / "random_v2.caffemodel", folder / "random_v1.caffemodel"
+    write_caffemodel(v2, layers)
+    write_caffemodel(v1, layers, v1=True)
+    return {"v2": v2, "v1": v1, "layers": layers}

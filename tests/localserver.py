@@ -1,0 +1,123 @@
+"""A scriptable HTTP server on 127.0.0.1 for download tests (no real network anywhere).
+
+Routes map a path to a behaviour: serve bytes (honouring Range), fail with a status, drop the
+connection after N bytes the first K times, or answer with a Google-Drive-style confirmation
+page that leads to the real file.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+@dataclass
+class Route:
+    data: bytes | None = None
+    file: Path | None = None
+    status: int = 200
+    drop_after: int | None = None  # bytes sent before the connection is cut
+    drop_times: int = 0  # how many requests get dropped
+    ignore_range: bool = False
+    content_type: str = "application/octet-stream"
+    html: str | None = None
+    requests: list[dict] = field(default_factory=list)
+
+    def size(self) -> int:
+        return self.file.stat().st_size if self.file else len(self.data or b"")
+
+    def read(self, start: int, end: int) -> bytes:
+        if self.file:
+            with self.file.open("rb") as fh:
+                fh.seek(start)
+                return fh.read(end - start)
+        return (self.data or b"")[start:end]
+
+
+class LocalServer:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_GET(self):  # noqa: N802 - http.server API
+                path = self.path
+                route = server.routes.get(path) or server.routes.get(path.split("?")[0])
+                if route is None:
+                    self.send_error(404)
+                    return
+                route.requests.append({"path": path, "range": self.headers.get("Range")})
+                if route.status != 200:
+                    self.send_error(route.status)
+                    return
+                if route.html is not None:
+                    body = route.html.encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                size = route.size()
+                start = 0
+                rng = self.headers.get("Range")
+                m = re.match(r"bytes=(\d+)-", rng or "")
+                if m and not route.ignore_range:
+                    start = int(m.group(1))
+                    if start >= size:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Type", route.content_type)
+                self.send_header("Content-Length", str(size - start))
+                self.send_header("Accept-Ranges", "bytes")
+                self.end_headers()
+                limit = size
+                if route.drop_after is not None and route.drop_times > 0:
+                    route.drop_times -= 1
+                    limit = min(size, start + route.drop_after)
+                pos = start
+                try:
+                    while pos < limit:
+                        chunk = route.read(pos, min(limit, pos + (1 << 20)))
+                        self.wfile.write(chunk)
+                        pos += len(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                if limit < size:
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def base(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def add(self, path: str, **kwargs) -> Route:
+        route = Route(**kwargs)
+        self.routes[path] = route
+        return route
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

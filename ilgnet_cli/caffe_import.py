@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ilgnet_cli.model import ILGNet, TRUNK_LAYERS, torch_module_name
+from ilgnet_cli.model import TRUNK_LAYERS, ILGNet, torch_module_name
 
 
 class CaffeModelError(ValueError):

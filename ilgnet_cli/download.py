@@ -171,8 +171,11 @@ def download(
                 stats.failures.append(f"{url}: {exc}")
                 break
             except (OSError, http.client.HTTPException, urllib.error.URLError) as exc:
-                reason = getattr(exc, "reason", None) or exc
-                stats.failures.append(f"{url}: {type(exc).__name__}: {reason}")
+                if isinstance(exc, urllib.error.HTTPError):
+                    reason = f"HTTP {exc.code} {exc.reason}"
+                else:
+                    reason = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
+                stats.failures.append(f"{url}: {reason}")
                 if attempt < retries:
                     time.sleep(backoff * 2 ** attempt)
                     continue

@@ -204,6 +204,10 @@ def _write_safetensors(name: str, state: dict[str, np.ndarray], meta: dict[str, 
     return record
 
 
+def _format_mean(mean_bgr: tuple[float, float, float]) -> str:
+    return ",".join(repr(float(v)) for v in mean_bgr)
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
@@ -253,7 +257,7 @@ def import_caffemodel(path: str | Path, name: str | None = None, mean: str | Non
         "format": "pt",
         "architecture": ARCH_TRUNK if trunk else ARCH_FULL,
         "input_size": str(INPUT_SIZE),
-        "mean_bgr": ",".join(f"{v:g}" for v in mean_bgr),
+        "mean_bgr": _format_mean(mean_bgr),
         "labels": ",".join(LABELS),
         "source_file": path.name,
         "source_sha256": src_sha,
@@ -270,7 +274,7 @@ def add_safetensors(path: str | Path, name: str, mean: str | None = None) -> Ins
     state, meta = read_weights(path)
     check_state(state, full=meta.get("architecture", ARCH_FULL) == ARCH_FULL)
     mean_bgr = resolve_mean(mean) if mean else _meta_mean(meta, path)
-    meta = {**meta, "mean_bgr": ",".join(f"{v:g}" for v in mean_bgr), "imported_at": _now(),
+    meta = {**meta, "mean_bgr": _format_mean(mean_bgr), "imported_at": _now(),
             "source_file": path.name, "source_sha256": file_digest(path)}
     meta.setdefault("architecture", ARCH_FULL)
     arrays = {k: v.numpy() for k, v in state.items()}
@@ -367,12 +371,13 @@ def fetch(name: str, *, registry: Registry | None = None, progress: ProgressFn |
     spec = registry.get(name)
     checksum = Checksum.parse(spec.checksum) if spec.checksum else None
     dest = home() / "downloads" / spec.file
+    stats = stats if stats is not None else DownloadStats()
     download(spec.sources, dest, checksum=checksum, expected_size=spec.size, progress=progress,
              stats=stats, retries=retries, backoff=backoff)
     try:
         if spec.kind == "caffemodel":
             rec = import_caffemodel(dest, name, spec.mean, trunk=spec.architecture == ARCH_TRUNK,
-                                    source=(stats.url if stats else None) or spec.sources[0])
+                                    source=stats.url or spec.sources[0])
         elif spec.kind == "safetensors":
             rec = add_safetensors(dest, name, spec.mean)
         else:

@@ -7,13 +7,16 @@ Errors are one line on stderr; ``--json`` output goes to stdout.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
@@ -86,48 +89,136 @@ def download_progress() -> tuple[Progress, callable]:
 # --------------------------------------------------------------------------- score
 
 
+def _default_workers() -> int:
+    # One decoder per spare core; the model's own threads use the rest.
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 @app.command()
 def score(
-    images: Annotated[list[Path], typer.Argument(help="Image files to score.", show_default=False)],
-    weights: Annotated[str | None, typer.Option("--weights", "-w", help="Installed weights name or .safetensors file (default: ilgnet-ava1).")] = None,
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders to score.", show_default=False)],
+    top: Annotated[int | None, typer.Option("--top", "-n", min=1, help="Show (and copy/link, and put in HTML) the best N. Terminal default: 20.")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
+    fmt: Annotated[str | None, typer.Option("--format", "-f", help="table, csv, json or html (default: from --output's extension, else table).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file (atomically).")] = None,
+    weights: Annotated[str | None, typer.Option("--weights", "-w", help="Installed weights name or .safetensors file (default: ilgnet-ava1, fetched on first use).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
-    exact: Annotated[bool, typer.Option("--exact", help="Full-resolution JPEG decode (default: fast DCT-domain downscale).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes (default: CPU cores - 1; 0 = decode in this process).")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="Full-resolution JPEG decode (default: DCT-domain downscale to >= 256 px, much faster).")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not update the score cache.")] = False,
+    min_score: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Only report files scoring at least this.")] = None,
+    include: Annotated[list[str] | None, typer.Option("--include", "-i", help="Only files matching this glob (name or relative path); repeatable.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", "-x", help="Skip files matching this glob; repeatable.")] = None,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Include hidden files and folders (dot-names).")] = False,
+    copy_top: Annotated[Path | None, typer.Option("--copy-top", help="Copy the ranked files (best N with --top) into this folder as NNN_name.")] = None,
+    link_top: Annotated[Path | None, typer.Option("--link-top", help="Like --copy-top but with symbolic links.")] = None,
+    max_pixels: Annotated[int | None, typer.Option(min=1, help="Refuse images declaring more pixels (decompression bombs). Default 120,000,000.")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights (also ILGNET_OFFLINE=1).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json (to stdout unless --output).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
-    """Score image files; prints a table sorted by score (high = aesthetically pleasing)."""
-    from ilgnet_cli import store
-    from ilgnet_cli.scoring import pick_device, score_paths
+    """Score photos (files or whole folders) and report them sorted by aesthetic score.
 
+    Examples: `ilgnet score ~/Photos --top 50`, `ilgnet score shoot/ -o best.html --top 100`,
+    `ilgnet score shoot/ -o scores.csv`. Bad files are listed with a reason, never fatal.
+    Exit code 0 when at least one file was scored, 1 when none could be, 2 for usage errors,
+    130 when interrupted (the partial report is still written).
+    """
+    from ilgnet_cli import reports, store
+    from ilgnet_cli.cache import ScoreCache
+    from ilgnet_cli.discover import Selection, find_images
+    from ilgnet_cli.preprocess import PREPROCESS_VERSION
+    from ilgnet_cli.scoring import pick_device, run_score
+
+    fmt = "json" if as_json and not fmt else reports.guess_format(output, fmt)
+    if fmt not in reports.FORMATS:
+        raise fail(f"unknown --format {fmt!r} (choose {', '.join(reports.FORMATS)})", 2)
+    if fmt == "html" and output is None:
+        raise fail("--format html needs --output FILE.html", 2)
+    if copy_top and link_top:
+        raise fail("use either --copy-top or --link-top, not both", 2)
     with errors_as_messages():
         dev = pick_device(device)
+        missing: list[str] = []
+        selection = Selection(recursive=recursive, hidden=hidden, include=include or [], exclude=exclude or [])
+        files = list(find_images(paths, selection, missing))
+        if not files:
+            reason = f"no such file or folder: {', '.join(missing)}" if missing else "no images found"
+            raise fail(reason, 1)
         if weights is None:
             progress, update = download_progress()
             with progress:
                 weights = store.ensure_default(allow_download=not offline, progress=update)
         loaded = store.load_model(weights, dev)
-        results = list(score_paths(images, loaded.model, loaded.mean_bgr, device=dev, batch_size=batch_size,
-                                   exact=exact))
-    ok = sorted((r for r in results if r.ok), key=lambda r: (-r.score, r.path))
-    bad = [r for r in results if not r.ok]
-    if as_json:
-        payload = {"weights": loaded.name, "weights_sha256": loaded.sha256,
-                   "results": [{"path": r.path, "score": r.score} for r in ok],
-                   "errors": [{"path": r.path, "reason": r.error} for r in bad]}
-        out.print_json(json.dumps(payload))
-    else:
-        table = Table(title=f"ILGNet scores ({loaded.name})")
-        table.add_column("rank", justify="right")
-        table.add_column("score", justify="right")
-        table.add_column("file", overflow="fold")
-        for rank, r in enumerate(ok, 1):
-            table.add_row(str(rank), f"{r.score:.4f}", r.path)
-        out.print(table)
-        for r in bad:
-            err.print(f"[yellow]skipped[/] {r.path}: {r.error}", highlight=False, markup=True)
-    if not ok:
+        cache = None if no_cache else ScoreCache(store.home() / "scores.sqlite", loaded.sha256, PREPROCESS_VERSION,
+                                                 "exact" if exact else "draft")
+        started = time.monotonic()
+        progress, on_progress = score_progress(len(files), quiet)
+        try:
+            with progress:
+                run = run_score(files, loaded, device=dev, batch_size=batch_size,
+                                workers=_default_workers() if workers is None else workers, exact=exact,
+                                cache=cache, max_pixels=max_pixels, progress=on_progress, missing=missing)
+        finally:
+            if cache is not None:
+                cache.close()
+        elapsed = time.monotonic() - started
+        if output is not None and fmt != "table":
+            reports.write_report(run, fmt, output, top=top, min_score=min_score, max_pixels=max_pixels)
+        if fmt == "json" and output is None:
+            print(reports.to_json(run, min_score))
+        elif not (quiet and output is not None):
+            out.print(reports.terminal_table(run, top or 20, min_score))
+        exported = []
+        if copy_top or link_top:
+            exported = reports.export_top(reports.selected(run, min_score, top), copy_top or link_top,
+                                          link=link_top is not None)
+    if not quiet:
+        _summary(run, elapsed, output if fmt != "table" else None, exported)
+    if run.stats.interrupted:
+        raise typer.Exit(130)
+    if run.stats.scored == 0:
         raise typer.Exit(1)
+
+
+def score_progress(total: int, quiet: bool):
+    from rich.progress import MofNCompleteColumn, SpinnerColumn
+
+    progress = Progress(SpinnerColumn(), TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=True,
+                        disable=quiet)
+    task = progress.add_task("scoring", total=total, rate="")
+    started = time.monotonic()
+
+    def update(stats) -> None:
+        finished = stats.scored + stats.errors
+        fresh = stats.decoded
+        elapsed = max(time.monotonic() - started, 1e-6)
+        rate = f"{fresh / elapsed:.1f} img/s" if fresh else ""
+        progress.update(task, completed=finished, rate=rate)
+
+    return progress, update
+
+
+def _summary(run, elapsed: float, output: Path | None, exported: list[Path]) -> None:
+    s = run.stats
+    rate = f", {s.decoded / elapsed:.1f} img/s" if s.decoded and elapsed > 0 else ""
+    line = (f"scored {s.scored} of {s.files} files ({s.cache_hits} from cache, {s.decoded} decoded) "
+            f"in {elapsed:.1f}s{rate}")
+    if s.errors:
+        line += f"; [yellow]{s.errors} warning(s): not scored[/] (reasons in the report)"
+    err.print(line, highlight=False)
+    for r in run.errors[:10]:
+        err.print(f"  [yellow]skipped[/] {escape(r.path)}: {escape(r.error or '')}", highlight=False)
+    if len(run.errors) > 10:
+        err.print(f"  ... and {len(run.errors) - 10} more", highlight=False)
+    if output is not None:
+        err.print(f"report written to {escape(str(output))}", highlight=False)
+    if exported:
+        err.print(f"{len(exported)} file(s) placed in {escape(str(exported[0].parent))}", highlight=False)
+    if s.interrupted:
+        err.print("[yellow]interrupted[/]: the report holds what finished; run again to continue (cached)")
 
 
 # --------------------------------------------------------------------------- weights

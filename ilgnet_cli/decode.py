@@ -23,8 +23,9 @@ try:  # HEIC/HEIF/AVIF; a regular dependency, but decoding the rest must not nee
 except ImportError:  # pragma: no cover
     HEIF_SUPPORT = False
 
-# Refuse images that declare more pixels than this (a 100 MP medium-format frame is fine).
-MAX_PIXELS = 200_000_000
+# Refuse images that declare more pixels than this by default: a 102 MP medium-format frame is
+# fine, a 57-byte BMP declaring 151 MP is not. `ilgnet score --max-pixels` raises it.
+MAX_PIXELS = 120_000_000
 # Never decode half a file: a truncated photo gets a reason, not a grey bottom half.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 # We enforce our own limit; Pillow's warning/error would fire at a different size.
@@ -91,10 +92,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | Path) -> Image.Image:
+def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """Open (header only) with a pixel limit checked before any pixel is decoded."""
+    limit = max_pixels or MAX_PIXELS
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's per-file warnings become our reasons
+            img = Image.open(path)
     except Image.DecompressionBombError as exc:
         raise DecodeError(f"decompression bomb ({exc})") from None
     except (Image.UnidentifiedImageError, SyntaxError):
@@ -105,9 +109,9 @@ def open_image(path: str | Path) -> Image.Image:
     if w <= 0 or h <= 0:
         img.close()
         raise DecodeError("not identifiable as an image (zero size)")
-    if w * h > MAX_PIXELS:
+    if w * h > limit:
         img.close()
-        raise DecodeError(f"decompression bomb ({w * h:.3g} pixels declared, limit {MAX_PIXELS:.3g})")
+        raise DecodeError(f"decompression bomb ({w * h:.3g} pixels declared, limit {limit:.3g})")
     return img
 
 
@@ -115,7 +119,9 @@ def _reason(exc: BaseException) -> str:
     text = str(exc).lower()
     if "truncated" in text or "premature end" in text or "unexpected end" in text:
         return "truncated image data"
-    if "decoder error" in text or "broken data stream" in text or "corrupt" in text:
+    if "decoder error" in text:
+        return "decoder error (corrupt or unsupported compression)"
+    if "broken data stream" in text or "corrupt" in text:
         return "corrupt compressed data"
     if "cannot identify" in text:
         return "not identifiable as an image"
@@ -123,14 +129,14 @@ def _reason(exc: BaseException) -> str:
     return f"cannot decode: {first[:120]}"
 
 
-def decode(path: str | Path, draft: int | None = None) -> Decoded:
+def decode(path: str | Path, draft: int | None = None, max_pixels: int | None = None) -> Decoded:
     """Decode ``path`` to RGB with EXIF orientation applied.
 
     ``draft``: for JPEGs, let libjpeg downscale by 1/2, 1/4 or 1/8 in the DCT while keeping
     both sides >= ``draft`` pixels (much faster on big photos; ``None`` = full decode).
     Only the first frame of animated or multi-page files is used.
     """
-    img = open_image(path)
+    img = open_image(path, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's per-file warnings become our reasons

@@ -57,8 +57,9 @@ class _Images(Dataset):
     """Decodes and preprocesses one file per item; errors travel as data, not exceptions."""
 
     def __init__(self, paths: list[str], mean_bgr: tuple[float, float, float], exact: bool,
-                 extra: Callable[[str, Any], dict[str, Any]] | None = None) -> None:
+                 extra: Callable[[str, Any], dict[str, Any]] | None = None, max_pixels: int | None = None) -> None:
         self.paths, self.mean_bgr, self.exact, self.extra = paths, mean_bgr, exact, extra
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -67,7 +68,7 @@ class _Images(Dataset):
         path = self.paths[i]
         meta: dict[str, Any] = {}
         try:
-            decoded = decode(path, draft=None if self.exact else RESIZE)
+            decoded = decode(path, draft=None if self.exact else RESIZE, max_pixels=self.max_pixels)
             meta.update(width=decoded.size[0], height=decoded.size[1], format=decoded.format)
             if self.extra is not None:
                 meta.update(self.extra(path, decoded))
@@ -77,6 +78,11 @@ class _Images(Dataset):
         except Exception as exc:  # noqa: BLE001 - one bad file must never end a batch run
             meta["error"] = f"cannot decode: {type(exc).__name__}: {str(exc)[:100]}"
         return i, None, meta
+
+
+def _worker_init(_: int) -> None:
+    # Decoding is numpy/Pillow work; torch threads in workers would only fight the model.
+    torch.set_num_threads(1)
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, dict[str, Any]]]):
@@ -95,6 +101,7 @@ def score_paths(
     workers: int = 0,
     exact: bool = False,
     extra: Callable[[str, Any], dict[str, Any]] | None = None,
+    max_pixels: int | None = None,
 ) -> Iterator[ScoreResult]:
     """Yield one :class:`ScoreResult` per path, in input order, as batches finish.
 
@@ -107,10 +114,10 @@ def score_paths(
         return
     model.eval()
     cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last is faster for these convolutions on CPU (oneDNN) and on CUDA (cuDNN).
+    model = model.to(memory_format=torch.channels_last)
     loader = DataLoader(
-        _Images(files, mean_bgr, exact, extra),
+        _Images(files, mean_bgr, exact, extra, max_pixels),
         batch_size=max(1, batch_size),
         num_workers=max(0, workers),
         collate_fn=_collate,
@@ -118,14 +125,13 @@ def score_paths(
         # Decoding big JPEGs is the bottleneck on CPU: keep two batches in flight per worker.
         prefetch_factor=2 if workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=_worker_init,
     )
     with torch.inference_mode():
         for indices, batch, metas in loader:
             scores: dict[int, float] = {}
             if batch is not None:
-                batch = batch.to(device, non_blocking=cuda)
-                if cuda:
-                    batch = batch.contiguous(memory_format=torch.channels_last)
+                batch = batch.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
                     logits = model(batch)
                 scores = dict(zip(indices, score_from_logits(logits).cpu().tolist(), strict=True))
@@ -137,3 +143,122 @@ def score_paths(
                     width=meta.pop("width", None), height=meta.pop("height", None),
                     format=meta.pop("format", None), info=meta,
                 )
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def exif_extra(path: str, decoded: Any) -> dict[str, Any]:
+    """Worker-side extras for reports: EXIF (never fails; errors land in the EXIF record)."""
+    from ilgnet_cli.exif import read_exif
+
+    return {"exif": read_exif(path).to_json()}
+
+
+@dataclass
+class RunStats:
+    files: int = 0
+    cache_hits: int = 0
+    decoded: int = 0  # files that went through decoding in this run
+    scored: int = 0
+    errors: int = 0
+    interrupted: bool = False
+
+
+@dataclass
+class ScoreRun:
+    results: list[ScoreResult]  # every file that finished (scored or failed), input order
+    stats: RunStats
+    weights_name: str
+    weights_sha256: str
+
+    @property
+    def scored(self) -> list[ScoreResult]:
+        """Scored results, best first; ties broken by path so reports are stable."""
+        return sorted((r for r in self.results if r.ok), key=lambda r: (-r.score, r.path))
+
+    @property
+    def errors(self) -> list[ScoreResult]:
+        return sorted((r for r in self.results if not r.ok), key=lambda r: r.path)
+
+
+ProgressCallback = Callable[[RunStats], None]
+
+
+def run_score(
+    files: list[str],
+    loaded: Any,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 32,
+    workers: int = 0,
+    exact: bool = False,
+    cache: Any = None,
+    max_pixels: int | None = None,
+    extra: Callable[[str, Any], dict[str, Any]] | None = exif_extra,
+    progress: ProgressCallback | None = None,
+    missing: list[str] | None = None,
+) -> ScoreRun:
+    """Score ``files`` with cache lookups first; finished work is cached batch by batch.
+
+    ``loaded`` is a :class:`ilgnet_cli.store.LoadedWeights`. Ctrl-C stops the run and returns
+    what finished (``stats.interrupted``); nothing already scored is lost.
+    """
+    from ilgnet_cli.cache import FileKey
+
+    stats = RunStats(files=len(files) + len(missing or []))
+    done: dict[int, ScoreResult] = {}
+    todo: list[tuple[int, FileKey]] = []
+    for i, path in enumerate(files):
+        try:
+            key = FileKey.of(path)
+        except OSError as exc:
+            done[i] = ScoreResult(path=path, error=f"cannot read file: {exc.strerror or exc}")
+            continue
+        hit = cache.get(key) if cache is not None else None
+        if hit is None:
+            todo.append((i, key))
+            continue
+        stats.cache_hits += 1
+        meta = dict(hit.meta)
+        done[i] = ScoreResult(path=path, score=hit.score, error=hit.error, width=meta.pop("width", None),
+                              height=meta.pop("height", None), format=meta.pop("format", None), info=meta)
+    pending: list[tuple[Any, float | None, str | None, dict[str, Any]]] = []
+
+    def flush() -> None:
+        if cache is not None and pending:
+            cache.put_many(pending)
+        pending.clear()
+
+    if progress:
+        progress(_count(stats, done))
+    try:
+        stream = score_paths([files[i] for i, _ in todo], loaded.model, loaded.mean_bgr, device=device,
+                             batch_size=batch_size, workers=workers, exact=exact, extra=extra,
+                             max_pixels=max_pixels)
+        for (i, key), result in zip(todo, stream, strict=False):
+            stats.decoded += 1
+            done[i] = result
+            meta = {"width": result.width, "height": result.height, "format": result.format, **result.info}
+            pending.append((key, result.score, result.error, meta))
+            if len(pending) >= batch_size:
+                flush()
+                if progress:
+                    progress(_count(stats, done))
+    except KeyboardInterrupt:
+        stats.interrupted = True
+    finally:
+        flush()
+    for j, path in enumerate(missing or []):
+        done[len(files) + j] = ScoreResult(path=path, error="no such file or folder")
+    results = [done[i] for i in sorted(done)]
+    _count(stats, done)
+    if progress:
+        progress(stats)
+    return ScoreRun(results=results, stats=stats, weights_name=loaded.name, weights_sha256=loaded.sha256)
+
+
+def _count(stats: RunStats, done: dict[int, ScoreResult]) -> RunStats:
+    stats.scored = sum(1 for r in done.values() if r.ok)
+    stats.errors = len(done) - stats.scored
+    return stats

@@ -181,24 +181,36 @@ def _check_name(name: str) -> str:
     return name
 
 
-def _write_safetensors(name: str, state: dict[str, np.ndarray], meta: dict[str, str],
-                       source: str, source_sha256: str, mean_bgr: tuple[float, float, float]) -> Installed:
+def save_weights(path: str | Path, state: dict[str, np.ndarray | torch.Tensor], mean_bgr: tuple[float, float, float],
+                 *, architecture: str = ARCH_FULL, metadata: dict[str, str] | None = None) -> Path:
+    """Write ILGNet tensors + metadata as safetensors, atomically (temp file, then rename)."""
     from safetensors.numpy import save_file
 
-    _check_name(name)
-    target = weights_dir() / f"{name}.safetensors"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "pt", "architecture": architecture, "input_size": str(INPUT_SIZE),
+            "mean_bgr": _format_mean(mean_bgr), "labels": ",".join(LABELS), "imported_at": _now(),
+            "ilgnet_version": __version__, **(metadata or {})}
+    arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v, dtype=np.float32)
+              for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in state.items()}, str(tmp),
-                  metadata=meta)
-        os.replace(tmp, target)
+        save_file(arrays, str(tmp), metadata=meta)
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def _install(name: str, state: dict[str, np.ndarray], mean_bgr: tuple[float, float, float], *, architecture: str,
+             source: str, source_sha256: str, metadata: dict[str, str]) -> Installed:
+    _check_name(name)
+    target = save_weights(weights_dir() / f"{name}.safetensors", state, mean_bgr, architecture=architecture,
+                          metadata={**metadata, "source_sha256": source_sha256})
     record = Installed(
         name=name, path=target, sha256=file_digest(target), size=target.stat().st_size,
-        architecture=meta["architecture"], mean_bgr=mean_bgr, source=source,
-        source_sha256=source_sha256, installed_at=meta["imported_at"],
+        architecture=architecture, mean_bgr=mean_bgr, source=source,
+        source_sha256=source_sha256, installed_at=_now(),
     )
     _atomic_write_bytes(_record_path(name), json.dumps(record.to_json(), indent=2).encode())
     return record
@@ -253,19 +265,9 @@ def import_caffemodel(path: str | Path, name: str | None = None, mean: str | Non
     name = _check_name(name or re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lower())
     mean_bgr = resolve_mean(mean, "imagenet" if trunk else "ava1")
     src_sha = file_digest(path)
-    meta = {
-        "format": "pt",
-        "architecture": ARCH_TRUNK if trunk else ARCH_FULL,
-        "input_size": str(INPUT_SIZE),
-        "mean_bgr": _format_mean(mean_bgr),
-        "labels": ",".join(LABELS),
-        "source_file": path.name,
-        "source_sha256": src_sha,
-        "imported_at": _now(),
-        "ignored_layers": str(len(ignored)),
-        "ilgnet_version": __version__,
-    }
-    return _write_safetensors(name, state, meta, source or str(path), src_sha, mean_bgr)
+    meta = {"source_file": path.name, "ignored_layers": str(len(ignored))}
+    return _install(name, state, mean_bgr, architecture=ARCH_TRUNK if trunk else ARCH_FULL,
+                    source=source or str(path), source_sha256=src_sha, metadata=meta)
 
 
 def add_safetensors(path: str | Path, name: str, mean: str | None = None) -> Installed:
@@ -274,11 +276,11 @@ def add_safetensors(path: str | Path, name: str, mean: str | None = None) -> Ins
     state, meta = read_weights(path)
     check_state(state, full=meta.get("architecture", ARCH_FULL) == ARCH_FULL)
     mean_bgr = resolve_mean(mean) if mean else _meta_mean(meta, path)
-    meta = {**meta, "mean_bgr": _format_mean(mean_bgr), "imported_at": _now(),
-            "source_file": path.name, "source_sha256": file_digest(path)}
-    meta.setdefault("architecture", ARCH_FULL)
-    arrays = {k: v.numpy() for k, v in state.items()}
-    return _write_safetensors(name, arrays, meta, str(path), meta["source_sha256"], mean_bgr)
+    keep = {k: v for k, v in meta.items() if k not in ("format", "mean_bgr", "imported_at", "source_sha256")}
+    keep["source_file"] = path.name
+    return _install(_check_name(name), {k: v.numpy() for k, v in state.items()}, mean_bgr,
+                    architecture=meta.get("architecture", ARCH_FULL), source=str(path),
+                    source_sha256=file_digest(path), metadata=keep)
 
 
 # --------------------------------------------------------------------------- loading

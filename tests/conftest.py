@@ -90,3 +90,16 @@ def caffemodels(tmp_path_factory):
     write_caffemodel(v2, layers)
     write_caffemodel(v1, layers, v1=True)
     return {"v2": v2, "v1": v1, "layers": layers}
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory):
+    """Random (calibrated) ILGNet weights as .safetensors, for scoring tests."""
+    from ilgnet_cli.store import save_weights
+
+    layers = random_ilgnet_layers(seed=1)
+    state = {}
+    for name, _, (w, b) in layers:
+        key = name.replace("/", ".")
+        state[f"{key}.weight"], state[f"{key}.bias"] = w, b
+    return save_weights(tmp_path_factory.mktemp("weights") / "random.safetensors", state, (91.0018, 99.4639, 107.8456))

@@ -1,0 +1,146 @@
+"""Find the images to score under the paths a user gave.
+
+* Files named on the command line are always taken (a non-image gets a reason in the report).
+* Folders are walked (recursively by default) without following a symlinked folder twice,
+  so symlink loops end; hidden files and folders are skipped unless asked for.
+* Inside folders a file is taken by content, not only by extension: known image extensions
+  are taken as they are, any other file is taken when its first bytes are an image signature
+  (a JPEG saved as ``photo.dat`` is found; a ``notes.txt`` is not).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".tif", ".tiff", ".webp", ".bmp", ".dib",
+    ".gif", ".heic", ".heif", ".hif", ".avif",
+})
+# Files that sit next to photos and are never images: skip without reading them.
+SKIP_EXTENSIONS = frozenset({".xmp", ".txt", ".json", ".csv", ".html", ".htm", ".pp3", ".dop", ".on1", ".db",
+                             ".aae", ".thm", ".mov", ".mp4", ".m4v", ".avi", ".mts", ".wav", ".part"})
+
+
+def sniff(head: bytes) -> str | None:
+    """Image format from a file's first 32 bytes, or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:2] == b"BM" and len(head) >= 18:
+        return "BMP"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif",
+                                               b"avis", b"heim", b"heis"):
+        return "HEIF"
+    return None
+
+
+def _looks_like_image(path: Path) -> bool:
+    ext = path.suffix.lower()
+    if ext in IMAGE_EXTENSIONS:
+        return True
+    if ext in SKIP_EXTENSIONS:
+        return False
+    try:
+        with path.open("rb") as fh:
+            return sniff(fh.read(32)) is not None
+    except OSError:
+        return False
+
+
+@dataclass
+class Selection:
+    recursive: bool = True
+    hidden: bool = False
+    include: list[str] = field(default_factory=list)  # globs on the file name or relative path
+    exclude: list[str] = field(default_factory=list)
+
+    def wanted(self, rel: str) -> bool:
+        name = rel.rsplit("/", 1)[-1]
+
+        def match(pattern: str) -> bool:
+            return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(rel, pattern)
+
+        if self.include and not any(match(p) for p in self.include):
+            return False
+        return not any(match(p) for p in self.exclude)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def find_images(paths: list[str | os.PathLike[str]], selection: Selection | None = None,
+                missing: list[str] | None = None) -> Iterator[str]:
+    """Yield image file paths (deduplicated, in a stable sorted order per folder).
+
+    Paths that do not exist are appended to ``missing`` (the caller reports them).
+    """
+    sel = selection or Selection()
+    seen_files: set[str] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    for raw in paths:
+        root = Path(raw).expanduser()
+        if root.is_file():
+            key = os.path.realpath(root)
+            if key not in seen_files:
+                seen_files.add(key)
+                yield str(root)
+            continue
+        if not root.is_dir():
+            if missing is not None:
+                missing.append(str(raw))
+            continue
+        yield from _walk(root, root, sel, seen_files, seen_dirs)
+
+
+def _walk(folder: Path, root: Path, sel: Selection, seen_files: set[str],
+          seen_dirs: set[tuple[int, int]]) -> Iterator[str]:
+    try:
+        st = folder.stat()
+    except OSError:
+        return
+    key = (st.st_dev, st.st_ino)
+    if key in seen_dirs:  # a symlink loop or a folder reached twice
+        return
+    seen_dirs.add(key)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    subdirs = []
+    for entry in entries:
+        if not sel.hidden and _hidden(entry.name):
+            continue
+        try:
+            is_dir = entry.is_dir()  # follows symlinks; loops are cut by seen_dirs
+            is_file = not is_dir and entry.is_file()
+        except OSError:
+            continue
+        if is_dir:
+            subdirs.append(Path(entry.path))
+            continue
+        if not is_file:
+            continue
+        path = Path(entry.path)
+        rel = path.relative_to(root).as_posix()
+        if not sel.wanted(rel) or not _looks_like_image(path):
+            continue
+        real = os.path.realpath(path)
+        if real in seen_files:
+            continue
+        seen_files.add(real)
+        yield str(path)
+    if sel.recursive:
+        for sub in subdirs:
+            yield from _walk(sub, root, sel, seen_files, seen_dirs)

@@ -33,6 +33,8 @@ app = typer.Typer(
 weights_app = typer.Typer(help="Manage model weights: list, fetch, import Caffe models, verify.",
                           no_args_is_help=True)
 app.add_typer(weights_app, name="weights")
+download_app = typer.Typer(help="Download datasets.", no_args_is_help=True)
+app.add_typer(download_app, name="download")
 
 out = Console()
 err = Console(stderr=True)
@@ -46,13 +48,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @contextmanager
 def errors_as_messages():
     """Turn the library's expected errors into one-line messages and exit codes."""
+    from ilgnet_cli.ava_download import AVADownloadError
     from ilgnet_cli.caffe_import import CaffeModelError
     from ilgnet_cli.download import DownloadError
     from ilgnet_cli.store import WeightsError
 
     try:
         yield
-    except (WeightsError, CaffeModelError, DownloadError) as exc:
+    except (WeightsError, CaffeModelError, DownloadError, AVADownloadError) as exc:
         raise fail(str(exc)) from None
     except ValueError as exc:
         raise fail(str(exc), 2) from None
@@ -335,6 +338,94 @@ def weights_remove(name: Annotated[str, typer.Argument(help="Installed weights n
     if not store.remove(name):
         raise fail(f"weights {name!r} are not installed")
     out.print(f"removed {name}")
+
+
+# --------------------------------------------------------------------------- AVA
+
+
+@download_app.command("ava")
+def download_ava(
+    dest: Annotated[Path, typer.Option("--dest", "-d", help="Folder for AVA: DEST/AVA.txt, DEST/images/<id>.jpg, ...")],
+    source: Annotated[str | None, typer.Option(help="A shipped mirror manifest (see below).")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="Your own manifest JSON (files with URLs+mirrors, sizes, checksums, archive types).")] = None,
+    from_path: Annotated[Path | None, typer.Option("--from", help="Import a copy you have: a folder of images, a zip/tar, or the first part of a 7z volume set.")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Parallel downloads / verification processes.")] = 4,
+    retries: Annotated[int, typer.Option(min=0, help="Retries per URL.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Get AVA (metadata + 255,530 images) into one layout and verify every image.
+
+    Re-running is safe: finished files are kept, interrupted downloads resume. Writes
+    DEST/missing.txt and DEST/corrupt.txt. Shipped sources: hf-sxfly, hf-iceclear,
+    hf-will33am (all unverified: their archives' layouts could not be confirmed offline).
+    """
+    from ilgnet_cli.ava_download import download_ava as run
+
+    if not (source or manifest or from_path or (dest / "AVA.txt").exists()):
+        raise fail("give --source, --manifest or --from (or a DEST that already holds AVA.txt to re-verify)", 2)
+    with errors_as_messages():
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TimeRemainingColumn(), console=err, transient=True)
+        tasks: dict[str, int] = {}
+
+        def update(what: str, done: int, total: int | None) -> None:
+            if what not in tasks:
+                tasks[what] = progress.add_task(what, total=total)
+            progress.update(tasks[what], completed=done, total=total)
+
+        with progress:
+            report = run(dest, source=source, manifest=manifest, from_path=from_path, jobs=jobs, retries=retries,
+                         progress=update)
+    summary = report.to_json()
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        out.print(f"AVA in {dest}: {report.listed} listed, {report.present} present, {len(report.missing)} missing, "
+                  f"{len(report.corrupt)} corrupt ({report.downloaded} downloaded, {report.imported} imported now)")
+        for failure in report.failures[:5]:
+            err.print(f"[yellow]failed[/] {escape(failure)}", highlight=False)
+    if report.present == 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def partition(
+    kind: Annotated[str, typer.Argument(help="ava1, ava2, standard, ilgnet-ava1 or ilgnet-ava2.")],
+    ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (from 'ilgnet download ava').")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: AVA/partitions/KIND).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random splits.")] = 0,
+    delta: Annotated[float, typer.Option(min=0.0, help="ava1: drop training images with |mean - 5| < delta.")] = 0.0,
+    lists: Annotated[Path | None, typer.Option(help="ilgnet-*: folder with the authors' AVA1/ and AVA2/ lists (default: fetch them).")] = None,
+    ava_file: Annotated[Path | None, typer.Option(help="An AVA.txt elsewhere than AVA/AVA.txt.")] = None,
+    test_list: Annotated[Path | None, typer.Option(help="standard: the official generic_test.jpgl (default: AVA/aesthetics_image_lists/).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print partition.json.")] = False,
+) -> None:
+    """Write a train/test partition: train.txt, test.txt (`<id>.jpg <label>`) and partition.json."""
+    from ilgnet_cli.ava import AVAFormatError
+    from ilgnet_cli.partition import KINDS, PartitionError, make_partition
+
+    if kind not in KINDS:
+        raise fail(f"unknown partition {kind!r} (choose {', '.join(KINDS)})", 2)
+    if out_dir is None:
+        if ava is None:
+            raise fail("give --out DIR (or --ava DIR to write into AVA/partitions/KIND)", 2)
+        out_dir = ava / "partitions" / kind
+    with errors_as_messages():
+        try:
+            part = make_partition(kind, ava, out_dir, seed=seed, delta=delta, lists_dir=lists, ava_file=ava_file,
+                                  test_list=test_list)
+        except (PartitionError, AVAFormatError, OSError) as exc:
+            raise fail(str(exc)) from None
+    summary = part.summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    t = summary["test"]
+    out.print(f"{kind}: train {summary['train']['total']} ({summary['train']['per_class']}), test {t['total']} "
+              f"({t['per_class']}); always answering the majority class scores "
+              f"{summary['test_majority_baseline']:.1%} on this test set -> {out_dir}", highlight=False)
+    for note in part.notes:
+        out.print(f"  note: {escape(note)}", highlight=False)
 
 
 def main() -> None:

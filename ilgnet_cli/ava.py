@@ -1,0 +1,185 @@
+"""AVA metadata (AVA.txt) and a Dataset over a partition.
+
+AVA.txt columns: index, image id, 10 vote counts (scores 1..10), 2 semantic tag ids,
+challenge id (README.txt of the June 2012 release).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HIGH_THRESHOLD = 5.0  # AVA1: mean score > 5 -> high (1); verified on 48,604 real images
+
+
+class AVAFormatError(ValueError):
+    """A malformed AVA.txt line; ``str()`` names the file and line number."""
+
+
+@dataclass(frozen=True)
+class AVARecord:
+    id: int
+    votes: tuple[int, ...]  # counts for scores 1..10
+    tags: tuple[int, int] = (0, 0)
+    challenge: int = 0
+
+    @property
+    def n_votes(self) -> int:
+        return sum(self.votes)
+
+    @property
+    def mean(self) -> float:
+        return sum(s * c for s, c in zip(range(1, 11), self.votes, strict=True)) / self.n_votes
+
+    @property
+    def std(self) -> float:
+        m = self.mean
+        var = sum(c * (s - m) ** 2 for s, c in zip(range(1, 11), self.votes, strict=True)) / self.n_votes
+        return math.sqrt(var)
+
+    @property
+    def ava1_label(self) -> int:
+        return int(self.mean > HIGH_THRESHOLD)
+
+    def to_line(self, index: int) -> str:
+        return " ".join(map(str, (index, self.id, *self.votes, *self.tags, self.challenge)))
+
+
+@dataclass
+class AVAData:
+    records: dict[int, AVARecord]
+    skipped: list[str] = field(default_factory=list)  # "line N: reason" for skipped lines
+    path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def parse_line(line: str, lineno: int, source: str = "AVA.txt") -> AVARecord:
+    parts = line.split()
+    if len(parts) != 15:
+        raise AVAFormatError(f"{source} line {lineno}: expected 15 columns, found {len(parts)}")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        bad = next(p for p in parts if not p.lstrip("-").isdigit())
+        raise AVAFormatError(f"{source} line {lineno}: non-numeric value {bad!r}") from None
+    votes = tuple(values[2:12])
+    if any(v < 0 for v in votes):
+        raise AVAFormatError(f"{source} line {lineno}: negative vote count")
+    if sum(votes) == 0:
+        raise AVAFormatError(f"{source} line {lineno}: image {values[1]} has zero votes")
+    return AVARecord(id=values[1], votes=votes, tags=(values[12], values[13]), challenge=values[14])
+
+
+def read_ava(path: str | Path, *, strict: bool = False) -> AVAData:
+    """Parse AVA.txt. Malformed lines raise (``strict``) or are skipped and listed in ``skipped``."""
+    path = Path(path)
+    data = AVAData(records={}, path=path)
+    with path.open(encoding="utf-8", errors="replace") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = parse_line(line, lineno, path.name)
+            except AVAFormatError as exc:
+                if strict:
+                    raise
+                data.skipped.append(str(exc))
+                continue
+            if rec.id in data.records:
+                msg = f"{path.name} line {lineno}: duplicate image id {rec.id}"
+                if strict:
+                    raise AVAFormatError(msg)
+                data.skipped.append(msg)
+                continue
+            data.records[rec.id] = rec
+    if not data.records:
+        raise AVAFormatError(f"{path.name}: no valid AVA records")
+    return data
+
+
+def write_ava(path: str | Path, records: Iterable[AVARecord]) -> None:
+    from ilgnet_cli.reports import atomic_write_text
+
+    atomic_write_text(path, "".join(r.to_line(i) + "\n" for i, r in enumerate(records, 1)))
+
+
+def read_id_list(path: str | Path) -> list[int]:
+    """A .jpgl list (one id per line) or a Caffe list (``<id>.jpg <label>``) -> ids."""
+    ids = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        token = line.split()[0] if line.strip() else ""
+        if token:
+            ids.append(int(token.removesuffix(".jpg")))
+    return ids
+
+
+def read_label_list(path: str | Path) -> list[tuple[int, int]]:
+    """Caffe list ``<id>.jpg <label>`` (last line may lack a newline) -> [(id, label)]."""
+    out = []
+    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise AVAFormatError(f"{Path(path).name} line {lineno}: expected '<id>.jpg <label>'")
+        out.append((int(parts[0].removesuffix(".jpg")), int(parts[1])))
+    return out
+
+
+# --------------------------------------------------------------------------- Dataset
+
+
+class PartitionDataset:
+    """A torch Dataset over ``train.txt``/``test.txt`` of a partition and an image folder.
+
+    Items are (input tensor, label). ``train=True`` uses the random crop + mirror of Caffe's
+    data layer; otherwise the deterministic centre crop. Images may be full-size JPEGs in
+    ``images/`` or the 256x256 cache made by ``ilgnet prepare``.
+    """
+
+    def __init__(self, list_file: str | Path, images: str | Path, mean_bgr: tuple[float, float, float],
+                 *, train: bool = False, seed: int = 0, cache: object | None = None) -> None:
+        self.items = read_label_list(list_file)
+        self.images = Path(images)
+        self.mean_bgr, self.train, self.seed, self.cache = mean_bgr, train, seed, cache
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resized(self, index: int) -> np.ndarray:
+        """The 256x256 RGB uint8 image of item ``index`` (from the cache when there is one)."""
+        from ilgnet_cli.decode import decode
+        from ilgnet_cli.preprocess import RESIZE, resize_bilinear
+
+        image_id, _ = self.items[index]
+        if self.cache is not None:
+            return self.cache.get(image_id)
+        return resize_bilinear(decode(self.images / f"{image_id}.jpg", draft=RESIZE).rgb)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        from ilgnet_cli.preprocess import CROP, RESIZE, to_blob
+
+        img = self.resized(index)
+        label = self.items[index][1]
+        if self.train:
+            # A per-item, per-epoch generator: the same run gives the same crops, whatever
+            # the number of workers (needed for exact resume and DDP parity).
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            top, left = (int(v) for v in rng.integers(0, RESIZE - CROP + 1, size=2))
+            blob = to_blob(img, self.mean_bgr, top, left, mirror=bool(rng.integers(0, 2)))
+        else:
+            off = (RESIZE - CROP) // 2
+            blob = to_blob(img, self.mean_bgr, off, off)
+        return torch.from_numpy(blob), label

@@ -428,6 +428,136 @@ def partition(
         out.print(f"  note: {escape(note)}", highlight=False)
 
 
+# --------------------------------------------------------------------------- train / eval
+
+
+@app.command()
+def prepare(
+    partition_dir: Annotated[Path, typer.Option("--partition", help="Partition folder (train.txt, test.txt).")],
+    images: Annotated[Path, typer.Option(help="Folder of <id>.jpg images.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Cache folder (about 197 KB an image).")],
+    jobs: Annotated[int, typer.Option(min=1, help="Decoding processes.")] = max(1, os.cpu_count() or 1),
+) -> None:
+    """Resize a partition's images once to 256x256 into a compact memory-mapped cache (like the authors' LMDB)."""
+    from ilgnet_cli.ava import read_label_list
+    from ilgnet_cli.prepare import prepare as run
+
+    ids = [i for name in ("train.txt", "test.txt") if (partition_dir / name).exists()
+           for i, _ in read_label_list(partition_dir / name)]
+    if not ids:
+        raise fail(f"no train.txt/test.txt in {partition_dir}", 2)
+    progress = Progress(TextColumn("preparing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeRemainingColumn(), console=err, transient=True)
+    task = progress.add_task("prepare", total=len(set(ids)))
+    with errors_as_messages(), progress:
+        counts = run(ids, images, out_dir, jobs=jobs, progress=lambda d, t: progress.update(task, completed=d))
+    out.print(f"prepared {counts['prepared']} of {counts['images']} images into {out_dir} ({counts['failed']} failed; "
+              f"see failed.txt)")
+
+
+@app.command()
+def train(
+    partition_dir: Annotated[Path, typer.Option("--partition", help="Partition folder from 'ilgnet partition'.")],
+    images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg images (or use --prepared).")] = None,
+    prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare' (fast).")] = None,
+    init: Annotated[str, typer.Option(help="bvlc-googlenet (ImageNet trunk, fetched if needed), random, or ILGNet weights (name or file).")] = "bvlc-googlenet",
+    recipe: Annotated[str, typer.Option(help="paper (the authors' Caffe solver) or fast (AdamW + cosine; see README).")] = "paper",
+    iters: Annotated[int | None, typer.Option(min=1, help="Iterations (default: --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(min=0.0, help="Epochs over train.txt (default 1 when --iters is absent).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Global batch (default: the recipe's; split across torchrun ranks).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the recipe's base learning rate.")] = None,
+    dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout of the FC layers (paper: 0.7).")] = 0.7,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints/, best.safetensors, metrics.jsonl.")] = Path("runs/ilgnet"),
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoints/last.")] = False,
+    checkpoint_every: Annotated[int, typer.Option(min=1, help="Checkpoint (and validate) every K iterations.")] = 1000,
+    val_max: Annotated[int, typer.Option(min=0, help="Validate on at most this many test images (0 = all).")] = 2000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16 autocast (default: on for CUDA).")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers per process.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed for init, data order, crops and dropout.")] = 0,
+    mean: Annotated[str, typer.Option(help="Mean to subtract: ava1, ava2, B,G,R or .npy.")] = "ava1",
+    deterministic: Annotated[bool, typer.Option("--deterministic", help="torch deterministic algorithms (slower).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Fine-tune ILGNet on a partition. Multi-GPU: torchrun --nproc-per-node N -m ilgnet_cli train ..."""
+    from ilgnet_cli.train import RECIPES, TrainConfig
+    from ilgnet_cli.train import train as run
+
+    if recipe not in RECIPES:
+        raise fail(f"unknown recipe {recipe!r} (choose {', '.join(RECIPES)})", 2)
+    if images is None and prepared is None:
+        raise fail("give --images DIR or --prepared DIR", 2)
+    cfg = TrainConfig(partition=partition_dir, out=out_dir, images=images, prepared=prepared, init=init, recipe=recipe,
+                      iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout, device=device,
+                      amp=amp, workers=workers, seed=seed, checkpoint_every=checkpoint_every,
+                      val_max=val_max or None, mean=mean, deterministic=deterministic, resume=resume)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    progress = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
+                        TimeRemainingColumn(), console=err, transient=True, disable=not is_main)
+    task = progress.add_task("train", total=None, loss="-", rate="")
+
+    def update(rec: dict) -> None:
+        progress.update(task, completed=rec["step"], total=rec["total"], loss=f"{rec['loss']:.4f}",
+                        rate=f"{rec['images_per_s']:.1f} img/s")
+
+    with errors_as_messages(), progress:
+        summary = run(cfg, progress=update)
+    if not is_main:
+        return
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        best = summary["best_val_accuracy"]
+        out.print(f"trained {summary['steps']}/{summary['total']} iterations on {summary['world']} process(es); "
+                  f"best validation accuracy {best:.2%}" if best is not None else
+                  f"trained {summary['steps']}/{summary['total']} iterations on {summary['world']} process(es)")
+        out.print(f"install: ilgnet weights add {out_dir / 'best.safetensors'} --name my-ilgnet", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    dataset: Annotated[str, typer.Option(help="ava1, ava2, standard, ilgnet-ava1, ilgnet-ava2 (needs --ava) or a partition folder.")],
+    weights: Annotated[str, typer.Option("--weights", "-w", help="Installed weights name or .safetensors file.")] = "ilgnet-ava1",
+    ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (images, AVA.txt for SRCC/PLCC).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg (default: AVA/images).")] = None,
+    prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare'.")] = None,
+    tta: Annotated[str, typer.Option(help="none, mirror or 10crop.")] = "none",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    workers: Annotated[int, typer.Option(min=0)] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Accuracy next to the test set's majority baseline and the paper, with balanced accuracy, ROC AUC, CIs."""
+    from ilgnet_cli.evaluate import comparison_rows, evaluate
+
+    with errors_as_messages():
+        result = evaluate(dataset, weights, ava_dir=ava, images=images, tta=tta, device=device,
+                          batch_size=batch_size, workers=workers, prepared=prepared)
+    if result is None:
+        return
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+        return
+    m = result.metrics
+    table = Table(title=f"{result.dataset}: {m.n} test images ({result.missing} missing)")
+    for col in ("", "accuracy", "note"):
+        table.add_column(col)
+    for row in comparison_rows(result):
+        table.add_row(*row)
+    out.print(table)
+    (tn, fp), (fn, tp) = m.confusion
+    out.print(f"balanced accuracy {m.balanced_accuracy:.2%} (95% CI {m.balanced_accuracy_ci[0]:.2%}–"
+              f"{m.balanced_accuracy_ci[1]:.2%}); ROC AUC {m.roc_auc:.4f} (95% CI {m.roc_auc_ci[0]:.4f}–"
+              f"{m.roc_auc_ci[1]:.4f}); confusion [[TN {tn}, FP {fp}], [FN {fn}, TP {tp}]]", highlight=False)
+    if m.srcc is not None:
+        out.print(f"SRCC {m.srcc:.4f}, PLCC {m.plcc:.4f} between P(high) and the mean vote", highlight=False)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False)
+    if m.n == 0:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

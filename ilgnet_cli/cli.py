@@ -128,7 +128,7 @@ def score(
     Exit code 0 when at least one file was scored, 1 when none could be, 2 for usage errors,
     130 when interrupted (the partial report is still written).
     """
-    from ilgnet_cli import reports, store
+    from ilgnet_cli import reports, scoring, store
     from ilgnet_cli.cache import ScoreCache
     from ilgnet_cli.discover import Selection, find_images
     from ilgnet_cli.preprocess import PREPROCESS_VERSION
@@ -157,15 +157,20 @@ def score(
         cache = None if no_cache else ScoreCache(store.home() / "scores.sqlite", loaded.sha256, PREPROCESS_VERSION,
                                                  "exact" if exact else "draft")
         started = time.monotonic()
-        progress, on_progress = score_progress(len(files), quiet)
+        shard = scoring.Shard.from_env(dev)
+        progress, on_progress = score_progress(len(files), quiet or not shard.main)
         try:
             with progress:
-                run = run_score(files, loaded, device=dev, batch_size=batch_size,
+                run = run_score(shard.take(files), loaded, device=shard.device, batch_size=batch_size,
                                 workers=_default_workers() if workers is None else workers, exact=exact,
-                                cache=cache, max_pixels=max_pixels, progress=on_progress, missing=missing)
+                                cache=cache, max_pixels=max_pixels, progress=on_progress,
+                                missing=missing if shard.main else [])
         finally:
             if cache is not None:
                 cache.close()
+        run = shard.merge(run)
+        if run is None:  # not rank 0 under torchrun: rank 0 writes the report
+            return
         elapsed = time.monotonic() - started
         if output is not None and fmt != "table":
             reports.write_report(run, fmt, output, top=top, min_score=min_score, max_pixels=max_pixels)

@@ -262,3 +262,47 @@ def _count(stats: RunStats, done: dict[int, ScoreResult]) -> RunStats:
     stats.scored = sum(1 for r in done.values() if r.ok)
     stats.errors = len(done) - stats.scored
     return stats
+
+
+@dataclass
+class Shard:
+    """Under torchrun, each rank scores every world-th file; rank 0 gathers one report."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: torch.device) -> Shard:
+        from ilgnet_cli.train import init_distributed
+
+        dd = init_distributed(device)
+        if dd.world > 1 and device.type == "cuda":
+            device = torch.device("cuda", dd.local_rank)
+        return cls(dd.rank, dd.world, device)
+
+    def take(self, files: list[str]) -> list[str]:
+        return files[self.rank::self.world]
+
+    def merge(self, run: ScoreRun) -> ScoreRun | None:
+        if self.world == 1:
+            return run
+        import torch.distributed as dist
+
+        gathered: list[ScoreRun | None] = [None] * self.world
+        dist.all_gather_object(gathered, run)
+        dist.destroy_process_group()
+        if not self.main:
+            return None
+        merged = ScoreRun(results=[], stats=RunStats(), weights_name=run.weights_name,
+                          weights_sha256=run.weights_sha256)
+        for part in gathered:
+            merged.results.extend(part.results)
+            for key in ("files", "cache_hits", "decoded", "scored", "errors"):
+                setattr(merged.stats, key, getattr(merged.stats, key) + getattr(part.stats, key))
+            merged.stats.interrupted |= part.stats.interrupted
+        return merged

@@ -172,3 +172,16 @@ def test_eval_reports_metrics_baseline_and_missing(blur_task, weights_file, tmp_
     table = CliRunner().invoke(app, ["eval", "--dataset", str(blur_task), "--weights", str(weights_file),
                                      "--images", str(blur_task / "images"), "--device", "cpu", "--workers", "0"])
     assert "always the majority class" in table.output and "balanced accuracy" in table.output
+
+
+def test_torchrun_score_shards_files_and_merges_one_report(tmp_path, weights_file):
+    photos = [str(p) for p in camera_photos(5)]
+    report = tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                           "29519", "-m", "ilgnet_cli", "score", *photos, "--weights", str(weights_file),
+                           "--device", "cpu", "--workers", "0", "--no-cache", "-o", str(report)],
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(report.read_text())
+    assert sorted(r["path"] for r in data["results"]) == sorted(photos)
+    assert data["summary"]["scored"] == 5

@@ -120,6 +120,12 @@ def score(
     offline: Annotated[bool, typer.Option("--offline", help="Never download weights (also ILGNET_OFFLINE=1).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json (to stdout unless --output).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    xmp: Annotated[bool, typer.Option("--xmp", help="Write xmp:Rating (1-5) and the score into XMP sidecars (never touches images).")] = False,
+    xmp_style: Annotated[str, typer.Option(help="adobe (IMG_0001.xmp), darktable (IMG_0001.JPG.xmp) or both.")] = "adobe",
+    stars: Annotated[str, typer.Option(help="quantile (quintiles of this run) or fixed:T1,T2,T3,T4 score thresholds.")] = "quantile",
+    overwrite_ratings: Annotated[bool, typer.Option("--overwrite-ratings", help="Replace ratings set by hand (kept by default).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --xmp: show what would change, write nothing.")] = False,
+    group_bursts: Annotated[float | None, typer.Option("--group-bursts", min=0.0, help="Group shots of one camera body taken within SECONDS of each other; keep the sharp, best-scored frame (e.g. --group-bursts 1).")] = None,
 ) -> None:
     """Score photos (files or whole folders) and report them sorted by aesthetic score.
 
@@ -141,6 +147,15 @@ def score(
         raise fail("--format html needs --output FILE.html", 2)
     if copy_top and link_top:
         raise fail("use either --copy-top or --link-top, not both", 2)
+    if xmp:
+        from ilgnet_cli.xmp import STYLES, stars_for
+
+        if xmp_style not in STYLES:
+            raise fail(f"--xmp-style must be one of {', '.join(STYLES)}", 2)
+        try:
+            stars_for([0.5], stars)
+        except ValueError as exc:
+            raise fail(str(exc), 2) from None
     with errors_as_messages():
         dev = pick_device(device)
         missing: list[str] = []
@@ -172,6 +187,10 @@ def score(
         if run is None:  # not rank 0 under torchrun: rank 0 writes the report
             return
         elapsed = time.monotonic() - started
+        if group_bursts is not None:
+            from ilgnet_cli.bursts import group_bursts as make_bursts
+
+            run.bursts = make_bursts(run.results, group_bursts)
         if output is not None and fmt != "table":
             reports.write_report(run, fmt, output, top=top, min_score=min_score, max_pixels=max_pixels)
         if fmt == "json" and output is None:
@@ -182,12 +201,33 @@ def score(
         if copy_top or link_top:
             exported = reports.export_top(reports.selected(run, min_score, top), copy_top or link_top,
                                           link=link_top is not None)
+    if xmp:
+        _write_xmp(run, loaded.name, xmp_style, stars, overwrite_ratings, dry_run)
     if not quiet:
         _summary(run, elapsed, output if fmt != "table" else None, exported)
     if run.stats.interrupted:
         raise typer.Exit(130)
     if run.stats.scored == 0:
         raise typer.Exit(1)
+
+
+def _write_xmp(run, model: str, style: str, stars: str, overwrite: bool, dry_run: bool) -> None:
+    from ilgnet_cli.xmp import write_sidecars
+
+    changes, problems = write_sidecars(run.results, style=style, stars_spec=stars, model=model,
+                                       overwrite_ratings=overwrite, dry_run=dry_run)
+    if dry_run:
+        table = Table(title="XMP sidecars (dry run: nothing written)", title_justify="left")
+        for col in ("sidecar", "action", "rating", "score"):
+            table.add_column(col, overflow="fold")
+        for c in changes:
+            table.add_row(escape(str(c.path)), c.action, f"{c.old_rating or '-'} -> {c.new_rating}", f"{c.score:.4f}")
+        out.print(table)
+    else:
+        kept = sum(c.action == "keep-hand-rating" for c in changes)
+        err.print(f"XMP: {len(changes)} sidecar(s) written ({kept} hand rating(s) kept)", highlight=False)
+    for p in problems:
+        err.print(f"[yellow]XMP skipped[/] {escape(p)}", highlight=False)
 
 
 def score_progress(total: int, quiet: bool):

@@ -27,8 +27,9 @@ MEANS_BGR: dict[str, tuple[float, float, float]] = {
     # ImageNet mean of bvlc_googlenet (ilsvrc_2012_mean, per channel).
     "imagenet": (104.0, 117.0, 123.0),
 }
-# Bumped whenever the pixels fed to the model could change (part of the score-cache key).
-PREPROCESS_VERSION = 1
+# Bumped whenever the pixels fed to the model, or what the cache stores with a score, change
+# (part of the score-cache key). 2: cached entries carry the sharpness for best-of-burst.
+PREPROCESS_VERSION = 2
 
 
 def _taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from ilgnet_cli.scoring import ScoreResult, ScoreRun
 
 FORMATS = ("table", "csv", "json", "html")
 CSV_FIELDS = ("rank", "score", "path", "status", "error", "width", "height", "format", "captured", "camera",
-              "lens", "exposure", "aperture", "iso", "focal_length", "has_gps")
+              "lens", "exposure", "aperture", "iso", "focal_length", "has_gps", "sharpness", "burst", "keeper")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -69,10 +69,18 @@ def record(result: ScoreResult, rank: int | None) -> dict[str, Any]:
         "focal_length": exif.focal_length,
         "has_gps": exif.has_gps,
         "exif_error": exif.error,
+        "sharpness": result.info.get("sharpness"),
+        "burst": result.info.get("burst"),
+        "keeper": result.info.get("keeper"),
     }
 
 
 def selected(run: ScoreRun, min_score: float | None = None, top: int | None = None) -> list[ScoreResult]:
+    """Scored results for a report, best first. With bursts, ``top`` counts bursts (each burst's
+    keeper first, then its other frames) and ``min_score`` applies to keepers."""
+    if run.bursts is not None:
+        groups = [b for b in run.bursts if min_score is None or b.keeper.score >= min_score]
+        return [m for b in (groups[:top] if top else groups) for m in b.members]
     rows = [r for r in run.scored if min_score is None or r.score >= min_score]
     return rows[:top] if top else rows
 
@@ -106,19 +114,29 @@ def to_csv(run: ScoreRun, min_score: float | None = None, top: int | None = None
 
 def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> Table:
     rows = selected(run, min_score, top)
-    total = len(selected(run, min_score))
-    title = f"ILGNet scores — top {len(rows)} of {total} ({run.weights_name})"
+    if run.bursts is not None:  # one row per burst: its keeper
+        rows = [r for r in rows if r.info.get("keeper")]
+        total = len([b for b in run.bursts if min_score is None or b.keeper.score >= min_score])
+        title = f"ILGNet scores — best {len(rows)} of {total} bursts ({run.weights_name})"
+    else:
+        total = len(selected(run, min_score))
+        title = f"ILGNet scores — top {len(rows)} of {total} ({run.weights_name})"
     table = Table(title=title, title_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("score", justify="right")
     table.add_column("file", overflow="fold")
     table.add_column("date")
     table.add_column("camera", overflow="fold")
+    if run.bursts is not None:
+        table.add_column("burst", justify="right")
     for i, r in enumerate(rows, 1):
         exif = exif_of(r)
         date = (exif.captured or "")[:19].replace("T", " ")
         # Rich markup in file names must print literally.
-        table.add_row(str(i), f"{r.score:.4f}", _plain(r.path), date, _plain(exif.camera))
+        cells = [str(i), f"{r.score:.4f}", _plain(r.path), date, _plain(exif.camera)]
+        if run.bursts is not None:
+            cells.append(f"keeper of {r.info.get('burst_size', 1)}")
+        table.add_row(*cells)
     return table
 
 
@@ -156,6 +174,7 @@ figure{margin:0;background:#22262b;border-radius:8px;padding:8px;overflow:hidden
 figure img{display:block;width:100%;height:200px;object-fit:contain;background:#0d0e10;border-radius:4px}
 .noimg{height:200px;display:flex;align-items:center;justify-content:center;color:#777;background:#0d0e10}
 figcaption{font-size:.8rem;line-height:1.35;margin-top:6px;word-break:break-all}
+.burst{margin-bottom:14px;padding-bottom:14px;border-bottom:1px solid #333}
 .rank{color:#9aa}.score{font-weight:700;font-size:1rem;color:#ffd36b}.exif{color:#aab}
 table{border-collapse:collapse;margin-top:1.5rem;font-size:.8rem}
 td,th{border:1px solid #333;padding:3px 6px;text-align:left}
@@ -178,13 +197,20 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
     esc = html.escape
     rows = selected(run, min_score, top)
     figures = []
-    for i, r in enumerate(rows, 1):
+    rank = 0
+    for r in rows:
+        if run.bursts is not None and r.info.get("keeper") and figures:
+            figures.append('</div><div class="grid burst">')  # one row per burst, keeper first
+        rank += 1 if run.bursts is None or r.info.get("keeper") else 0
         uri = thumbnail_data_uri(r.path, max_pixels=max_pixels) if thumbnails else None
         name = os.path.basename(r.path)
         img = (f'<img src="{esc(uri)}" alt="{esc(name)}" loading="lazy">' if uri
                else '<div class="noimg">no preview</div>')
+        label = f"#{rank}"
+        if run.bursts is not None and r.info.get("burst_size", 1) > 1:
+            label += " keeper" if r.info.get("keeper") else " burst frame"
         figures.append(
-            f'<figure>{img}<figcaption><span class="rank">#{i}</span> '
+            f'<figure>{img}<figcaption><span class="rank">{esc(label)}</span> '
             f'<span class="score">{r.score:.4f}</span><br><span class="name" title="{esc(r.path)}">{esc(name)}</span>'
             f'<br><span class="exif">{esc(_caption(exif_of(r)))}</span></figcaption></figure>'
         )
@@ -202,7 +228,7 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>ILGNet contact sheet</title><style>{CSS}</style></head>
 <body><h1>ILGNet contact sheet</h1><p class="meta">{summary}</p>
-<div class="grid">{''.join(figures)}</div>{error_table}</body></html>
+<div class="grid{' burst' if run.bursts is not None else ''}">{''.join(figures)}</div>{error_table}</body></html>
 """
 
 

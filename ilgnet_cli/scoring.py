@@ -149,10 +149,12 @@ def score_paths(
 
 
 def exif_extra(path: str, decoded: Any) -> dict[str, Any]:
-    """Worker-side extras for reports: EXIF (never fails; errors land in the EXIF record)."""
+    """Worker-side extras for reports: EXIF (never fails; errors land in the EXIF record) and
+    the sharpness of the scoring decode (for best-of-burst)."""
+    from ilgnet_cli.bursts import sharpness
     from ilgnet_cli.exif import read_exif
 
-    return {"exif": read_exif(path).to_json()}
+    return {"exif": read_exif(path).to_json(), "sharpness": sharpness(decoded.rgb)}
 
 
 @dataclass
@@ -171,6 +173,7 @@ class ScoreRun:
     stats: RunStats
     weights_name: str
     weights_sha256: str
+    bursts: list | None = None  # set by group_bursts(): report rows are bursts, keeper first
 
     @property
     def scored(self) -> list[ScoreResult]:

@@ -291,3 +291,16 @@ def test_partition_dataset_yields_model_inputs(tmp_path):
                                                    train=True, seed=5)[i][0]).all() for i in range(3))
     test = PartitionDataset(tmp_path / "train.txt", images, (91.0, 99.0, 107.0))
     assert (test[1][0] == test[1][0]).all() and test[1][1] == 0
+
+
+def test_shipped_manifests_load_and_are_marked_unverified():
+    from ilgnet_cli.ava_download import Manifest, manifest_help, shipped_manifests
+
+    known = shipped_manifests()
+    assert {"hf-sxfly", "hf-iceclear", "hf-will33am"} <= set(known)
+    for path in known.values():
+        m = Manifest.load(path)
+        assert m.files and all(f.urls for f in m.files) and not m.verified
+        assert any(f.archive for f in m.files) and any(f.target == "AVA.txt" for f in m.files)
+    assert "hf-sxfly (unverified)" in manifest_help()
+    assert "unverified" in runner.invoke(app, ["download", "ava", "--help"]).output

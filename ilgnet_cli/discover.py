@@ -19,6 +19,9 @@ from pathlib import Path
 IMAGE_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".tif", ".tiff", ".webp", ".bmp", ".dib",
     ".gif", ".heic", ".heif", ".hif", ".avif",
+    # camera RAW (decoded with rawpy)
+    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".dng", ".pef", ".srw",
+    ".x3f", ".3fr", ".iiq", ".erf", ".mef", ".mos", ".rwl",
 })
 # Files that sit next to photos and are never images: skip without reading them.
 SKIP_EXTENSIONS = frozenset({".xmp", ".txt", ".json", ".csv", ".html", ".htm", ".pp3", ".dop", ".on1", ".db",

@@ -104,7 +104,7 @@ def read_ava(path: str | Path, *, strict: bool = False) -> AVAData:
 
 
 def write_ava(path: str | Path, records: Iterable[AVARecord]) -> None:
-    from ilgnet_cli.reports import atomic_write_text
+    from ilgnet_cli.fsutil import atomic_write_text
 
     atomic_write_text(path, "".join(r.to_line(i) + "\n" for i, r in enumerate(records, 1)))
 

@@ -365,7 +365,7 @@ def _check_image(path: str) -> str | None:
 
 def verify(dest: Path, *, jobs: int = 4, progress: ProgressFn | None = None, report: Report) -> None:
     """Open and decode every image listed in AVA.txt; write missing.txt and corrupt.txt."""
-    from ilgnet_cli.reports import atomic_write_text
+    from ilgnet_cli.fsutil import atomic_write_text
 
     ids = sorted(read_ava(dest / "AVA.txt").records)
     report.listed = len(ids)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ilgnet_cli.ava import AVAData, read_ava, read_id_list, read_label_list
-from ilgnet_cli.reports import atomic_write_text
+from ilgnet_cli.fsutil import atomic_write_text
 
 KINDS = ("ava1", "ava2", "standard", "ilgnet-ava1", "ilgnet-ava2")
 AVA1_TEST_SIZE = 20_000

@@ -14,7 +14,6 @@ import html
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,26 +22,12 @@ from rich.table import Table
 
 from ilgnet_cli import __version__
 from ilgnet_cli.exif import ExifInfo
+from ilgnet_cli.fsutil import atomic_write_text
 from ilgnet_cli.scoring import ScoreResult, ScoreRun
 
 FORMATS = ("table", "csv", "json", "html")
 CSV_FIELDS = ("rank", "score", "path", "status", "error", "width", "height", "format", "captured", "camera",
               "lens", "exposure", "aperture", "iso", "focal_length", "has_gps", "sharpness", "burst", "keeper")
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def exif_of(result: ScoreResult) -> ExifInfo:

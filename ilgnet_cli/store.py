@@ -15,7 +15,6 @@ import datetime as _dt
 import json
 import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from ilgnet_cli import __version__
 from ilgnet_cli.caffe_import import CaffeModelError, caffe_to_state_dict, read_caffemodel
 from ilgnet_cli.download import Checksum, DownloadStats, ProgressFn, download, file_digest
+from ilgnet_cli.fsutil import atomic_write_bytes
 from ilgnet_cli.model import INPUT_SIZE, LABELS, ILGNet
 from ilgnet_cli.preprocess import MEANS_BGR, load_mean_file, parse_mean
 
@@ -140,20 +140,6 @@ def _record_path(name: str) -> Path:
     return weights_dir() / f"{name}.json"
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def installed(name: str) -> Installed | None:
     rec = _record_path(name)
     if not rec.exists():
@@ -212,7 +198,7 @@ def _install(name: str, state: dict[str, np.ndarray], mean_bgr: tuple[float, flo
         architecture=architecture, mean_bgr=mean_bgr, source=source,
         source_sha256=source_sha256, installed_at=_now(),
     )
-    _atomic_write_bytes(_record_path(name), json.dumps(record.to_json(), indent=2).encode())
+    atomic_write_bytes(_record_path(name), json.dumps(record.to_json(), indent=2).encode())
     return record
 
 

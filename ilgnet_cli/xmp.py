@@ -140,7 +140,7 @@ class SidecarChange:
 def plan_and_write(path: Path, stars: int, score: float, model: str, *, overwrite_ratings: bool = False,
                    dry_run: bool = False) -> SidecarChange:
     """Merge rating + score into the sidecar at ``path`` (created if absent); atomic write."""
-    from ilgnet_cli.reports import atomic_write_text
+    from ilgnet_cli.fsutil import atomic_write_text
 
     exists = path.exists()
     text = path.read_text(encoding="utf-8-sig") if exists else TEMPLATE

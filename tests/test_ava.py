@@ -268,7 +268,7 @@ def test_import_existing_copy(tmp_path, kind):
     dest = tmp_path / "AVA"
     result = runner.invoke(app, ["download", "ava", "--dest", str(dest), "--from", str(given), "--json"])
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["present"] == 3 and summary["missing"] == 0 and summary["corrupt"] == 0
     assert sorted(p.name for p in (dest / "images").iterdir()) == ["7.jpg", "8.jpg", "9.jpg"]
     if kind == "folder":  # hard-linked, the user's copy untouched

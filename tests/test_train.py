@@ -164,7 +164,7 @@ def test_eval_reports_metrics_baseline_and_missing(blur_task, weights_file, tmp_
     finally:
         (tmp_path / "hidden.jpg").rename(blur_task / "images" / "1.jpg")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     m = data["metrics"]
     assert data["listed"] == 32 and data["missing_images"] in (0, 1) and m["n"] == 32 - data["missing_images"]
     assert m["majority_baseline"] == pytest.approx(0.5, abs=0.04)

@@ -49,7 +49,7 @@ def test_packaged_registry_lists_known_weights():
     assert "0B-wWngvfWr7WRDl4YUFNTmJqenM" in registry.get("ilgnet-ava2").sources[0]
     result = runner.invoke(app, ["weights", "list", "--json"])
     assert result.exit_code == 0
-    rows = {r["name"]: r for r in json.loads(result.output)["weights"]}
+    rows = {r["name"]: r for r in json.loads(result.stdout)["weights"]}
     assert rows["ilgnet-ava1"]["default"] and not rows["ilgnet-ava1"]["installed"]
 
 
@@ -72,12 +72,12 @@ def test_fetch_with_mirror_fallback_converts_and_verifies(server, tmp_path, monk
     row = next(r for r in listing["weights"] if r["name"] == "test-ava1")
     assert row["installed"] and row["sha256"] == rec.sha256 and row["size"] == rec.size
     result = runner.invoke(app, ["weights", "verify", "--json"])
-    assert result.exit_code == 0 and json.loads(result.output)[0]["ok"]
+    assert result.exit_code == 0 and json.loads(result.stdout)[0]["ok"]
 
     photo = camera_photos(1)[0]
     result = runner.invoke(app, ["score", "--weights", "test-ava1", "--device", "cpu", "--json", str(photo)])
     assert result.exit_code == 0, result.output
-    scored = json.loads(result.output)["results"]
+    scored = json.loads(result.stdout)["results"]
     assert scored[0]["path"] == str(photo) and 0.0 < scored[0]["score"] < 1.0
 
 
@@ -102,7 +102,7 @@ def test_score_fetches_default_weights_on_first_use(server, tmp_path, monkeypatc
     photos = [str(p) for p in camera_photos(2)]
     result = runner.invoke(app, ["score", "--device", "cpu", "--json", *photos])
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output)
+    payload = json.loads(result.stdout)
     assert payload["weights"] == "test-ava1" and len(payload["results"]) == 2
     assert store.installed("test-ava1") is not None
     # Second run: nothing is downloaded again.

@@ -62,7 +62,7 @@ def test_sidecars_read_back_with_exiftool(tmp_path, weights_file, style):
     result = runner.invoke(app, ["score", str(folder), "--weights", str(weights_file), "--device", "cpu",
                                  "--workers", "0", "--xmp", "--xmp-style", style, "--json"])
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output[result.output.index("{"):])
+    report = json.loads(result.stdout)
     stars = dict(zip([r["path"] for r in report["results"]],
                      stars_for([r["score"] for r in report["results"]], "quantile"), strict=True))
     for path, expected in stars.items():

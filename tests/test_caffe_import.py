@@ -151,3 +151,27 @@ def test_imported_weights_round_trip_exactly(caffemodels):
     _, meta = store.read_weights(rec.path)
     assert meta["architecture"] == "ilgnet" and meta["labels"] == "low,high" and meta["input_size"] == "227"
     assert len(meta["source_sha256"]) == 64 and meta["imported_at"]
+
+
+def test_import_memory_stays_near_twice_the_file(caffemodels, tmp_path):
+    """Peak RSS growth of a whole import (read, map, write safetensors) vs the caffemodel size.
+
+    Measured: 2.0x (the float blobs, 1x, plus the memory-mapped file's pages, 1x, which the
+    kernel can drop at any time)."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the (large) parent across exec.
+    script = (
+        "import os, sys\n"
+        "from ilgnet_cli import store\n"
+        "import torch, numpy, safetensors.numpy\n"
+        "def kb(key):\n"
+        "    return next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith(key))\n"
+        "base = kb('VmHWM:')\n"
+        "store.import_caffemodel(sys.argv[1], 'mem', 'ava1')\n"
+        "print((kb('VmHWM:') - base) * 1024 / os.path.getsize(sys.argv[1]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(caffemodels["v2"])], capture_output=True, text=True,
+                          env={**os.environ, "ILGNET_HOME": str(tmp_path / "home")}, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    ratio = float(proc.stdout.strip().splitlines()[-1])
+    print(f"\nimport peak memory growth: {ratio:.2f}x the caffemodel")
+    assert ratio < 2.3

@@ -185,3 +185,16 @@ def test_torchrun_score_shards_files_and_merges_one_report(tmp_path, weights_fil
     data = json.loads(report.read_text())
     assert sorted(r["path"] for r in data["results"]) == sorted(photos)
     assert data["summary"]["scored"] == 5
+
+
+def test_torchrun_eval_matches_single_process(blur_task, weights_file):
+    args = ["-m", "ilgnet_cli", "eval", "--dataset", str(blur_task), "--weights", str(weights_file), "--images",
+            str(blur_task / "images"), "--device", "cpu", "--workers", "0", "--json"]
+    single = subprocess.run([sys.executable, *args], env=ENV, capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          "29521", *args[1:]], env=ENV, capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    a, b = json.loads(single.stdout)["metrics"], json.loads(ddp.stdout)["metrics"]
+    assert a["n"] == b["n"] == 32 and a["confusion"] == b["confusion"]
+    assert a["roc_auc"] == pytest.approx(b["roc_auc"], abs=1e-9)

@@ -186,3 +186,16 @@ def test_bursts_on_real_camera_photos_are_singletons(tmp_path, weights_file):
                                "--workers", "0", "--group-bursts", "2", "-o", str(out)]).exit_code == 0
     rows = json.loads(out.read_text())["results"]
     assert len({r["burst"] for r in rows}) == len(rows) == 8 and all(r["keeper"] for r in rows)
+
+
+def test_heic_gets_a_sidecar_too(tmp_path, weights_file):
+    from conftest import shared_path
+
+    heic = shared_path("photos", "camera", "Apple_iPhone-11-Pro-Max.heic")
+    shutil.copy2(heic, tmp_path / "IMG_1234.HEIC")
+    result = runner.invoke(app, ["score", str(tmp_path / "IMG_1234.HEIC"), "--weights", str(weights_file),
+                                 "--device", "cpu", "--workers", "0", "--xmp", "--xmp-style", "both"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "IMG_1234.xmp").exists() and (tmp_path / "IMG_1234.HEIC.xmp").exists()
+    if EXIFTOOL:
+        assert exiftool(tmp_path / "IMG_1234.HEIC.xmp")[0]["Rating"] in range(1, 6)

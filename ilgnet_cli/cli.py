@@ -78,15 +78,31 @@ def main_callback(
     """ILGNet image aesthetics: `ilgnet score ~/Photos`."""
 
 
-def download_progress() -> tuple[Progress, callable]:
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                        TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
-    task = progress.add_task("downloading", total=None)
+class _LazyProgress:
+    """A download progress bar that only appears once bytes arrive (no blank line otherwise)."""
 
-    def update(done: int, total: int | None) -> None:
-        progress.update(task, completed=done, total=total)
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
+        self.task = None
 
-    return progress, update
+    def update(self, done: int, total: int | None) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("downloading", total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def __enter__(self) -> _LazyProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+def download_progress() -> tuple[_LazyProgress, callable]:
+    lazy = _LazyProgress()
+    return lazy, lazy.update
 
 
 # --------------------------------------------------------------------------- score

@@ -5,7 +5,6 @@ Works alone or under torchrun (each rank scores a shard; rank 0 merges and repor
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -172,7 +171,3 @@ def comparison_rows(result: EvalResult) -> list[tuple[str, str, str]]:
     lo, hi = m.accuracy_ci
     rows.append((f"ours ({result.weights}, tta {result.tta})", f"{m.accuracy:.2%}", f"95% CI {lo:.2%}–{hi:.2%}"))
     return rows
-
-
-def is_distributed_launch() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -28,7 +28,7 @@ from ilgnet_cli.caffe_import import CaffeModelError, caffe_to_state_dict, read_c
 from ilgnet_cli.download import Checksum, DownloadStats, ProgressFn, download, file_digest
 from ilgnet_cli.fsutil import atomic_write_bytes
 from ilgnet_cli.model import INPUT_SIZE, LABELS, ILGNet
-from ilgnet_cli.preprocess import MEANS_BGR, load_mean_file, parse_mean
+from ilgnet_cli.preprocess import load_mean_file, parse_mean
 
 ARCH_FULL = "ilgnet"
 ARCH_TRUNK = "ilgnet-trunk"
@@ -432,7 +432,3 @@ def remove(name: str) -> bool:
             p.unlink()
             removed = True
     return removed
-
-
-__all__ = ["MEANS_BGR", "WeightsError", "NoWeightsError", "home", "load_registry", "import_caffemodel",
-           "add_safetensors", "load_model", "fetch", "verify", "ensure_default", "installed_all"]

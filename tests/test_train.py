@@ -27,6 +27,7 @@ from ilgnet_cli.cli import app
 from ilgnet_cli.evaluate import predict
 from ilgnet_cli.metrics import roc_auc
 from ilgnet_cli.model import ILGNet
+from ilgnet_cli.preprocess import MEANS_BGR
 from ilgnet_cli.train import RECIPES, CaffeSGD, TrainConfig, lr_at, param_groups, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -61,7 +62,7 @@ def test_learns_sharp_vs_blurred_from_random_init(blur_task, tmp_path):
     # The best checkpoint installs into the store and scores.
     result = CliRunner().invoke(app, ["weights", "add", str(tmp_path / "run" / "best.safetensors"), "--name", "blur"])
     assert result.exit_code == 0, result.output
-    assert store.load_model("blur").mean_bgr == store.MEANS_BGR["ava1"]
+    assert store.load_model("blur").mean_bgr == MEANS_BGR["ava1"]
 
 
 def _train_cmd(task: Path, out: Path, *extra: str) -> list[str]:

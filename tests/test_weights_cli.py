@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from ilgnet_cli import __version__, store
 from ilgnet_cli.cli import app
 from ilgnet_cli.download import file_digest
+from ilgnet_cli.preprocess import MEANS_BGR
 
 runner = CliRunner()
 
@@ -144,7 +145,7 @@ def test_weights_add_and_remove(caffemodels, tmp_path):
     rec = store.import_caffemodel(caffemodels["v2"], "source", "ava2")
     result = runner.invoke(app, ["weights", "add", str(rec.path), "--name", "my-ava2"])
     assert result.exit_code == 0, result.output
-    assert store.load_model("my-ava2").mean_bgr == store.MEANS_BGR["ava2"]
+    assert store.load_model("my-ava2").mean_bgr == MEANS_BGR["ava2"]
     assert runner.invoke(app, ["weights", "remove", "my-ava2"]).exit_code == 0
     assert store.installed("my-ava2") is None
     assert runner.invoke(app, ["weights", "remove", "my-ava2"]).exit_code == 1

@@ -16,8 +16,11 @@ BLUR_RATIO = 0.5
 
 
 def sharpness(rgb: np.ndarray) -> float:
-    """Variance of the 4-neighbour Laplacian of the grey image (higher = sharper)."""
-    gray = rgb.astype(np.float32).mean(axis=2)
+    """Variance of the 4-neighbour Laplacian of the grey image (higher = sharper).
+
+    Computed on every second pixel of the scoring decode: 4x cheaper, and frames of one burst
+    are compared at the same resolution, which is all best-of-burst needs."""
+    gray = rgb[::2, ::2].astype(np.float32).mean(axis=2)
     lap = (4 * gray[1:-1, 1:-1] - gray[:-2, 1:-1] - gray[2:, 1:-1] - gray[1:-1, :-2] - gray[1:-1, 2:])
     return float(lap.var()) if lap.size else 0.0
 

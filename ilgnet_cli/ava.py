@@ -132,6 +132,14 @@ def read_label_list(path: str | Path) -> list[tuple[int, int]]:
     return out
 
 
+def available(items: list[tuple[int, int]], images: str | Path, cache: object | None = None) -> list[tuple[int, int]]:
+    """The (id, label) items whose image exists: in the prepared cache if given, else as images/<id>.jpg."""
+    if cache is not None:
+        return [it for it in items if it[0] in cache]
+    folder = Path(images)
+    return [it for it in items if (folder / f"{it[0]}.jpg").is_file()]
+
+
 # --------------------------------------------------------------------------- Dataset
 
 

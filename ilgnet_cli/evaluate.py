@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from ilgnet_cli import metrics
-from ilgnet_cli.ava import read_ava, read_label_list
+from ilgnet_cli.ava import available, read_ava, read_label_list
 from ilgnet_cli.model import score_from_logits
 from ilgnet_cli.preprocess import CROP, RESIZE, to_blob
 
@@ -135,9 +135,7 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
         from ilgnet_cli.prepare import PreparedImages
 
         cache = PreparedImages(prepared)
-        present = [it for it in items if it[0] in cache]
-    else:
-        present = [it for it in items if (images / f"{it[0]}.jpg").is_file()]
+    present = available(items, images, cache)
     loaded = store.load_model(weights, dev)
     p = predict(loaded.model, present, images, loaded.mean_bgr, tta=tta, device=dev, batch_size=batch_size,
                 workers=workers, cache=cache)

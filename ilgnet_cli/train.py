@@ -36,8 +36,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ilgnet_cli.ava import PartitionDataset
+from ilgnet_cli.ava import PartitionDataset, available
 from ilgnet_cli.model import HEAD_LAYERS, ILGNet, score_from_logits
+from ilgnet_cli.store import save_weights
 
 
 @dataclass(frozen=True)
@@ -210,8 +211,6 @@ class TrainConfig:
 def _save_checkpoint(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, step: int, state: dict,
                      mean_bgr: tuple[float, float, float]) -> Path:
     """Write checkpoints/last atomically: a new folder, then renames (old kept until done)."""
-    from ilgnet_cli.store import save_weights
-
     ckpt_root = run_dir / "checkpoints"
     new, last, old = ckpt_root / f".tmp-{step}", ckpt_root / "last", ckpt_root / "last.old"
     shutil.rmtree(new, ignore_errors=True)
@@ -311,18 +310,14 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
         cache = PreparedImages(cfg.prepared)
     images = cfg.images or cfg.partition
     train_ds = PartitionDataset(cfg.partition / "train.txt", images, mean_bgr, train=True, seed=cfg.seed, cache=cache)
-    if cache is not None:
-        train_ds.items = [it for it in train_ds.items if it[0] in cache]
-    else:
-        train_ds.items = [it for it in train_ds.items if (Path(images) / f"{it[0]}.jpg").exists()]
+    train_ds.items = available(train_ds.items, images, cache)
     if len(train_ds) < global_batch:
         raise ValueError(f"only {len(train_ds)} training images found (batch {global_batch})")
     val_path = cfg.val_list or cfg.partition / "test.txt"
     val_ds = None
     if val_path.exists():
         val_ds = PartitionDataset(val_path, images, mean_bgr, cache=cache)
-        val_ds.items = [it for it in val_ds.items if (cache is not None and it[0] in cache)
-                        or (cache is None and (Path(images) / f"{it[0]}.jpg").exists())]
+        val_ds.items = available(val_ds.items, images, cache)
         if cfg.val_max and len(val_ds.items) > cfg.val_max:
             pick = np.random.default_rng(0).choice(len(val_ds.items), cfg.val_max, replace=False)
             val_ds.items = [val_ds.items[i] for i in sorted(pick)]
@@ -425,8 +420,6 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
                 val_acc = None
                 if dd.main:
                     if val_ds is None or not len(val_ds):
-                        from ilgnet_cli.store import save_weights
-
                         # No validation images: the latest model is the best we know.
                         save_weights(run_dir / "best.safetensors", model.state_dict(), mean_bgr,
                                      metadata={"step": str(step)})
@@ -438,8 +431,6 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
                             writer.add_scalar("val/accuracy", val_acc, step)
                         if val_acc > best:
                             best = val_acc
-                            from ilgnet_cli.store import save_weights
-
                             save_weights(run_dir / "best.safetensors", model.state_dict(), mean_bgr,
                                          metadata={"step": str(step), "val_accuracy": f"{val_acc:.6f}"})
                     _save_checkpoint(run_dir, model, optimizer, step, {"best": best, "seed": cfg.seed}, mean_bgr)

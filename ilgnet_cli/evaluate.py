@@ -123,10 +123,8 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
 
     if tta not in TTA:
         raise ValueError(f"--tta must be one of {', '.join(TTA)}")
-    dev = pick_device(device)
-    dd = init_distributed(dev)
-    if dd.world > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", dd.local_rank)
+    dd = init_distributed(pick_device(device))
+    dev = dd.device
     folder, name = resolve_dataset(dataset, ava_dir)
     images = images or (ava_dir / "images" if ava_dir else folder / "images")
     items = read_label_list(folder / "test.txt")

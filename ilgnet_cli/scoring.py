@@ -284,9 +284,7 @@ class Shard:
         from ilgnet_cli.train import init_distributed
 
         dd = init_distributed(device)
-        if dd.world > 1 and device.type == "cuda":
-            device = torch.device("cuda", dd.local_rank)
-        return cls(dd.rank, dd.world, device)
+        return cls(dd.rank, dd.world, dd.device)
 
     def take(self, files: list[str]) -> list[str]:
         return files[self.rank::self.world]

@@ -137,6 +137,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def main(self) -> bool:
@@ -144,13 +145,19 @@ class Dist:
 
 
 def init_distributed(device: torch.device) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process."""
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process.
+
+    Under torchrun on CUDA each rank gets its own GPU (``cuda:LOCAL_RANK``) in ``Dist.device``."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist()
+        return Dist(device=device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
 class _EpochSampler(DistributedSampler):
@@ -285,11 +292,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     from ilgnet_cli.scoring import pick_device
     from ilgnet_cli.store import resolve_mean
 
-    device = pick_device(cfg.device)
-    dd = init_distributed(device)
-    if dd.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", dd.local_rank)
-        torch.cuda.set_device(device)
+    dd = init_distributed(pick_device(cfg.device))
+    device = dd.device
     cuda = device.type == "cuda"
     amp = cuda if cfg.amp is None else (cfg.amp and cuda)
     if cfg.deterministic:

@@ -7,13 +7,16 @@ preprocessing is deterministic and every image is an independent row of the batc
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from ilgnet_cli.decode import DecodeError, decode
 from ilgnet_cli.model import score_from_logits
@@ -83,12 +86,50 @@ class _Images(Dataset):
 def _worker_init(_: int) -> None:
     # Decoding is numpy/Pillow work; torch threads in workers would only fight the model.
     torch.set_num_threads(1)
+    # Native decoders (libtiff, libheif) print their own diagnostics straight to fd 2; the
+    # report already carries a one-line reason for that file, so keep the terminal clean.
+    # Workers report exceptions through the DataLoader queue, never through stderr.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def _collate(items: list[tuple[int, torch.Tensor | None, dict[str, Any]]]):
     good = [(i, t) for i, t, _ in items if t is not None]
     batch = torch.stack([t for _, t in good]) if good else None
     return [i for i, _ in good], batch, [(i, m) for i, _, m in items]
+
+
+# A decoder that crashes its process (a native bug hit by a fuzzed file) takes only that
+# file with it: the run goes on and the report says why.
+CRASH_REASON = "decoder crashed on this file (worker process died)"
+_PREFETCH = 2  # batches in flight per worker
+
+
+class _WorkerDied(Exception):
+    pass
+
+
+def _worker_died(exc: RuntimeError) -> bool:
+    text = str(exc)
+    return "DataLoader worker" in text and ("exited unexpectedly" in text or "killed by signal" in text)
+
+
+@contextlib.contextmanager
+def _worker_deaths_via_next() -> Iterator[None]:
+    """torch reports a dead worker from a SIGCHLD handler, i.e. at any point of the main thread,
+    even inside our caller's code while this generator is suspended. With SIGCHLD back at its
+    default, the loader notices the death by polling and raises from ``next()``, where it can be
+    handled. Signal handlers can only be changed from the main thread; elsewhere nothing changes.
+    """
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
 
 
 def score_paths(
@@ -106,43 +147,90 @@ def score_paths(
     """Yield one :class:`ScoreResult` per path, in input order, as batches finish.
 
     ``extra(path, decoded)`` runs in the worker and adds fields to ``result.info``
-    (EXIF, sharpness...). ``exact`` disables JPEG draft decoding.
+    (EXIF, sharpness...). ``exact`` disables JPEG draft decoding. With ``workers > 0`` a file
+    whose decoder kills its worker process gets :data:`CRASH_REASON` and the run continues.
     """
     device = torch.device(device)
     files = [str(p) for p in paths]
     if not files:
         return
     model.eval()
-    cuda = device.type == "cuda"
     # channels_last is faster for these convolutions on CPU (oneDNN) and on CUDA (cuDNN).
     model = model.to(memory_format=torch.channels_last)
+    dataset = _Images(files, mean_bgr, exact, extra, max_pixels)
+    batch_size = max(1, batch_size)
+    workers = max(0, workers)
+    done = 0  # files[:done] have been yielded
+    with torch.inference_mode():
+        while done < len(files):
+            try:
+                for result in _infer(model, dataset, range(done, len(files)), device, batch_size, workers):
+                    done += 1
+                    yield result
+            except _WorkerDied:
+                # The culprit is among the batches that were in flight. Re-decode those files one
+                # at a time in a single worker: the next crash then names the file exactly.
+                suspects = range(done, min(len(files), done + batch_size * workers * (_PREFETCH + 1)))
+                for result in _isolate(model, dataset, suspects, device):
+                    done += 1
+                    yield result
+
+
+def _isolate(model: torch.nn.Module, dataset: _Images, indices: range, device: torch.device) -> Iterator[ScoreResult]:
+    start = indices.start
+    while start < indices.stop:
+        try:
+            for result in _infer(model, dataset, range(start, indices.stop), device, 1, 1):
+                start += 1
+                yield result
+        except _WorkerDied:
+            yield ScoreResult(path=dataset.paths[start], error=CRASH_REASON)
+            start += 1
+
+
+def _infer(model: torch.nn.Module, dataset: _Images, indices: range, device: torch.device, batch_size: int,
+           workers: int) -> Iterator[ScoreResult]:
+    """Results for ``dataset[indices]`` in order; raises :class:`_WorkerDied` if a worker dies."""
+    cuda = device.type == "cuda"
     loader = DataLoader(
-        _Images(files, mean_bgr, exact, extra, max_pixels),
-        batch_size=max(1, batch_size),
-        num_workers=max(0, workers),
+        Subset(dataset, indices),
+        batch_size=batch_size,
+        num_workers=workers,
         collate_fn=_collate,
         pin_memory=cuda,
-        # Decoding big JPEGs is the bottleneck on CPU: keep two batches in flight per worker.
-        prefetch_factor=2 if workers > 0 else None,
+        # Decoding big JPEGs is the bottleneck on CPU: keep batches in flight per worker.
+        prefetch_factor=_PREFETCH if workers > 0 else None,
         persistent_workers=False,
         worker_init_fn=_worker_init,
     )
-    with torch.inference_mode():
-        for indices, batch, metas in loader:
-            scores: dict[int, float] = {}
-            if batch is not None:
-                batch = batch.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
-                    logits = model(batch)
-                scores = dict(zip(indices, score_from_logits(logits).cpu().tolist(), strict=True))
-            for i, meta in metas:
-                meta = dict(meta)
-                error = meta.pop("error", None)
-                yield ScoreResult(
-                    path=files[i], score=scores.get(i), error=error,
-                    width=meta.pop("width", None), height=meta.pop("height", None),
-                    format=meta.pop("format", None), info=meta,
-                )
+    try:
+        it = iter(loader)  # installs torch's SIGCHLD handler the first time
+        with _worker_deaths_via_next():
+            yield from _infer_batches(model, dataset, it, device)
+    except RuntimeError as exc:
+        if workers and _worker_died(exc):
+            raise _WorkerDied from None
+        raise
+
+
+def _infer_batches(model: torch.nn.Module, dataset: _Images, batches: Iterator, device: torch.device,
+                   ) -> Iterator[ScoreResult]:
+    cuda = device.type == "cuda"
+    for indices_ok, batch, metas in batches:
+        scores: dict[int, float] = {}
+        if batch is not None:
+            batch = batch.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
+                logits = model(batch)
+            scores = dict(zip(indices_ok, score_from_logits(logits).cpu().tolist(), strict=True))
+        for i, meta in metas:
+            meta = dict(meta)
+            error = meta.pop("error", None)
+            yield ScoreResult(
+                path=dataset.paths[i], score=scores.get(i), error=error,
+                width=meta.pop("width", None), height=meta.pop("height", None),
+                format=meta.pop("format", None), info=meta,
+            )
 
 
 # --------------------------------------------------------------------------- whole runs

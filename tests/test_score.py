@@ -51,6 +51,7 @@ def test_every_shared_photo_scored_or_rejected_with_reason(tmp_path, weights_fil
                "-o", report)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert "TIFFFillStrip" not in proc.stderr  # libtiff's own chatter stays out of the terminal
     data = json.loads(report.read_text())
     scored = {str(Path(r["path"]).relative_to(photos)): r for r in data["results"]}
     errors = {str(Path(e["path"]).relative_to(photos)): e["reason"] for e in data["errors"]}
@@ -119,6 +120,29 @@ def test_scores_do_not_depend_on_batch_workers_or_run(loaded):
     # Batch neighbours: the same photo next to different photos.
     alone = run_score(files[3:4], loaded, batch_size=1).results[0].score
     assert abs(alone - base[3]) <= 1e-5
+
+
+def _segfault_on_boom(path: str, decoded) -> dict:
+    """Stands in for a native decoder bug: kills the worker process on one file."""
+    if "boom" in Path(path).name:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return {}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_crashing_decoder_costs_only_its_file(tmp_path, loaded, workers):
+    from ilgnet_cli.scoring import CRASH_REASON
+
+    files = []
+    for i, src in enumerate(camera_photos(7)):
+        name = "boom.jpg" if i == 3 else f"{i}.jpg"
+        files.append(str(tmp_path / f"{i}_{name}"))
+        shutil.copy(src, files[-1])
+    run = run_score(files, loaded, batch_size=2, workers=workers, extra=_segfault_on_boom)
+    assert [r.path for r in run.results] == files
+    assert [r.error for r in run.results] == [None] * 3 + [CRASH_REASON] + [None] * 3
+    plain = run_score(files[:3] + files[4:], loaded, batch_size=2, workers=0, extra=None)
+    np.testing.assert_allclose([r.score for r in run.results if r.ok], [r.score for r in plain.results], atol=1e-5)
 
 
 def test_cache_skips_unchanged_files_and_rescores_touched_ones(tmp_path, loaded):

@@ -57,7 +57,7 @@ def test_falls_back_to_mirror(server, tmp_path, status):
 
 
 def test_checksum_mismatch_is_rejected_and_nothing_kept(server, tmp_path):
-    server.add("/a.bin", data=PAYLOAD[:-1] + b"X")
+    server.add("/a.bin", data=PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 0xFF]))  # always a different last byte
     server.add("/b.bin", data=b"something else entirely")
     with pytest.raises(DownloadError, match="checksum mismatch"):
         download([server.url("/a.bin"), server.url("/b.bin")], tmp_path / "f.bin", checksum=SHA)

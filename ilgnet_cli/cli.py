@@ -59,6 +59,9 @@ def errors_as_messages():
         raise fail(str(exc)) from None
     except ValueError as exc:
         raise fail(str(exc), 2) from None
+    except OSError as exc:  # disk full, permissions, a path that vanished: one line, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise fail(f"{where}{exc.strerror or exc}") from None
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
@@ -154,6 +157,7 @@ def score(
     from ilgnet_cli import reports, scoring, store
     from ilgnet_cli.cache import ScoreCache
     from ilgnet_cli.discover import Selection, find_images
+    from ilgnet_cli.fsutil import check_writable_file, check_writable_folder
     from ilgnet_cli.preprocess import PREPROCESS_VERSION
     from ilgnet_cli.scoring import pick_device, run_score
 
@@ -174,6 +178,10 @@ def score(
         except ValueError as exc:
             raise fail(str(exc), 2) from None
     with errors_as_messages():
+        if output is not None and fmt != "table":
+            check_writable_file(output)
+        if copy_top or link_top:
+            check_writable_folder(copy_top or link_top)
         dev = pick_device(device)
         missing: list[str] = []
         selection = Selection(recursive=recursive, hidden=hidden, include=include or [], exclude=exclude or [])

@@ -24,3 +24,35 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def check_writable_file(path: str | Path) -> None:
+    """Raise ValueError (one line) unless a file can be written at ``path``.
+
+    Run before long work so that a typo in ``--output`` costs seconds, not the whole run.
+    Creates the parent folder, as the final write would.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write {path}: it is a folder (give a file name)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def check_writable_folder(path: str | Path) -> None:
+    """Raise ValueError (one line) unless ``path`` is, or can become, a writable folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot use {path} as a folder: a file of that name exists")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".ilgnet-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ValueError(f"cannot use {path} as a folder: {exc.strerror or exc}") from None

@@ -290,6 +290,23 @@ def test_exit_codes(tmp_path, weights_file):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+def test_unwritable_outputs_fail_before_any_scoring(tmp_path, weights_file):
+    """A typo in -o or --copy-top must cost seconds, not a finished run (and never a traceback)."""
+    photo = camera_photos(1)[0]
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    cases = [(("-o", tmp_path, "-f", "csv"), "it is a folder"),
+             (("-o", a_file / "report.json"), "cannot write"),
+             (("--copy-top", a_file), "a file of that name exists"),
+             (("--link-top", a_file / "sub"), "cannot use")]
+    for args, message in cases:
+        proc = cli("score", photo, "--weights", weights_file, "--device", "cpu", "--no-cache", *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+        assert "scored" not in proc.stderr  # refused before the run, not after it
+    assert a_file.read_text() == "x"
+
+
 def _cuda() -> bool:
     import torch
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ilgnet_cli.fsutil import db_text
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores (
     path TEXT NOT NULL,
@@ -66,7 +68,7 @@ class ScoreCache:
     def get(self, key: FileKey) -> Cached | None:
         row = self.conn.execute(
             "SELECT size, mtime_ns, score, error, meta FROM scores WHERE path=? AND weights=? AND prep=? AND mode=?",
-            (key.path, self.weights, self.prep, self.mode),
+            (db_text(key.path), self.weights, self.prep, self.mode),
         ).fetchone()
         if row is None or row[0] != key.size or row[1] != key.mtime_ns:
             return None
@@ -76,7 +78,7 @@ class ScoreCache:
         if not items:
             return
         now = time.time()
-        rows = [(k.path, k.size, k.mtime_ns, self.weights, self.prep, self.mode, score, error,
+        rows = [(db_text(k.path), k.size, k.mtime_ns, self.weights, self.prep, self.mode, score, error,
                  json.dumps(meta, default=str), now) for k, score, error, meta in items]
         with self.conn:  # one transaction per batch
             self.conn.execute("BEGIN IMMEDIATE")

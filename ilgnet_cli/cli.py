@@ -21,6 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from ilgnet_cli import __version__
+from ilgnet_cli.fsutil import printable
 
 app = typer.Typer(
     name="ilgnet",
@@ -246,13 +247,13 @@ def _write_xmp(run, model: str, style: str, stars: str, overwrite: bool, dry_run
         for col in ("sidecar", "action", "rating", "score"):
             table.add_column(col, overflow="fold")
         for c in changes:
-            table.add_row(escape(str(c.path)), c.action, f"{c.old_rating or '-'} -> {c.new_rating}", f"{c.score:.4f}")
+            table.add_row(escape(printable(str(c.path))), c.action, f"{c.old_rating or '-'} -> {c.new_rating}", f"{c.score:.4f}")
         out.print(table)
     else:
         kept = sum(c.action == "keep-hand-rating" for c in changes)
         err.print(f"XMP: {len(changes)} sidecar(s) written ({kept} hand rating(s) kept)", highlight=False)
     for p in problems:
-        err.print(f"[yellow]XMP skipped[/] {escape(p)}", highlight=False)
+        err.print(f"[yellow]XMP skipped[/] {escape(printable(p))}", highlight=False)
 
 
 def score_progress(total: int, quiet: bool):
@@ -283,13 +284,13 @@ def _summary(run, elapsed: float, output: Path | None, exported: list[Path]) -> 
         line += f"; [yellow]{s.errors} warning(s): not scored[/] (reasons in the report)"
     err.print(line, highlight=False)
     for r in run.errors[:10]:
-        err.print(f"  [yellow]skipped[/] {escape(r.path)}: {escape(r.error or '')}", highlight=False)
+        err.print(f"  [yellow]skipped[/] {escape(printable(r.path))}: {escape(r.error or '')}", highlight=False)
     if len(run.errors) > 10:
         err.print(f"  ... and {len(run.errors) - 10} more", highlight=False)
     if output is not None:
-        err.print(f"report written to {escape(str(output))}", highlight=False)
+        err.print(f"report written to {escape(printable(str(output)))}", highlight=False)
     if exported:
-        err.print(f"{len(exported)} file(s) placed in {escape(str(exported[0].parent))}", highlight=False)
+        err.print(f"{len(exported)} file(s) placed in {escape(printable(str(exported[0].parent)))}", highlight=False)
     if s.interrupted:
         err.print("[yellow]interrupted[/]: the report holds what finished; run again to continue (cached)")
 

@@ -22,8 +22,32 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, errors: str = "strict") -> None:
+    atomic_write_bytes(path, text.encode("utf-8", errors))
+
+
+# File names that are not valid UTF-8 (old cameras, Windows zips, NAS shares) reach Python as
+# strings with lone surrogates (PEP 383). They must survive every report and the cache.
+
+
+def printable(text: str) -> str:
+    """``text`` for humans: undecodable file-name bytes become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def json_escaped(text: str) -> str:
+    """JSON text with undecodable file-name bytes as ``\\udcXX`` escapes: valid JSON, and
+    ``os.fsencode(json.loads(...))`` gives back the exact bytes of the name."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def db_text(path: str) -> str | bytes:
+    """A path as an SQLite key: TEXT when it is valid UTF-8, else its exact bytes as a BLOB."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
 
 
 def check_writable_file(path: str | Path) -> None:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from ilgnet_cli import __version__
 from ilgnet_cli.exif import ExifInfo
-from ilgnet_cli.fsutil import atomic_write_text
+from ilgnet_cli.fsutil import atomic_write_text, json_escaped, printable
 from ilgnet_cli.scoring import ScoreResult, ScoreRun
 
 FORMATS = ("table", "csv", "json", "html")
@@ -82,7 +82,7 @@ def to_json(run: ScoreRun, min_score: float | None = None, top: int | None = Non
         "results": [record(r, i) for i, r in enumerate(rows, 1)],
         "errors": [{"path": r.path, "reason": r.error} for r in run.errors],
     }
-    return json.dumps(payload, indent=2, ensure_ascii=False)
+    return json_escaped(json.dumps(payload, indent=2, ensure_ascii=False))
 
 
 def to_csv(run: ScoreRun, min_score: float | None = None, top: int | None = None) -> str:
@@ -118,7 +118,7 @@ def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> T
         exif = exif_of(r)
         date = (exif.captured or "")[:19].replace("T", " ")
         # Rich markup in file names must print literally.
-        cells = [str(i), f"{r.score:.4f}", _plain(r.path), date, _plain(exif.camera)]
+        cells = [str(i), f"{r.score:.4f}", _plain(printable(r.path)), date, _plain(exif.camera)]
         if run.bursts is not None:
             cells.append(f"keeper of {r.info.get('burst_size', 1)}")
         table.add_row(*cells)
@@ -207,14 +207,14 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
                f"(sha256 {esc(run.weights_sha256[:12])}…) · {run.stats.errors} not scored · ilgnet {__version__}")
     if run.stats.interrupted:
         summary += " · run interrupted: partial report"
-    return f"""<!DOCTYPE html>
+    return printable(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>ILGNet contact sheet</title><style>{CSS}</style></head>
 <body><h1>ILGNet contact sheet</h1><p class="meta">{summary}</p>
 <div class="grid{' burst' if run.bursts is not None else ''}">{''.join(figures)}</div>{error_table}</body></html>
-"""
+""")
 
 
 def write_report(run: ScoreRun, fmt: str, output: str | Path, *, top: int | None = None,
@@ -227,7 +227,8 @@ def write_report(run: ScoreRun, fmt: str, output: str | Path, *, top: int | None
         text = to_html(run, top=top, min_score=min_score, max_pixels=max_pixels)
     else:
         raise ValueError(f"cannot write format {fmt!r} to a file (choose csv, json or html)")
-    atomic_write_text(output, text)
+    # CSV keeps undecodable file-name bytes as they are on disk, so every path in it opens.
+    atomic_write_text(output, text, errors="surrogateescape" if fmt == "csv" else "strict")
     return Path(output)
 
 

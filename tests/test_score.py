@@ -186,6 +186,29 @@ def test_cli_second_run_uses_cache(tmp_path, weights_file):
     assert "3 from cache, 0 decoded" in second.stderr
 
 
+def test_file_names_that_are_not_utf8_survive_cache_and_reports(tmp_path, weights_file):
+    """Latin-1 names from old cameras or zips: scored, cached, and written to every report."""
+    folder = tmp_path / "latin1"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/caf\xe9_\xff.jpg"
+    try:
+        shutil.copy(camera_photos(1)[0], raw)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system refuses names that are not UTF-8")
+    shutil.copy(camera_photos(2)[1], folder / "plain.jpg")
+    for fmt in ("json", "csv", "html"):
+        proc = cli("score", folder, "--weights", weights_file, "--device", "cpu", "-o", tmp_path / f"r.{fmt}")
+        assert proc.returncode == 0 and "scored 2 of 2" in proc.stderr, proc.stderr
+        assert ("0 from cache" if fmt == "json" else "2 from cache") in proc.stderr
+    data = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))
+    assert sorted(os.fsencode(r["path"]) for r in data["results"]) == sorted([raw, os.fsencode(folder / "plain.jpg")])
+    assert raw in (tmp_path / "r.csv").read_bytes()  # the exact bytes on disk: the path opens
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")  # valid UTF-8
+    assert "caf\ufffd_\ufffd.jpg" in page
+    stdout = cli("score", folder, "--weights", weights_file, "--device", "cpu", "--json")
+    assert stdout.returncode == 0 and len(json.loads(stdout.stdout)["results"]) == 2
+
+
 class _Collector(HTMLParser):
     def __init__(self):
         super().__init__()

@@ -157,7 +157,7 @@ def score(
     """
     from ilgnet_cli import reports, scoring, store
     from ilgnet_cli.cache import ScoreCache
-    from ilgnet_cli.discover import Selection, find_images
+    from ilgnet_cli.discover import Selection, find_images, unusable_reason
     from ilgnet_cli.fsutil import check_writable_file, check_writable_folder
     from ilgnet_cli.preprocess import PREPROCESS_VERSION
     from ilgnet_cli.scoring import pick_device, run_score
@@ -188,7 +188,7 @@ def score(
         selection = Selection(recursive=recursive, hidden=hidden, include=include or [], exclude=exclude or [])
         files = list(find_images(paths, selection, missing))
         if not files:
-            reason = f"no such file or folder: {', '.join(missing)}" if missing else "no images found"
+            reason = "; ".join(f"{unusable_reason(m)}: {m}" for m in missing) if missing else "no images found"
             raise fail(reason, 1)
         if weights is None:
             progress, update = download_progress()

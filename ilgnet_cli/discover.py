@@ -61,6 +61,18 @@ def _looks_like_image(path: Path) -> bool:
         return False
 
 
+def unusable_reason(path: str | os.PathLike[str]) -> str:
+    """Why a path given on the command line is neither a file nor a folder we can read.
+
+    Pipes and devices are never opened: reading a FIFO would block the run forever."""
+    p = Path(path).expanduser()
+    if p.is_symlink() and not p.exists():
+        return "broken symbolic link"
+    if p.exists():
+        return "not a regular file or folder (pipe, device or socket)"
+    return "no such file or folder"
+
+
 @dataclass
 class Selection:
     recursive: bool = True
@@ -87,7 +99,8 @@ def find_images(paths: list[str | os.PathLike[str]], selection: Selection | None
                 missing: list[str] | None = None) -> Iterator[str]:
     """Yield image file paths (deduplicated, in a stable sorted order per folder).
 
-    Paths that do not exist are appended to ``missing`` (the caller reports them).
+    Paths that are neither a file nor a folder (missing, broken links, pipes, devices) are
+    appended to ``missing``; :func:`unusable_reason` says why.
     """
     sel = selection or Selection()
     seen_files: set[str] = set()

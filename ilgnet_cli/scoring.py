@@ -296,6 +296,7 @@ def run_score(
     what finished (``stats.interrupted``); nothing already scored is lost.
     """
     from ilgnet_cli.cache import FileKey
+    from ilgnet_cli.discover import unusable_reason
 
     stats = RunStats(files=len(files) + len(missing or []))
     done: dict[int, ScoreResult] = {}
@@ -341,7 +342,7 @@ def run_score(
     finally:
         flush()
     for j, path in enumerate(missing or []):
-        done[len(files) + j] = ScoreResult(path=path, error="no such file or folder")
+        done[len(files) + j] = ScoreResult(path=path, error=unusable_reason(path))
     results = [done[i] for i in sorted(done)]
     _count(stats, done)
     if progress:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import camera_photos
 
-from ilgnet_cli.discover import Selection, find_images, sniff
+from ilgnet_cli.discover import Selection, find_images, sniff, unusable_reason
 
 
 def _tree(tmp_path: Path) -> Path:
@@ -63,3 +63,25 @@ def test_sniff_signatures():
     assert sniff(b"\x00\x00\x00\x1cftypavif") == "HEIF"
     assert sniff(b"II*\x00\x08\x00") == "TIFF"
     assert sniff(b"hello") is None
+
+
+def test_pipes_devices_and_broken_links_are_never_opened(tmp_path):
+    """A FIFO named like a photo would block a reader forever; links to devices likewise."""
+    if not hasattr(os, "mkfifo"):
+        import pytest
+
+        pytest.skip("no FIFOs on this platform")
+    shutil.copy(camera_photos(1)[0], tmp_path / "ok.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    assert list(find_images([tmp_path])) == [str(tmp_path / "ok.jpg")]
+    missing: list[str] = []
+    names = ["pipe.jpg", "zero.jpg", "dangling.jpg", "nothere.jpg"]
+    assert list(find_images([tmp_path / n for n in names], missing=missing)) == []
+    assert [unusable_reason(m) for m in missing] == [
+        "not a regular file or folder (pipe, device or socket)",
+        "not a regular file or folder (pipe, device or socket)",
+        "broken symbolic link",
+        "no such file or folder",
+    ]

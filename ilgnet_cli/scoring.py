@@ -8,6 +8,7 @@ preprocessing is deterministic and every image is an independent row of the batc
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
 from ilgnet_cli.decode import DecodeError, decode
 from ilgnet_cli.model import score_from_logits
@@ -56,6 +57,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+# Seconds one file may take in a worker (read + decode + extras) before the worker is ended.
+# Generous: a 100 MB RAW on a slow network share must not hit it; an endless loop must.
+DECODE_TIMEOUT_S = 300
+
+
 class _Images(Dataset):
     """Decodes and preprocesses one file per item; errors travel as data, not exceptions."""
 
@@ -68,6 +74,19 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, dict[str, Any]]:
+        in_worker = get_worker_info() is not None
+        if in_worker:
+            # A decoder stuck in C never returns to Python, so no exception can stop it; this
+            # watchdog thread ends the worker instead, which the crash handling turns into a
+            # reason for this file.
+            faulthandler.dump_traceback_later(DECODE_TIMEOUT_S, exit=True)
+        try:
+            return self._load(i)
+        finally:
+            if in_worker:
+                faulthandler.cancel_dump_traceback_later()
+
+    def _load(self, i: int) -> tuple[int, torch.Tensor | None, dict[str, Any]]:
         path = self.paths[i]
         meta: dict[str, Any] = {}
         try:
@@ -100,9 +119,9 @@ def _collate(items: list[tuple[int, torch.Tensor | None, dict[str, Any]]]):
     return [i for i, _ in good], batch, [(i, m) for i, _, m in items]
 
 
-# A decoder that crashes its process (a native bug hit by a fuzzed file) takes only that
-# file with it: the run goes on and the report says why.
-CRASH_REASON = "decoder crashed on this file (worker process died)"
+# A decoder that crashes its process (a native bug hit by a fuzzed file) or hangs takes only
+# that file with it: the run goes on and the report says why.
+CRASH_REASON = "decoder crashed or hung on this file (worker process ended)"
 _PREFETCH = 2  # batches in flight per worker
 
 
@@ -148,7 +167,8 @@ def score_paths(
 
     ``extra(path, decoded)`` runs in the worker and adds fields to ``result.info``
     (EXIF, sharpness...). ``exact`` disables JPEG draft decoding. With ``workers > 0`` a file
-    whose decoder kills its worker process gets :data:`CRASH_REASON` and the run continues.
+    whose decoder kills its worker process, or takes longer than :data:`DECODE_TIMEOUT_S`, gets
+    :data:`CRASH_REASON` and the run continues.
     """
     device = torch.device(device)
     files = [str(p) for p in paths]

@@ -122,25 +122,29 @@ def test_scores_do_not_depend_on_batch_workers_or_run(loaded):
     assert abs(alone - base[3]) <= 1e-5
 
 
-def _segfault_on_boom(path: str, decoded) -> dict:
-    """Stands in for a native decoder bug: kills the worker process on one file."""
-    if "boom" in Path(path).name:
+def _misbehave(path: str, decoded) -> dict:
+    """Stands in for native decoder bugs: a segfault on 'boom' files, an endless loop on 'hang'."""
+    name = Path(path).name
+    if "boom" in name:
         os.kill(os.getpid(), signal.SIGSEGV)
+    if "hang" in name:
+        time.sleep(3600)
     return {}
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_crashing_decoder_costs_only_its_file(tmp_path, loaded, workers):
-    from ilgnet_cli.scoring import CRASH_REASON
+@pytest.mark.parametrize(("workers", "bad"), [(1, "boom"), (2, "boom"), (2, "hang")])
+def test_a_crashing_or_hanging_decoder_costs_only_its_file(tmp_path, loaded, monkeypatch, workers, bad):
+    from ilgnet_cli import scoring
 
+    monkeypatch.setattr(scoring, "DECODE_TIMEOUT_S", 2)
     files = []
     for i, src in enumerate(camera_photos(7)):
-        name = "boom.jpg" if i == 3 else f"{i}.jpg"
+        name = f"{bad}.jpg" if i == 3 else f"{i}.jpg"
         files.append(str(tmp_path / f"{i}_{name}"))
         shutil.copy(src, files[-1])
-    run = run_score(files, loaded, batch_size=2, workers=workers, extra=_segfault_on_boom)
+    run = run_score(files, loaded, batch_size=2, workers=workers, extra=_misbehave)
     assert [r.path for r in run.results] == files
-    assert [r.error for r in run.results] == [None] * 3 + [CRASH_REASON] + [None] * 3
+    assert [r.error for r in run.results] == [None] * 3 + [scoring.CRASH_REASON] + [None] * 3
     plain = run_score(files[:3] + files[4:], loaded, batch_size=2, workers=0, extra=None)
     np.testing.assert_allclose([r.score for r in run.results if r.ok], [r.score for r in plain.results], atol=1e-5)
 

@@ -118,8 +118,8 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
              prepared: Path | None = None, rounds: int = 1000) -> EvalResult | None:
     """Evaluate ``weights`` on the test list; returns the result on rank 0 (None on other ranks)."""
     from ilgnet_cli import store
+    from ilgnet_cli.distributed import init_distributed
     from ilgnet_cli.scoring import pick_device
-    from ilgnet_cli.train import init_distributed
 
     if tta not in TTA:
         raise ValueError(f"--tta must be one of {', '.join(TTA)}")

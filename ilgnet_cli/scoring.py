@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
 from ilgnet_cli.decode import DecodeError, decode
+from ilgnet_cli.distributed import Dist, init_distributed
 from ilgnet_cli.model import score_from_logits
 from ilgnet_cli.preprocess import RESIZE, preprocess
 
@@ -377,23 +378,12 @@ def _count(stats: RunStats, done: dict[int, ScoreResult]) -> RunStats:
 
 
 @dataclass
-class Shard:
+class Shard(Dist):
     """Under torchrun, each rank scores every world-th file; rank 0 gathers one report."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
     @classmethod
     def from_env(cls, device: torch.device) -> Shard:
-        from ilgnet_cli.train import init_distributed
-
-        dd = init_distributed(device)
-        return cls(dd.rank, dd.world, dd.device)
+        return cls(**vars(init_distributed(device)))
 
     def take(self, files: list[str]) -> list[str]:
         return files[self.rank::self.world]

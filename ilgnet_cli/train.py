@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ilgnet_cli.ava import PartitionDataset, available
+from ilgnet_cli.distributed import init_distributed
 from ilgnet_cli.model import HEAD_LAYERS, ILGNet, score_from_logits
 from ilgnet_cli.store import save_weights
 
@@ -130,34 +131,6 @@ def make_optimizer(model: ILGNet, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 # --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process.
-
-    Under torchrun on CUDA each rank gets its own GPU (``cuda:LOCAL_RANK``) in ``Dist.device``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(device=device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, device=device)
 
 
 class _EpochSampler(DistributedSampler):

@@ -75,16 +75,20 @@ class _Images(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, dict[str, Any]]:
-        in_worker = get_worker_info() is not None
-        if in_worker:
+        watchdog = get_worker_info() is not None
+        if watchdog:
             # A decoder stuck in C never returns to Python, so no exception can stop it; this
             # watchdog thread ends the worker instead, which the crash handling turns into a
-            # reason for this file.
-            faulthandler.dump_traceback_later(DECODE_TIMEOUT_S, exit=True)
+            # reason for this file. It writes to fd 2 (/dev/null in workers): sys.stderr may be
+            # a stream without a file descriptor when ilgnet runs embedded.
+            try:
+                faulthandler.dump_traceback_later(DECODE_TIMEOUT_S, exit=True, file=2)
+            except (OSError, ValueError, RuntimeError):
+                watchdog = False
         try:
             return self._load(i)
         finally:
-            if in_worker:
+            if watchdog:
                 faulthandler.cancel_dump_traceback_later()
 
     def _load(self, i: int) -> tuple[int, torch.Tensor | None, dict[str, Any]]:

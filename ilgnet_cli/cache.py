@@ -56,33 +56,50 @@ class Cached:
 
 
 class ScoreCache:
+    """The cache is only a speed-up: if the database is unusable (corrupt, locked for longer
+    than the timeout, disk full) scoring goes on without it and :attr:`problem` says why."""
+
     def __init__(self, db_path: str | Path, weights_sha256: str, prep_version: int, mode: str) -> None:
         self.db_path = Path(db_path)
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.weights, self.prep, self.mode = weights_sha256, prep_version, mode
+        self.problem: str | None = None
         self.conn = sqlite3.connect(str(self.db_path), timeout=30.0, isolation_level=None)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute(SCHEMA)
 
+    def _failed(self, exc: Exception) -> None:
+        self.problem = f"score cache stopped working ({exc}); the rest of the run was not cached"
+
     def get(self, key: FileKey) -> Cached | None:
-        row = self.conn.execute(
-            "SELECT size, mtime_ns, score, error, meta FROM scores WHERE path=? AND weights=? AND prep=? AND mode=?",
-            (db_text(key.path), self.weights, self.prep, self.mode),
-        ).fetchone()
+        if self.problem:
+            return None
+        try:
+            row = self.conn.execute(
+                "SELECT size, mtime_ns, score, error, meta FROM scores"
+                " WHERE path=? AND weights=? AND prep=? AND mode=?",
+                (db_text(key.path), self.weights, self.prep, self.mode),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            self._failed(exc)
+            return None
         if row is None or row[0] != key.size or row[1] != key.mtime_ns:
             return None
         return Cached(score=row[2], error=row[3], meta=json.loads(row[4]))
 
     def put_many(self, items: list[tuple[FileKey, float | None, str | None, dict[str, Any]]]) -> None:
-        if not items:
+        if not items or self.problem:
             return
         now = time.time()
         rows = [(db_text(k.path), k.size, k.mtime_ns, self.weights, self.prep, self.mode, score, error,
                  json.dumps(meta, default=str), now) for k, score, error, meta in items]
-        with self.conn:  # one transaction per batch
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        try:
+            with self.conn:  # one transaction per batch
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany("INSERT OR REPLACE INTO scores VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        except sqlite3.Error as exc:
+            self._failed(exc)
 
     def close(self) -> None:
         self.conn.close()
@@ -92,3 +109,32 @@ class ScoreCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_cache(db_path: str | Path, weights_sha256: str, prep_version: int,
+               mode: str) -> tuple[ScoreCache | None, str | None]:
+    """Open the score cache; a corrupt database is set aside (``NAME.corrupt-TIME``) for a fresh one.
+
+    Returns ``(cache, note)``: ``cache`` is None when no cache can be used; ``note`` says what
+    happened (for a warning) or is None."""
+    db_path = Path(db_path)
+    note = None
+    for attempt in range(2):
+        try:
+            return ScoreCache(db_path, weights_sha256, prep_version, mode), note
+        except sqlite3.DatabaseError as exc:
+            corrupt = not isinstance(exc, sqlite3.OperationalError)  # Operational: locked, read-only...
+            if attempt == 0 and corrupt and db_path.exists():
+                aside = db_path.with_name(f"{db_path.name}.corrupt-{int(time.time())}")
+                try:
+                    for suffix in ("-wal", "-shm"):
+                        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+                    db_path.rename(aside)
+                except OSError:
+                    return None, f"score cache unusable ({exc}); scoring without it"
+                note = f"score cache was corrupt ({exc}); set aside as {aside.name}, starting a new one"
+                continue
+            return None, f"score cache unusable ({exc}); scoring without it"
+        except OSError as exc:
+            return None, f"score cache unusable ({exc.strerror or exc}); scoring without it"
+    return None, note

@@ -156,7 +156,7 @@ def score(
     130 when interrupted (the partial report is still written).
     """
     from ilgnet_cli import reports, scoring, store
-    from ilgnet_cli.cache import ScoreCache
+    from ilgnet_cli.cache import open_cache
     from ilgnet_cli.discover import Selection, find_images, unusable_reason
     from ilgnet_cli.fsutil import check_writable_file, check_writable_folder
     from ilgnet_cli.preprocess import PREPROCESS_VERSION
@@ -195,8 +195,10 @@ def score(
             with progress:
                 weights = store.ensure_default(allow_download=not offline, progress=update)
         loaded = store.load_model(weights, dev)
-        cache = None if no_cache else ScoreCache(store.home() / "scores.sqlite", loaded.sha256, PREPROCESS_VERSION,
-                                                 "exact" if exact else "draft")
+        cache, cache_note = (None, None) if no_cache else open_cache(
+            store.home() / "scores.sqlite", loaded.sha256, PREPROCESS_VERSION, "exact" if exact else "draft")
+        if cache_note:
+            err.print(f"[yellow]warning[/]: {escape(cache_note)}", highlight=False)
         started = time.monotonic()
         shard = scoring.Shard.from_env(dev)
         progress, on_progress = score_progress(len(files), quiet or not shard.main)
@@ -209,6 +211,8 @@ def score(
         finally:
             if cache is not None:
                 cache.close()
+                if cache.problem:
+                    err.print(f"[yellow]warning[/]: {escape(cache.problem)}", highlight=False)
         run = shard.merge(run)
         if run is None:  # not rank 0 under torchrun: rank 0 writes the report
             return

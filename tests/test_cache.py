@@ -64,3 +64,34 @@ def test_kill_9_keeps_committed_batches(tmp_path):
         assert cache.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         n = cache.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
     assert n > 0
+
+
+def test_corrupt_cache_is_set_aside_and_replaced(tmp_path):
+    from ilgnet_cli.cache import open_cache
+
+    db = tmp_path / "scores.sqlite"
+    junk = b"not a database, e.g. truncated by a sync tool " * 40
+    db.write_bytes(junk)
+    cache, note = open_cache(db, "w", 1, "draft")
+    assert cache is not None and "corrupt" in note
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("scores.sqlite.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == junk  # kept for inspection, never deleted
+    f = tmp_path / "a.jpg"
+    f.write_bytes(b"x")
+    cache.put_many([(FileKey.of(str(f)), 0.5, None, {})])
+    assert cache.get(FileKey.of(str(f))).score == 0.5
+    cache.close()
+    assert open_cache(db, "w", 1, "draft")[1] is None  # the new one opens cleanly
+
+
+def test_a_failing_cache_never_costs_a_score(tmp_path, weights_file):
+    from conftest import camera_photos
+
+    from ilgnet_cli import store
+    from ilgnet_cli.scoring import run_score
+
+    cache = ScoreCache(tmp_path / "scores.sqlite", "w", 1, "draft")
+    cache.conn.close()  # every later query fails, like a disk that filled up mid-run
+    files = [str(p) for p in camera_photos(3)]
+    run = run_score(files, store.load_model(str(weights_file)), batch_size=2, cache=cache)
+    assert run.stats.scored == 3 and cache.problem and "not cached" in cache.problem

@@ -50,6 +50,18 @@ def db_text(path: str) -> str | bytes:
     return path
 
 
+def _probe_folder(folder: Path) -> str | None:
+    """Create ``folder`` if needed and a file in it; None if that works, else the reason."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ilgnet-check.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def check_writable_file(path: str | Path) -> None:
     """Raise ValueError (one line) unless a file can be written at ``path``.
 
@@ -59,13 +71,8 @@ def check_writable_file(path: str | Path) -> None:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot write {path}: it is a folder (give a file name)")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise ValueError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if problem := _probe_folder(path.parent):
+        raise ValueError(f"cannot write {path}: {problem}")
 
 
 def check_writable_folder(path: str | Path) -> None:
@@ -73,10 +80,5 @@ def check_writable_folder(path: str | Path) -> None:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise ValueError(f"cannot use {path} as a folder: a file of that name exists")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path, prefix=".ilgnet-check.", suffix=".tmp")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise ValueError(f"cannot use {path} as a folder: {exc.strerror or exc}") from None
+    if problem := _probe_folder(path):
+        raise ValueError(f"cannot use {path} as a folder: {problem}")

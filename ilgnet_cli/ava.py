@@ -143,6 +143,17 @@ def available(items: list[tuple[int, int]], images: str | Path, cache: object | 
 # --------------------------------------------------------------------------- Dataset
 
 
+def resized_image(image_id: int, images: str | Path, cache: object | None = None) -> np.ndarray:
+    """The 256x256 RGB uint8 image of an AVA id: from the ``ilgnet prepare`` cache when given,
+    else decoded from ``images/<id>.jpg`` and resized as the authors did."""
+    from ilgnet_cli.decode import decode
+    from ilgnet_cli.preprocess import RESIZE, resize_bilinear
+
+    if cache is not None:
+        return cache.get(image_id)
+    return resize_bilinear(decode(Path(images) / f"{image_id}.jpg", draft=RESIZE).rgb)
+
+
 class PartitionDataset:
     """A torch Dataset over ``train.txt``/``test.txt`` of a partition and an image folder.
 
@@ -164,30 +175,16 @@ class PartitionDataset:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def resized(self, index: int) -> np.ndarray:
-        """The 256x256 RGB uint8 image of item ``index`` (from the cache when there is one)."""
-        from ilgnet_cli.decode import decode
-        from ilgnet_cli.preprocess import RESIZE, resize_bilinear
-
-        image_id, _ = self.items[index]
-        if self.cache is not None:
-            return self.cache.get(image_id)
-        return resize_bilinear(decode(self.images / f"{image_id}.jpg", draft=RESIZE).rgb)
-
     def __getitem__(self, index: int):
-        import torch
+        from ilgnet_cli.preprocess import CROP, RESIZE, preprocess_train, to_blob
 
-        from ilgnet_cli.preprocess import CROP, RESIZE, to_blob
-
-        img = self.resized(index)
-        label = self.items[index][1]
+        image_id, label = self.items[index]
+        img = resized_image(image_id, self.images, self.cache)
         if self.train:
             # A per-item, per-epoch generator: the same run gives the same crops, whatever
             # the number of workers (needed for exact resume and DDP parity).
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            top, left = (int(v) for v in rng.integers(0, RESIZE - CROP + 1, size=2))
-            blob = to_blob(img, self.mean_bgr, top, left, mirror=bool(rng.integers(0, 2)))
-        else:
-            off = (RESIZE - CROP) // 2
-            blob = to_blob(img, self.mean_bgr, off, off)
-        return torch.from_numpy(blob), label
+            return preprocess_train(img, self.mean_bgr, np.random.default_rng((self.seed, self.epoch, index))), label
+        import torch
+
+        off = (RESIZE - CROP) // 2
+        return torch.from_numpy(to_blob(img, self.mean_bgr, off, off)), label

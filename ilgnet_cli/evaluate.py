@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
 from ilgnet_cli import metrics
-from ilgnet_cli.ava import available, read_ava, read_label_list
+from ilgnet_cli.ava import available, read_ava, read_label_list, resized_image
 from ilgnet_cli.model import score_from_logits
 from ilgnet_cli.preprocess import CROP, RESIZE, to_blob
 
@@ -41,14 +41,8 @@ class _EvalImages(Dataset):
         return len(self.items)
 
     def __getitem__(self, i: int):
-        from ilgnet_cli.decode import decode
-        from ilgnet_cli.preprocess import resize_bilinear
-
         image_id, label = self.items[i]
-        if self.cache is not None:
-            img = self.cache.get(image_id)
-        else:
-            img = resize_bilinear(decode(self.images / f"{image_id}.jpg", draft=RESIZE).rgb)
+        img = resized_image(image_id, self.images, self.cache)
         blobs = np.stack([to_blob(img, self.mean_bgr, t, left, m) for t, left, m in self.crops])
         return i, torch.from_numpy(blobs), label
 

@@ -59,16 +59,18 @@ def rank_members(members: list) -> list:
 def group_bursts(results: list, seconds: float) -> list[Burst]:
     """Bursts over the scored results, ordered by keeper score (best first)."""
     scored = [r for r in results if r.ok]
-    timed = sorted((r for r in scored if _time(r) is not None and any(_body(r))),
-                   key=lambda r: (tuple(str(x) for x in _body(r)), _time(r), r.path))
+    body = {id(r): _body(r) for r in scored}
+    when = {id(r): _time(r) for r in scored}
+    timed = sorted((r for r in scored if when[id(r)] is not None and any(body[id(r)])),
+                   key=lambda r: (tuple(str(x) for x in body[id(r)]), when[id(r)], r.path))
     groups: list[list] = []
     for r in timed:
         prev = groups[-1][-1] if groups else None
-        if prev is not None and _body(prev) == _body(r) and _time(r) - _time(prev) <= seconds:
+        if prev is not None and body[id(prev)] == body[id(r)] and when[id(r)] - when[id(prev)] <= seconds:
             groups[-1].append(r)
         else:
             groups.append([r])
-    untimed = [[r] for r in scored if _time(r) is None or not any(_body(r))]
+    untimed = [[r] for r in scored if when[id(r)] is None or not any(body[id(r)])]
     bursts = [rank_members(g) for g in groups + untimed]
     bursts.sort(key=lambda g: (-g[0].score, g[0].path))
     out = []

@@ -170,12 +170,10 @@ def score(
     if copy_top and link_top:
         raise fail("use either --copy-top or --link-top, not both", 2)
     if xmp:
-        from ilgnet_cli.xmp import STYLES, stars_for
+        from ilgnet_cli.xmp import check_options
 
-        if xmp_style not in STYLES:
-            raise fail(f"--xmp-style must be one of {', '.join(STYLES)}", 2)
         try:
-            stars_for([0.5], stars)
+            check_options(xmp_style, stars)
         except ValueError as exc:
             raise fail(str(exc), 2) from None
     with errors_as_messages():

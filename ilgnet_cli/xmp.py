@@ -49,6 +49,13 @@ def sidecar_paths(image: str | Path, style: str) -> list[Path]:
     return {"adobe": [adobe], "darktable": [darktable], "both": [adobe, darktable]}[style]
 
 
+def check_options(style: str, stars_spec: str) -> None:
+    """Raise ValueError (one line) for an unknown sidecar style or star spec: before any scoring."""
+    if style not in STYLES:
+        raise ValueError(f"--xmp-style must be one of {', '.join(STYLES)}")
+    stars_for([], stars_spec)
+
+
 def stars_for(scores: list[float], spec: str) -> list[int]:
     """1-5 stars for each score: ``quantile`` (quintiles of this run) or ``fixed:T1,T2,T3,T4``."""
     if spec == "quantile":
@@ -171,8 +178,7 @@ def plan_and_write(path: Path, stars: int, score: float, model: str, *, overwrit
 def write_sidecars(results: list, *, style: str = "adobe", stars_spec: str = "quantile", model: str,
                    overwrite_ratings: bool = False, dry_run: bool = False) -> tuple[list[SidecarChange], list[str]]:
     """Sidecars for every scored result; returns (changes, one-line errors)."""
-    if style not in STYLES:
-        raise ValueError(f"--xmp-style must be one of {', '.join(STYLES)}")
+    check_options(style, stars_spec)
     scored = [r for r in results if r.ok]
     stars = stars_for([r.score for r in scored], stars_spec)
     changes, errors = [], []

@@ -199,3 +199,17 @@ def test_heic_gets_a_sidecar_too(tmp_path, weights_file):
     assert (tmp_path / "IMG_1234.xmp").exists() and (tmp_path / "IMG_1234.HEIC.xmp").exists()
     if EXIFTOOL:
         assert exiftool(tmp_path / "IMG_1234.HEIC.xmp")[0]["Rating"] in range(1, 6)
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--xmp-style", "lightroom", "--xmp-style must be one of"),
+    ("--stars", "fixed:0.9,0.1", "four increasing thresholds"),
+    ("--stars", "deciles", "--stars must be"),
+])
+def test_bad_xmp_options_are_usage_errors_before_scoring(tmp_path, option, value, message):
+    photo = tmp_path / "a.jpg"
+    shutil.copy(camera_photos(1)[0], photo)
+    result = runner.invoke(app, ["score", str(photo), "--weights", str(tmp_path / "absent.safetensors"),
+                                 "--xmp", option, value])
+    assert result.exit_code == 2 and message in result.stderr
+    assert not (tmp_path / "a.xmp").exists()

@@ -1,0 +1,196 @@
+"""The `ilgnet eval` HTML report: numbers against scikit-learn / by hand, escaping, degenerate test sets, and a
+real render in headless Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import warnings
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from ilgnet_cli import eval_report, metrics
+from ilgnet_cli.evaluate import EvalResult
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+def synthetic(n: int = 300, seed: int = 42) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.7).astype(int)
+    p = np.clip(0.35 * y + rng.random(n) * 0.65, 0, 1)
+    p[:20] = 0.5  # ties, including at the threshold
+    return y, p, 3 + 4 * p + rng.normal(0, 0.5, n)
+
+
+def fake_result(y, p, votes=None, *, weights="ilgnet-ava1", dataset="ava1", paper=0.8168, notes=None) -> EvalResult:
+    with warnings.catch_warnings():  # an empty test set makes numpy warn about empty means; that is the point
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m = metrics.compute(y, p, votes, rounds=50)
+    return EvalResult(dataset=dataset, weights=weights, tta="mirror", metrics=m, missing=2, listed=len(y) + 2,
+                      paper_accuracy=paper, notes=notes or ["2 of 302 test images are missing"])
+
+
+def svgs(page: str) -> list[ET.Element]:
+    """Every inline SVG parsed as XML: a malformed plot fails here."""
+    return [ET.fromstring(s) for s in re.findall(r"<svg .*?</svg>", page, flags=re.S)]
+
+
+def plotted_numbers(page: str) -> list[float]:
+    out = []
+    for root in svgs(page):
+        for el in root.iter():
+            for k, v in el.attrib.items():
+                if k in ("x", "y", "x1", "y1", "x2", "y2", "width", "height", "cx", "cy", "r"):
+                    out.append(float(v))
+                elif k == "points":
+                    out += [float(c) for c in re.split(r"[ ,]", v)]
+    return out
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_roc_curve_matches_sklearn(drop):
+    y, p, _ = synthetic()
+    fpr, tpr = eval_report.roc_curve(y, p, drop_intermediate=drop)
+    sk_fpr, sk_tpr, _ = skm.roc_curve(y, p, drop_intermediate=drop)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.roc_auc(y, p))
+
+
+def test_roc_curve_with_one_class_is_undefined_like_sklearn():
+    y, p = np.ones(5, dtype=int), np.linspace(0.1, 0.9, 5)
+    fpr, tpr = eval_report.roc_curve(y, p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sk_fpr, sk_tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr)
+    np.testing.assert_allclose(tpr, sk_tpr)
+    assert np.isnan(fpr).all()
+
+
+def test_calibration_bins_and_ece_by_hand():
+    y = np.array([0, 1, 1, 0])
+    p = np.array([0.05, 0.15, 0.95, 1.0])  # 1.0 belongs to the last bin, not an eleventh
+    mean_p, frac, count = eval_report.calibration_bins(y, p)
+    assert count.tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert mean_p[[0, 1, 9]] == pytest.approx([0.05, 0.15, 0.975]) and frac[[0, 1, 9]].tolist() == [0, 1, 0.5]
+    # (1·|0 − 0.05| + 1·|1 − 0.15| + 2·|0.5 − 0.975|) / 4
+    assert eval_report.expected_calibration_error(y, p) == pytest.approx(1.85 / 4)
+    assert eval_report.expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
+    assert np.isnan(eval_report.expected_calibration_error(np.array([]), np.array([])))
+
+
+def test_nice_ticks():
+    assert eval_report.nice_ticks(0) == [0.0, 1.0] and eval_report.nice_ticks(float("nan")) == [0.0, 1.0]
+    assert eval_report.nice_ticks(17) == [0, 5, 10, 15, 20]
+    assert eval_report.nice_ticks(200) == [0, 50, 100, 150, 200]
+    assert eval_report.nice_ticks(1) == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def test_page_holds_the_table_values_csp_and_no_script():
+    y, p, votes = synthetic()
+    r = fake_result(y, p, votes)
+    r.precision, r.decode = "bf16", "draft"
+    page = eval_report.to_html(r, y, p)
+    m = r.metrics
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page and "<script" not in page.lower()
+    lo, hi = m.accuracy_ci
+    for value in ("81.68%", f"{m.majority_baseline:.2%}", f"{m.accuracy:.2%}", f"95% CI {lo:.2%}–{hi:.2%}",
+                  f"{m.balanced_accuracy:.2%}", f"{m.roc_auc:.3f}", f"{m.srcc:.3f}", f"{m.plcc:.3f}",
+                  f"{eval_report.expected_calibration_error(y, p):.3f}", "bf16", "draft", "2 of 302 test images",
+                  f"AUC {m.roc_auc:.3f}", "300 of 302 listed"):
+        assert value in page, value
+    tn, fp, fn, tp = (m.confusion[0][0], m.confusion[0][1], m.confusion[1][0], m.confusion[1][1])
+    assert f"confusion matrix TN {tn} FP {fp} FN {fn} TP {tp}" in page
+    assert f"{100 * tn / (tn + fp):.1f}% of row" in page
+    assert len(svgs(page)) == 4 and "http://" not in page.replace("http://www.w3.org/2000/svg", "")
+
+
+def test_page_without_paper_number_says_so_and_without_precision_says_not_recorded():
+    y, p, _ = synthetic()
+    page = eval_report.to_html(fake_result(y, p, paper=None), y, p)
+    assert "not comparable to the paper" in page and "81.68%" not in page
+    assert "precision not recorded" in page and "SRCC" not in page
+
+
+def test_hostile_names_are_escaped():
+    y, p, _ = synthetic(50)
+    r = fake_result(y, p, weights=EVIL, dataset=f"</title>{EVIL}", notes=[f"note {EVIL}"])
+    r.precision = EVIL
+    page = eval_report.to_html(r, y, p, title=f"t {EVIL}")
+    assert EVIL not in page and "</title><img" not in page
+    assert page.count("&lt;img src=x onerror=alert(1)&gt;") >= 5
+
+
+def test_roc_points_drawn_are_sklearns():
+    y, p, _ = synthetic()
+    page = eval_report.to_html(fake_result(y, p), y, p)
+    roc = next(s for s in svgs(page) if s.get("aria-label", "").startswith("ROC"))
+    pts = np.array([[float(c) for c in xy.split(",")] for xy in roc.find("{*}polyline").get("points").split()])
+    fr = eval_report.Frame()
+    span_x, span_y = fr.x(1) - fr.x(0), fr.y(0) - fr.y(1)
+    sk_fpr, sk_tpr, _ = skm.roc_curve(y, p)
+    assert len(pts) == len(sk_fpr)
+    np.testing.assert_allclose((pts[:, 0] - fr.x(0)) / span_x, sk_fpr, atol=0.06 / span_x)
+    np.testing.assert_allclose((fr.y(0) - pts[:, 1]) / span_y, sk_tpr, atol=0.06 / span_y)
+
+
+@pytest.mark.parametrize("case", ["no images", "one class", "all scores equal", "unscored image", "single image"])
+def test_degenerate_test_sets_give_valid_pages(case):
+    y, p, _ = synthetic(40)
+    y, p = {"no images": (y[:0], p[:0]), "one class": (np.ones(40, dtype=int), p),
+            "all scores equal": (y, np.full(40, 0.5)), "unscored image": (y, np.r_[np.nan, p[1:]]),
+            "single image": (y[:1], p[:1])}[case]
+    r = fake_result(y, np.nan_to_num(p, nan=0.5))
+    page = eval_report.to_html(r, y, p)
+    assert len(svgs(page)) == 4 and "<script" not in page
+    assert not re.search(r"\b(nan|inf)\b", page, flags=re.I), case
+    assert all(np.isfinite(plotted_numbers(page)))
+    if case in ("no images", "one class"):
+        assert "undefined: the test set needs both classes" in page
+
+
+def test_labels_and_scores_of_different_length_is_a_one_line_error():
+    y, p, _ = synthetic(10)
+    with pytest.raises(ValueError, match=r"^labels and scores differ in length \(10 vs 9\)$"):
+        eval_report.to_html(fake_result(y, p), y, p[:9])
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+def test_eval_report_renders_in_headless_chromium(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    y = (rng.random(2000) < 0.7).astype(int)
+    p = rng.beta(2 + 3 * y, 6 - 3 * y)
+    r = fake_result(y, p, 3 + 4 * p + rng.normal(0, 0.5, 2000), weights=EVIL,
+                    notes=["2 of 2002 test images are missing and were not scored; accuracy is over the rest"])
+    r.precision, r.decode = "bf16", "exact"
+    report = tmp_path / "eval.html"
+    report.write_text(eval_report.to_html(r, y, p), encoding="utf-8")
+    shot = tmp_path / "eval.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'chrome'}", "--hide-scrollbars", "--window-size=1000,1700"]
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert "&lt;img src=x onerror=alert(1)&gt;" in dom and "<script" not in dom and dom.count("<svg") == 4
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    # Text and tables are grey on white; only the plots are strongly red or blue. A page whose SVGs did not draw
+    # has next to none of either.
+    red = np.mean(img[..., 0] - img[..., 2] > 60)
+    blue = np.mean(img[..., 2] - img[..., 0] > 60)
+    assert red > 0.005 and blue > 0.01, (red, blue)
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200
+    if os.environ.get("ILGNET_KEEP_SCREENSHOT"):
+        shutil.copy2(shot, os.environ["ILGNET_KEEP_SCREENSHOT"])

@@ -21,7 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from ilgnet_cli import __version__
-from ilgnet_cli.fsutil import printable
+from ilgnet_cli.fsutil import display
 
 app = typer.Typer(
     name="ilgnet",
@@ -56,13 +56,14 @@ def errors_as_messages():
 
     try:
         yield
+    # Messages quote file names: printed literally (no Rich markup, terminal controls escaped).
     except (WeightsError, CaffeModelError, DownloadError, AVADownloadError) as exc:
-        raise fail(str(exc)) from None
+        raise fail(escape(display(str(exc)))) from None
     except ValueError as exc:
-        raise fail(str(exc), 2) from None
+        raise fail(escape(display(str(exc))), 2) from None
     except OSError as exc:  # disk full, permissions, a path that vanished: one line, never a traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        raise fail(f"{where}{exc.strerror or exc}") from None
+        raise fail(escape(display(f"{where}{exc.strerror or exc}"))) from None
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
@@ -183,11 +184,13 @@ def score(
             check_writable_folder(copy_top or link_top)
         dev = pick_device(device)
         missing: list[str] = []
-        selection = Selection(recursive=recursive, hidden=hidden, include=include or [], exclude=exclude or [])
+        outputs = [p for p in (copy_top, link_top, output if fmt != "table" else None) if p is not None]
+        selection = Selection(recursive=recursive, hidden=hidden, include=include or [], exclude=exclude or [],
+                              skip=outputs)
         files = list(find_images(paths, selection, missing))
         if not files:
-            reason = "; ".join(f"{unusable_reason(m)}: {m}" for m in missing) if missing else "no images found"
-            raise fail(reason, 1)
+            reason = "; ".join(f"{unusable_reason(m)}: {display(m)}" for m in missing) if missing else "no images found"
+            raise fail(escape(reason), 1)
         if weights is None:
             progress, update = download_progress()
             with progress:
@@ -196,7 +199,7 @@ def score(
         cache, cache_note = (None, None) if no_cache else open_cache(
             store.home() / "scores.sqlite", loaded.sha256, PREPROCESS_VERSION, "exact" if exact else "draft")
         if cache_note:
-            err.print(f"[yellow]warning[/]: {escape(cache_note)}", highlight=False)
+            err.print(f"[yellow]warning[/]: {escape(display(cache_note))}", highlight=False)
         started = time.monotonic()
         shard = scoring.Shard.from_env(dev)
         progress, on_progress = score_progress(len(files), quiet or not shard.main)
@@ -210,7 +213,7 @@ def score(
             if cache is not None:
                 cache.close()
                 if cache.problem:
-                    err.print(f"[yellow]warning[/]: {escape(cache.problem)}", highlight=False)
+                    err.print(f"[yellow]warning[/]: {escape(display(cache.problem))}", highlight=False)
         run = shard.merge(run)
         if run is None:  # not rank 0 under torchrun: rank 0 writes the report
             return
@@ -249,13 +252,13 @@ def _write_xmp(run, model: str, style: str, stars: str, overwrite: bool, dry_run
         for col in ("sidecar", "action", "rating", "score"):
             table.add_column(col, overflow="fold")
         for c in changes:
-            table.add_row(escape(printable(str(c.path))), c.action, f"{c.old_rating or '-'} -> {c.new_rating}", f"{c.score:.4f}")
+            table.add_row(escape(display(str(c.path))), c.action, f"{c.old_rating or '-'} -> {c.new_rating}", f"{c.score:.4f}")
         out.print(table)
     else:
         kept = sum(c.action == "keep-hand-rating" for c in changes)
         err.print(f"XMP: {len(changes)} sidecar(s) written ({kept} hand rating(s) kept)", highlight=False)
     for p in problems:
-        err.print(f"[yellow]XMP skipped[/] {escape(printable(p))}", highlight=False)
+        err.print(f"[yellow]XMP skipped[/] {escape(display(p))}", highlight=False)
 
 
 def score_progress(total: int, quiet: bool):
@@ -286,13 +289,13 @@ def _summary(run, elapsed: float, output: Path | None, exported: list[Path]) -> 
         line += f"; [yellow]{s.errors} warning(s): not scored[/] (reasons in the report)"
     err.print(line, highlight=False)
     for r in run.errors[:10]:
-        err.print(f"  [yellow]skipped[/] {escape(printable(r.path))}: {escape(r.error or '')}", highlight=False)
+        err.print(f"  [yellow]skipped[/] {escape(display(r.path))}: {escape(display(r.error))}", highlight=False)
     if len(run.errors) > 10:
         err.print(f"  ... and {len(run.errors) - 10} more", highlight=False)
     if output is not None:
-        err.print(f"report written to {escape(printable(str(output)))}", highlight=False)
+        err.print(f"report written to {escape(display(str(output)))}", highlight=False)
     if exported:
-        err.print(f"{len(exported)} file(s) placed in {escape(printable(str(exported[0].parent)))}", highlight=False)
+        err.print(f"{len(exported)} file(s) placed in {escape(display(str(exported[0].parent)))}", highlight=False)
     if s.interrupted:
         err.print("[yellow]interrupted[/]: the report holds what finished; run again to continue (cached)")
 

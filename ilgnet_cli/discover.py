@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,9 @@ class Selection:
     hidden: bool = False
     include: list[str] = field(default_factory=list)  # globs on the file name or relative path
     exclude: list[str] = field(default_factory=list)
+    # This run's own outputs (--copy-top/--link-top folders, the -o report): never inputs, or
+    # every run would rescore the previous run's copies and they would fill the ranking.
+    skip: list[str | os.PathLike[str]] = field(default_factory=list)
 
     def wanted(self, rel: str) -> bool:
         name = rel.rsplit("/", 1)[-1]
@@ -105,6 +109,16 @@ def find_images(paths: list[str | os.PathLike[str]], selection: Selection | None
     sel = selection or Selection()
     seen_files: set[str] = set()
     seen_dirs: set[tuple[int, int]] = set()
+    for out in sel.skip:  # marked as seen: reached by any spelling or symlink, they are passed over
+        out = Path(out).expanduser()
+        try:
+            st = out.stat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            seen_dirs.add((st.st_dev, st.st_ino))
+        else:
+            seen_files.add(os.path.realpath(out))
     for raw in paths:
         root = Path(raw).expanduser()
         if root.is_file():

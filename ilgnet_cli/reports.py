@@ -14,7 +14,7 @@ import html
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from rich.table import Table
 
 from ilgnet_cli import __version__
 from ilgnet_cli.exif import ExifInfo
-from ilgnet_cli.fsutil import atomic_write_text, json_escaped, printable
+from ilgnet_cli.fsutil import atomic_write_text, copy_new, display, escape_controls, json_escaped, printable
 from ilgnet_cli.scoring import ScoreResult, ScoreRun
 
 FORMATS = ("table", "csv", "json", "html")
@@ -91,10 +91,28 @@ def to_csv(run: ScoreRun, min_score: float | None = None, top: int | None = None
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for i, r in enumerate(selected(run, min_score, top), 1):
-        writer.writerow(record(r, i))
+        writer.writerow(_csv_row(record(r, i)))
     for r in run.errors:
-        writer.writerow(record(r, None))
+        writer.writerow(_csv_row(record(r, None)))
     return buf.getvalue()
+
+
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP "CSV injection"):
+# such text cells get a leading ' (shown literally, not evaluated). Numbers are never text here.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell as data, never a formula, on one visible line (controls escaped); file-name
+    bytes that are not UTF-8 stay as they are on disk."""
+    if not isinstance(value, str):
+        return value
+    text = escape_controls(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: csv_cell(v) for k, v in row.items()}
 
 
 def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> Table:
@@ -106,7 +124,7 @@ def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> T
     else:
         total = len(selected(run, min_score))
         title = f"ILGNet scores — top {len(rows)} of {total} ({run.weights_name})"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=_plain(display(title)), title_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("score", justify="right")
     table.add_column("file", overflow="fold")
@@ -117,8 +135,8 @@ def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> T
     for i, r in enumerate(rows, 1):
         exif = exif_of(r)
         date = (exif.captured or "")[:19].replace("T", " ")
-        # Rich markup in file names must print literally.
-        cells = [str(i), f"{r.score:.4f}", _plain(printable(r.path)), date, _plain(exif.camera)]
+        # Rich markup in file names and EXIF must print literally, terminal controls escaped.
+        cells = [str(i), f"{r.score:.4f}", _plain(display(r.path)), _plain(display(date)), _plain(display(exif.camera))]
         if run.bursts is not None:
             cells.append(f"keeper of {r.info.get('burst_size', 1)}")
         table.add_row(*cells)
@@ -179,7 +197,9 @@ def _caption(exif: ExifInfo) -> str:
 def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = None,
             thumbnails: bool = True, max_pixels: int | None = None) -> str:
     """A contact sheet that works offline: inline CSS, thumbnails as data URIs, no scripts."""
-    esc = html.escape
+    def esc(text: str) -> str:  # untrusted text: markup escaped, controls and bidi overrides visible
+        return html.escape(display(text))
+
     rows = selected(run, min_score, top)
     figures = []
     rank = 0
@@ -240,25 +260,50 @@ def guess_format(output: str | Path | None, fmt: str | None) -> str:
 
 
 def export_top(results: Iterable[ScoreResult], dest: str | Path, *, link: bool = False) -> list[Path]:
-    """Copy (or symlink) ranked files into ``dest`` as ``NNN_name``; never overwrites anything."""
-    import shutil
+    """Copy (or symlink) ranked files into ``dest`` as ``NNN_name``; never overwrites anything.
 
+    The free-name check and the write are one step (a hard link or symlink to a name fails if
+    anything is there), so a file or link that appears in ``dest`` meanwhile is never replaced."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     rows = list(results)
     width = max(3, len(str(len(rows))))
     written = []
     for i, r in enumerate(rows, 1):
-        target = dest / f"{i:0{width}d}_{os.path.basename(r.path)}"
-        stem, suffix, n = target.stem, target.suffix, 1
-        while target.exists() or target.is_symlink():
-            target = dest / f"{stem}-{n}{suffix}"
-            n += 1
-        if link:
-            target.symlink_to(os.path.abspath(r.path))
-        else:
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copy2(r.path, tmp)
-            os.replace(tmp, target)
-        written.append(target)
+        for target in _free_names(dest, f"{i:0{width}d}_{os.path.basename(r.path)}"):
+            try:
+                if link:
+                    os.symlink(os.path.abspath(r.path), target)
+                else:
+                    copy_new(r.path, target)
+            except FileExistsError:
+                continue
+            written.append(target)
+            break
     return written
+
+
+NAME_MAX = 255  # bytes, on every common file system
+
+
+def _fit(stem: str, suffix: str) -> str:
+    """``stem + suffix`` cut (in the stem) to NAME_MAX bytes: the NNN_ prefix must not turn a
+    legal long name into ENAMETOOLONG."""
+    size = len(os.fsencode(suffix))
+    while stem and len(os.fsencode(stem)) + size > NAME_MAX:
+        stem = stem[:-1]
+    return stem + suffix
+
+
+def _free_names(dest: Path, name: str) -> Iterator[Path]:
+    """``name``, then ``name-1``, ``name-2``... (suffix kept) as candidates; a cheap existence
+    check skips taken ones, the caller's exclusive create is what decides."""
+    first = Path(name)
+    stem, suffix = first.stem, first.suffix
+    if len(os.fsencode(suffix)) > 32:  # a "suffix" that long is part of the name
+        stem, suffix = name, ""
+    for n in range(100_000):
+        target = dest / (_fit(stem, suffix) if n == 0 else _fit(stem, f"-{n}{suffix}"))
+        if not (target.exists() or target.is_symlink()):
+            yield target
+    raise FileExistsError(f"no free name for {display(name)[:80]} in {display(str(dest))[:80]}")

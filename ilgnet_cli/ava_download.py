@@ -19,13 +19,17 @@ import io
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
+import string
 import tarfile
+import tempfile
+import urllib.parse
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
@@ -33,7 +37,23 @@ from ilgnet_cli.ava import read_ava
 from ilgnet_cli.download import Checksum, DownloadError, download
 
 METADATA = ("AVA.txt", "tags.txt", "challenges.txt")
-IMAGE_NAME = re.compile(r"^(\d+)\.jpe?g$", re.IGNORECASE)
+# ASCII digits only: ``\d`` also matches "１２３" or "١٢", which int() would quietly turn into
+# another image's id. Twelve digits is far above AVA's ids (< 10**6) and far below file-name limits.
+MAX_ID_DIGITS = 12
+IMAGE_NAME = re.compile(rf"([0-9]{{1,{MAX_ID_DIGITS}}})\.jpe?g", re.IGNORECASE | re.ASCII)
+ARCHIVES = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz", "7z")
+
+# Limits on what an archive may unpack to, counted on the bytes actually written (headers can lie).
+# AVA's images are all under ~10 MB and AVA.txt is ~17 MB, so 64 MiB per member is generous; the
+# whole dataset is ~33 GB; JPEGs barely compress, text ~5x, so 100x only catches bombs. The ratio
+# is only judged past 1 MiB, where a bomb starts to cost something.
+MAX_MEMBER_BYTES = 64 << 20
+MAX_TOTAL_BYTES = 64 << 30
+MAX_RATIO = 100
+RATIO_FLOOR = 1 << 20
+MAX_MEMBERS = 500_000  # AVA: 255,530 images and a few dozen lists; each member costs memory up front
+MAX_MANIFEST_BYTES = 64 << 20  # room for a sha256 per image
+CHUNK = 1 << 20
 
 
 class AVADownloadError(Exception):
@@ -66,11 +86,162 @@ class Manifest:
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-            files = [ManifestFile(**f) for f in raw.pop("files", [])]
-            return cls(files=files, **raw)
-        except (OSError, ValueError, TypeError) as exc:
-            raise AVADownloadError(f"cannot read manifest {path}: {exc}") from None
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_MANIFEST_BYTES + 1)
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+            raw = json.loads(data.decode("utf-8"))
+        except (OSError, ValueError, RecursionError) as exc:
+            raise AVADownloadError(f"cannot read manifest {_cut(str(path))}: {_cut(str(exc))}") from None
+        try:
+            return cls.from_json(raw)
+        except AVADownloadError as exc:
+            raise AVADownloadError(f"bad manifest {_cut(str(path))}: {exc}") from None
+
+    @classmethod
+    def from_json(cls, raw: object) -> Manifest:
+        """A checked Manifest from parsed JSON; AVADownloadError (one line) names the first problem."""
+        raw = _object(raw, "the manifest", {"name", "description", "verified", "note", "files", "images"})
+        files = _typed(raw, "files", list, "the manifest", [])
+        return cls(name=_text(raw.get("name"), "name"), description=_typed(raw, "description", str, "the manifest", ""),
+                   verified=_typed(raw, "verified", bool, "the manifest", False),
+                   note=_typed(raw, "note", str, "the manifest", ""),
+                   files=[_manifest_file(f, i) for i, f in enumerate(files)],
+                   images=None if raw.get("images") is None else _image_spec(raw["images"]))
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    text = text.replace("\n", " ").replace("\r", " ")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _short(value: object) -> str:
+    return _cut(repr(value))
+
+
+def _object(raw: object, what: str, keys: set[str]) -> dict:
+    if not isinstance(raw, dict):
+        raise AVADownloadError(f"{what} must be a JSON object, not {type(raw).__name__}")
+    unknown = sorted(set(raw) - keys)
+    if unknown:
+        raise AVADownloadError(f"{what} has unknown field {_short(unknown[0])}")
+    return raw
+
+
+def _typed(raw: dict, key: str, kind: type, what: str, default: object) -> object:
+    value = raw.get(key, default)
+    if value is None and default is None:
+        return None
+    # bool is an int in Python; JSON true is never a size.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise AVADownloadError(f"{what}: {key!r} must be {kind.__name__}, got {_short(value)}")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise AVADownloadError(f"{what} must be a non-empty string, got {_short(value)}")
+    return value
+
+
+def _url(value: object, what: str) -> str:
+    """http(s) only: urllib would also read file:// and ftp://, copying local files into DEST."""
+    url = _text(value, what)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise AVADownloadError(f"{what} must be an http(s) URL, got {_short(url)}")
+    return url
+
+
+def _urls(value: object, what: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise AVADownloadError(f"{what} must be a non-empty list of URLs, got {_short(value)}")
+    return value
+
+
+def plain_name(value: object, what: str = "file name") -> str:
+    """One path component: where a manifest entry is downloaded (``.downloads/NAME``)."""
+    name = _text(value, what)
+    if any(c in name for c in "/\\\0") or name in (".", "..") or len(name.encode("utf-8", "replace")) > 255:
+        raise AVADownloadError(f"{what} must be a plain file name, got {_short(name)}")
+    return name
+
+
+def relative_target(value: object, what: str = "target") -> str:
+    """A relative path without ``..``: where a plain file goes inside DEST."""
+    target = _text(value, what)
+    if "\0" in target or "\\" in target or re.match(r"^[A-Za-z]:", target):
+        raise AVADownloadError(f"{what} must be a relative path inside DEST, got {_short(target)}")
+    p = PurePosixPath(target)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise AVADownloadError(f"{what} must be a relative path inside DEST, got {_short(target)}")
+    return target
+
+
+def confined(root: Path, relative: str, what: str) -> Path:
+    """``root / relative`` resolved (links followed) and checked to stay strictly under ``root``."""
+    real_root = root.resolve()
+    path = (root / relative).resolve()
+    if path == real_root or not path.is_relative_to(real_root):
+        raise AVADownloadError(f"{what} {_short(relative)} points outside {_cut(str(root))}")
+    return path
+
+
+def _manifest_file(raw: object, index: int) -> ManifestFile:
+    what = f"files[{index}]"
+    raw = _object(raw, what, {f.name for f in fields(ManifestFile)})
+    name = plain_name(raw.get("name"), f"{what}.name")
+    urls = [_url(u, f"{what}.urls[{k}]") for k, u in enumerate(_urls(raw.get("urls"), f"{what}.urls"))]
+    size = _typed(raw, "size", int, what, None)
+    if size is not None and size < 0:
+        raise AVADownloadError(f"{what}: size must be >= 0, got {size}")
+    checksum = _typed(raw, "checksum", str, what, None)
+    if checksum is not None:
+        try:
+            Checksum.parse(checksum)
+        except ValueError:
+            raise AVADownloadError(f"{what}: checksum must look like sha256:<hex>, got {_short(checksum)}") from None
+    archive = _typed(raw, "archive", str, what, None)
+    if archive is not None and archive not in ARCHIVES:
+        raise AVADownloadError(f"{what}: archive must be one of {', '.join(ARCHIVES)}, got {_short(archive)}")
+    target = raw.get("target")
+    if target is not None:
+        target = relative_target(target, f"{what}.target")
+    return ManifestFile(name=name, urls=urls, size=size, checksum=checksum, archive=archive, target=target)
+
+
+def url_template(value: object, what: str) -> str:
+    """A per-image URL with ``{id}`` (optionally padded, ``{id:06d}``) and no other field: format()
+    on anything else raises, reaches into attributes, or pads to gigabytes."""
+    template = _text(value, what)
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise AVADownloadError(f"{what}: bad URL template {_short(template)} ({exc})") from None
+    fields_used = [(f, spec, conv) for _, f, spec, conv in parsed if f is not None]
+    if not fields_used:
+        raise AVADownloadError(f"{what}: URL template {_short(template)} has no {{id}}")
+    for f, spec, conv in fields_used:
+        if f != "id" or conv is not None or not re.fullmatch(r"0?[0-9]?d?", spec or "", re.ASCII):
+            raise AVADownloadError(f"{what}: URL template {_short(template)} may only use {{id}} or {{id:0Nd}}, "
+                                   f"not {{{_cut(f + (':' + spec if spec else ''), 40)}}}")
+    _url(template.format(id=1), what)
+    return template
+
+
+def _image_spec(raw: object) -> dict:
+    raw = _object(raw, "images", {"urls", "checksums"})
+    urls = [url_template(u, f"images.urls[{k}]") for k, u in enumerate(_urls(raw.get("urls"), "images.urls"))]
+    checksums = _typed(raw, "checksums", dict, "images", {})
+    for key, digest in checksums.items():
+        if not re.fullmatch(r"[0-9]{1,12}", key, re.ASCII):
+            raise AVADownloadError(f"images.checksums: key {_short(key)} is not an image id")
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise AVADownloadError(f"images.checksums[{key}] must be a sha256 hex digest, got {_short(digest)}")
+    return {"urls": urls, "checksums": {k: v.lower() for k, v in checksums.items()}}
 
 
 def shipped_manifests() -> dict[str, Path]:
@@ -108,46 +279,227 @@ class Report:
 def _safe_member(name: str) -> PurePosixPath:
     p = PurePosixPath(name.replace("\\", "/"))
     if p.is_absolute() or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        raise UnsafeArchiveError(f"archive member with an absolute path: {name!r}")
+        raise UnsafeArchiveError(f"archive member with an absolute path: {_short(name)}")
     if any(part == ".." for part in p.parts):
-        raise UnsafeArchiveError(f"archive member escaping the destination: {name!r}")
+        raise UnsafeArchiveError(f"archive member escaping the destination: {_short(name)}")
+    if "\0" in name:
+        raise UnsafeArchiveError(f"archive member with a NUL in its name: {_short(name)}")
     return p
 
 
+@dataclass
+class _Budget:
+    """Bytes written so far against the caps; ``packed`` is the archive's size on disk."""
+
+    packed: int
+    total: int = 0
+    created: list[Path] = field(default_factory=list)  # files and folders we made, to undo on refusal
+
+
+def _check_members(count: int, archive: Path) -> None:
+    if count > MAX_MEMBERS:
+        raise UnsafeArchiveError(f"{_cut(archive.name)} has more than {MAX_MEMBERS:,} members")
+
+
+def _check_declared(name: str, size: int | None) -> None:
+    # Early refusal on the header's word; the real limit is counted while writing.
+    if size is not None and size > MAX_MEMBER_BYTES:
+        raise UnsafeArchiveError(f"archive member {_short(name)} is larger than {MAX_MEMBER_BYTES >> 20} MiB")
+
+
+def _make_dirs(dest: Path, rel: PurePosixPath, budget: _Budget) -> Path:
+    """``dest/rel`` as real folders (never through links), recording each one made."""
+    path = dest
+    for part in rel.parts:
+        path = path / part
+        try:
+            os.mkdir(path)
+            budget.created.append(path)
+        except FileExistsError:
+            if path.is_symlink() or not path.is_dir():
+                raise UnsafeArchiveError(f"archive member collides with a file: {_short(str(rel))}") from None
+    return path
+
+
+def _write_member(read: Callable[[int], bytes], dest: Path, rel: PurePosixPath, budget: _Budget,
+                  packed: int | None = None) -> None:
+    """Stream one member to a new file, counting real bytes against the member, total and ratio caps."""
+    name = str(rel)
+    if not rel.parts:
+        raise UnsafeArchiveError(f"archive member without a name: {_short(name)}")
+    folder = _make_dirs(dest, PurePosixPath(*rel.parts[:-1]), budget)
+    path = folder / rel.parts[-1]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)  # 0666 & umask, like any file the user makes
+    except FileExistsError:
+        raise UnsafeArchiveError(f"archive member appears twice or collides: {_short(name)}") from None
+    budget.created.append(path)
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        while block := read(CHUNK):
+            written += len(block)
+            budget.total += len(block)
+            if written > MAX_MEMBER_BYTES:
+                raise UnsafeArchiveError(f"archive member {_short(name)} is larger than {MAX_MEMBER_BYTES >> 20} MiB")
+            if budget.total > MAX_TOTAL_BYTES:
+                raise UnsafeArchiveError(f"archive unpacks to more than the total cap of {MAX_TOTAL_BYTES >> 30} GiB")
+            if (packed is not None and written > RATIO_FLOOR and written > MAX_RATIO * max(packed, 1)) or (
+                    budget.total > RATIO_FLOOR and budget.total > MAX_RATIO * max(budget.packed, 1)):
+                raise UnsafeArchiveError(f"archive member {_short(name)} expands more than {MAX_RATIO}x "
+                                         "(compression ratio limit: a zip bomb?)")
+            out.write(block)
+
+
+class _CappedWriter:
+    """py7zr's writer for one member: bytes go to a new file through ``_write_member``'s checks."""
+
+    def __init__(self, dest: Path, rel: PurePosixPath, budget: _Budget) -> None:
+        self.pending: list[bytes] = []
+        self.dest, self.rel, self.budget = dest, rel, budget
+        self.fh = None
+        self.size_written = 0
+        self.error: BaseException | None = None
+
+    def _open(self) -> None:
+        name = str(self.rel)
+        folder = _make_dirs(self.dest, PurePosixPath(*self.rel.parts[:-1]), self.budget)
+        path = folder / self.rel.parts[-1]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o666)
+        except FileExistsError:
+            raise UnsafeArchiveError(f"archive member appears twice or collides: {_short(name)}") from None
+        self.budget.created.append(path)
+        self.fh = os.fdopen(fd, "wb")
+
+    def write(self, data) -> int:
+        if self.fh is None:
+            self._open()
+        n = len(data)
+        self.size_written += n
+        self.budget.total += n
+        name = str(self.rel)
+        if self.size_written > MAX_MEMBER_BYTES:
+            raise UnsafeArchiveError(f"archive member {_short(name)} is larger than {MAX_MEMBER_BYTES >> 20} MiB")
+        if self.budget.total > MAX_TOTAL_BYTES:
+            raise UnsafeArchiveError(f"archive unpacks to more than the total cap of {MAX_TOTAL_BYTES >> 30} GiB")
+        if self.budget.total > RATIO_FLOOR and self.budget.total > MAX_RATIO * max(self.budget.packed, 1):
+            raise UnsafeArchiveError(f"archive member {_short(name)} expands more than {MAX_RATIO}x "
+                                     "(compression ratio limit: a 7z bomb?)")
+        self.fh.write(data)
+        return n
+
+    def read(self, size: int | None = None) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.size_written
+
+    def flush(self) -> None:
+        if self.fh is not None:
+            self.fh.flush()
+
+    def size(self) -> int:
+        return self.size_written
+
+    def close(self) -> None:
+        if self.fh is None:  # an empty member still becomes a file
+            self._open()
+        self.fh.close()
+
+
 def extract_archive(archive: Path, dest: Path, kind: str | None = None) -> Path:
-    """Extract ``archive`` into ``dest`` after checking every member; refuses the whole archive
-    (writing nothing) if any member is unsafe."""
+    """Extract ``archive`` into ``dest`` after checking every member's name and type; refuses the
+    whole archive if any member is unsafe, and undoes a partial extraction that hits a size cap."""
     kind = kind or archive_kind(archive)
+    if kind not in ARCHIVES:
+        raise AVADownloadError(f"unsupported archive type for {_cut(archive.name)}")
+    fresh = not os.path.lexists(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    budget = _Budget(packed=sum(p.stat().st_size for p in (seven_zip_parts(archive) if kind == "7z" else [archive])))
+    try:
+        _extract(archive, dest, kind, budget)
+        _check_tree(dest)
+    except BaseException as exc:
+        if fresh:
+            shutil.rmtree(dest, ignore_errors=True)
+        else:
+            for path in reversed(budget.created):
+                try:
+                    path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+                except OSError:
+                    pass
+        if isinstance(exc, AVADownloadError) or not isinstance(exc, Exception):
+            raise
+        # A hostile or damaged archive can make any of the three readers raise nearly anything.
+        raise AVADownloadError(f"cannot extract {_cut(archive.name)}: {_cut(f'{type(exc).__name__}: {exc}')}") from None
+    return dest
+
+
+def _extract(archive: Path, dest: Path, kind: str, budget: _Budget) -> None:
     if kind == "zip":
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            _check_members(len(infos), archive)
+            for info in infos:
                 _safe_member(info.filename)
                 mode = info.external_attr >> 16
                 if stat.S_ISLNK(mode):
-                    raise UnsafeArchiveError(f"archive member is a symbolic link: {info.filename!r}")
-            zf.extractall(dest)
-    elif kind in ("tar", "tar.gz", "tar.bz2", "tar.xz"):
+                    raise UnsafeArchiveError(f"archive member is a symbolic link: {_short(info.filename)}")
+                _check_declared(info.filename, info.file_size)
+            for info in infos:
+                rel = _safe_member(info.filename)
+                if info.is_dir():
+                    _make_dirs(dest, rel, budget)
+                    continue
+                with zf.open(info) as src:
+                    _write_member(src.read, dest, rel, budget, packed=info.compress_size)
+    elif kind.startswith("tar"):
         with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for m in members:
+            members = []
+            for m in tf:  # one header at a time, so a huge member count is refused before it is all in memory
+                members.append(m)
+                _check_members(len(members), archive)
                 _safe_member(m.name)
                 if not (m.isfile() or m.isdir()):
-                    raise UnsafeArchiveError(f"archive member is not a plain file or folder: {m.name!r}")
-            tf.extractall(dest, members=members, filter="data")
-    elif kind == "7z":
+                    raise UnsafeArchiveError(f"archive member is not a plain file or folder: {_short(m.name)}")
+                _check_declared(m.name, m.size)
+            for m in members:
+                rel = _safe_member(m.name)
+                if m.isdir():
+                    _make_dirs(dest, rel, budget)
+                    continue
+                src = tf.extractfile(m)
+                _write_member(src.read, dest, rel, budget)
+    else:
         import py7zr
 
         with JoinedFile(seven_zip_parts(archive)) as fh, py7zr.SevenZipFile(fh, mode="r") as z:
-            for entry in z.list():
+            entries = z.list()
+            _check_members(len(entries), archive)
+            for entry in entries:
                 _safe_member(entry.filename)
                 if entry.is_symlink:
-                    raise UnsafeArchiveError(f"archive member is a symbolic link: {entry.filename!r}")
-            z.extractall(path=dest)
-    else:
-        raise AVADownloadError(f"unsupported archive type for {archive.name}")
-    _check_tree(dest)
-    return dest
+                    raise UnsafeArchiveError(f"archive member is a symbolic link: {_short(entry.filename)}")
+                _check_declared(entry.filename, entry.uncompressed)
+            for entry in entries:
+                if entry.is_directory:
+                    _make_dirs(dest, _safe_member(entry.filename), budget)
+
+            class Factory(py7zr.io.WriterFactory):
+                def create(self, filename: str) -> _CappedWriter:
+                    # py7zr hands over DEST joined with the member's (already checked) name.
+                    path = PurePosixPath(filename.replace("\\", "/"))
+                    root = PurePosixPath(str(dest).replace("\\", "/"))
+                    if not path.is_relative_to(root):
+                        raise UnsafeArchiveError(f"archive member escaping the destination: {_short(filename)}")
+                    rel = _safe_member(str(path.relative_to(root)))
+                    if not rel.parts:
+                        raise UnsafeArchiveError(f"archive member without a name: {_short(filename)}")
+                    return _CappedWriter(dest, rel, budget)
+
+            z.extractall(path=dest, factory=Factory())
 
 
 def _check_tree(root: Path) -> None:
@@ -232,38 +584,119 @@ def archive_kind(path: Path) -> str | None:
 # --------------------------------------------------------------------------- importing
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """An O_EXCL temp file with a random name next to ``name`` (never a planted link), mode 0666 & umask:
+    mkstemp alone gives 0600, which other users of a shared dataset folder could not read."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, Path(tmp)
+
+
+def _copy_regular(src: Path, folder: Path, name: str) -> Path:
+    # O_NOFOLLOW + O_NONBLOCK: a link or FIFO swapped in after the walk neither leads elsewhere nor blocks.
+    fd_in = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd_in, "rb") as fin:
+        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+            raise AVADownloadError(f"--from: {_cut(str(src))} is not a regular file")
+        fd, tmp = _new_temp(folder, name)
+        try:
+            with os.fdopen(fd, "wb") as fout:
+                shutil.copyfileobj(fin, fout, CHUNK)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return tmp
+
+
 def _place(src: Path, dst: Path, move: bool) -> bool:
-    """Put ``src`` at ``dst``: rename (move) or hard link, falling back to a copy. False if present."""
-    if dst.exists():
+    """Put ``src`` at ``dst``: rename (move) or hard link, falling back to a copy. False if present.
+    A symlink at ``dst`` is not ours and is replaced (rename replaces the link, never its target)."""
+    if dst.exists() and not dst.is_symlink():
         return False
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    if move:
+        os.replace(src, dst)
+        return True
+    # A random name: link() never follows or overwrites what is there, so a planted link fails harmlessly.
+    tmp = dst.with_name(f".{dst.name}.{secrets.token_hex(8)}.tmp")
     try:
-        if move:
-            os.replace(src, dst)
-            return True
-        os.link(src, tmp)
+        os.link(src, tmp, follow_symlinks=False)
     except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dst)
+        tmp = _copy_regular(src, dst.parent, dst.name)
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return True
 
 
+def image_id(name: str) -> int | None:
+    """The AVA id of ``<id>.jpg`` (ASCII digits only), else None."""
+    m = IMAGE_NAME.fullmatch(name)
+    return int(m.group(1)) if m else None
+
+
 def import_tree(root: Path, dest: Path, *, move: bool, report: Report) -> None:
-    """Collect ``<id>.jpg`` images and AVA metadata from anywhere under ``root`` into ``dest``."""
+    """Collect ``<id>.jpg`` images and AVA metadata from anywhere under ``root`` into ``dest``.
+    Links are never followed (os.walk does not enter linked folders; linked files are reported)
+    and anything but a regular file (FIFOs, devices) is skipped."""
     images = dest / "images"
     images.mkdir(parents=True, exist_ok=True)
-    for dirpath, _, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root):
         base = Path(dirpath)
-        for name in filenames:
+        for name in dirnames + filenames:
             src = base / name
-            if IMAGE_NAME.match(name):
-                image_id = IMAGE_NAME.match(name).group(1)
-                if _place(src, images / f"{int(image_id)}.jpg", move):
+            try:
+                mode = os.lstat(src).st_mode
+            except OSError:
+                continue
+            if stat.S_ISLNK(mode):
+                report.failures.append(f"--from: skipped symbolic link {_short(str(src))} (links are not followed)")
+                continue
+            if name in dirnames or not stat.S_ISREG(mode):
+                if not stat.S_ISDIR(mode):
+                    report.failures.append(f"--from: skipped {_short(str(src))}: not a regular file")
+                continue
+            image = image_id(name)
+            if image is not None:
+                if _place(src, images / f"{image}.jpg", move):
                     report.imported += 1
             elif name in METADATA or name.endswith(".jpgl") or name in ("styles.txt", "train.lab", "test.multilab"):
                 folder = base.name if base.name in ("aesthetics_image_lists", "style_image_lists") else ""
                 _place(src, dest / folder / name, move)
+
+
+def _import_archive(archive: Path, kind: str, dest: Path, report: Report) -> None:
+    """Extract into a fresh random folder under DEST/.extract, move what is useful, remove the rest."""
+    extract_root = dest / ".extract"
+    if extract_root.is_symlink():
+        raise AVADownloadError(f"{_cut(str(extract_root))} is a symbolic link; remove it")
+    extract_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=extract_root, prefix=f"{archive.name[:100]}."))
+    try:
+        extract_archive(archive, staging, kind)
+        import_tree(staging, dest, move=True, report=report)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            extract_root.rmdir()  # only when empty: another run may be using it
+        except OSError:
+            pass
 
 
 def import_from(source: Path, dest: Path, report: Report) -> None:
@@ -272,16 +705,11 @@ def import_from(source: Path, dest: Path, report: Report) -> None:
         import_tree(source, dest, move=False, report=report)
         return
     if not source.exists():
-        raise AVADownloadError(f"--from: no such file or folder: {source}")
+        raise AVADownloadError(f"--from: no such file or folder: {_cut(str(source))}")
     kind = archive_kind(source)
     if kind is None:
-        raise AVADownloadError(f"--from: {source.name} is neither a folder nor a zip/tar/7z archive")
-    staging = dest / ".extract" / source.name
-    try:
-        extract_archive(source, staging, kind)
-        import_tree(staging, dest, move=True, report=report)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        raise AVADownloadError(f"--from: {_cut(source.name)} is neither a folder nor a zip/tar/7z archive")
+    _import_archive(source, kind, dest, report)
 
 
 # --------------------------------------------------------------------------- downloading
@@ -290,23 +718,41 @@ def import_from(source: Path, dest: Path, report: Report) -> None:
 ProgressFn = Callable[[str, int, int | None], None]  # (what, done, total)
 
 
+def _unplant(dest: Path) -> None:
+    """download() appends to ``DEST.part``; a symlink planted there would be written through."""
+    part = dest.with_name(dest.name + ".part")
+    if part.is_symlink():
+        part.unlink()
+
+
+def plan_files(manifest: Manifest, dest: Path) -> list[tuple[ManifestFile, Path, Path]]:
+    """(entry, download path, target) for every file, each checked to stay under DEST before
+    anything is downloaded; a manifest built in code gets the same checks as a loaded one."""
+    staging = dest / ".downloads"
+    plan = []
+    for f in manifest.files:
+        name = plain_name(f.name, "manifest file name")
+        if f.archive is not None and f.archive not in ARCHIVES:
+            raise AVADownloadError(f"manifest file {_short(name)}: unsupported archive type {_short(f.archive)}")
+        download_to = confined(dest, f".downloads/{name}", "manifest file name")
+        if download_to.parent != staging.resolve():
+            raise AVADownloadError(f"manifest file name {_short(name)} points outside {_cut(str(staging))}")
+        target = confined(dest, relative_target(f.target or name, "manifest target"), "manifest target")
+        plan.append((f, download_to, target))
+    return plan
+
+
 def fetch_manifest(manifest: Manifest, dest: Path, *, jobs: int = 4, retries: int = 4, backoff: float = 1.0,
                    progress: ProgressFn | None = None, report: Report) -> None:
-    staging = dest / ".downloads"
-    for f in manifest.files:
-        target = dest / (f.target or f.name)
+    for f, download_to, target in plan_files(manifest, dest):
         if f.archive is None and target.exists():
             continue
-        path = download(f.urls, staging / f.name, checksum=Checksum.parse(f.checksum) if f.checksum else None,
+        _unplant(download_to)
+        path = download(f.urls, download_to, checksum=Checksum.parse(f.checksum) if f.checksum else None,
                         expected_size=f.size, retries=retries, backoff=backoff,
                         progress=(lambda d, t, n=f.name: progress(n, d, t)) if progress else None)
         if f.archive:
-            extracted = dest / ".extract" / f.name
-            try:
-                extract_archive(path, extracted, f.archive)
-                import_tree(extracted, dest, move=True, report=report)
-            finally:
-                shutil.rmtree(extracted, ignore_errors=True)
+            _import_archive(path, f.archive, dest, report)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
@@ -315,12 +761,19 @@ def fetch_manifest(manifest: Manifest, dest: Path, *, jobs: int = 4, retries: in
                      report=report)
 
 
+def plain_ids(ids: list[int]) -> tuple[list[int], list[int]]:
+    """AVA.txt ids that can be ``images/<id>.jpg`` and those that cannot (negative, or too long)."""
+    good = [i for i in ids if 0 <= i < 10 ** MAX_ID_DIGITS]
+    return good, [i for i in ids if not 0 <= i < 10 ** MAX_ID_DIGITS]
+
+
 def fetch_images(spec: dict, dest: Path, *, jobs: int, retries: int, backoff: float,
                  progress: ProgressFn | None, report: Report) -> None:
     ava_path = dest / "AVA.txt"
     if not ava_path.exists():
         raise AVADownloadError("the manifest's image list needs AVA.txt first (list it under 'files')")
-    ids = sorted(read_ava(ava_path).records)
+    ids, odd = plain_ids(sorted(read_ava(ava_path).records))
+    report.failures.extend(f"AVA.txt: image id {_cut(str(i), 40)} is not a plain image id; skipped" for i in odd)
     images = dest / "images"
     todo = [i for i in ids if not (images / f"{i}.jpg").exists()]
     checksums = spec.get("checksums", {})
@@ -330,6 +783,7 @@ def fetch_images(spec: dict, dest: Path, *, jobs: int, retries: int, backoff: fl
         urls = [u.format(id=image_id) for u in spec["urls"]]
         digest = checksums.get(str(image_id))
         try:
+            _unplant(images / f"{image_id}.jpg")
             download(urls, images / f"{image_id}.jpg", checksum=Checksum("sha256", digest) if digest else None,
                      retries=retries, backoff=backoff)
             return image_id, None
@@ -365,13 +819,11 @@ def _check_image(path: str) -> str | None:
 
 def verify(dest: Path, *, jobs: int = 4, progress: ProgressFn | None = None, report: Report) -> None:
     """Open and decode every image listed in AVA.txt; write missing.txt and corrupt.txt."""
-    from ilgnet_cli.fsutil import atomic_write_text
-
-    ids = sorted(read_ava(dest / "AVA.txt").records)
-    report.listed = len(ids)
+    ids, odd = plain_ids(sorted(read_ava(dest / "AVA.txt").records))
+    report.listed = len(ids) + len(odd)
     images = dest / "images"
     present = [i for i in ids if (images / f"{i}.jpg").is_file()]
-    report.missing = sorted(set(ids) - set(present))
+    report.missing = sorted(set(ids) - set(present)) + odd  # an id that cannot be a file name is missing
     report.present = len(present)
     corrupt = []
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -382,8 +834,22 @@ def verify(dest: Path, *, jobs: int = 4, progress: ProgressFn | None = None, rep
             if progress and (n % 200 == 0 or n == len(futures)):
                 progress("verify", n, len(futures))
     report.corrupt = sorted(corrupt)
-    atomic_write_text(dest / "missing.txt", "".join(f"{i}\n" for i in report.missing))
-    atomic_write_text(dest / "corrupt.txt", "".join(f"{i}\n" for i in report.corrupt))
+    _write_report(dest / "missing.txt", "".join(f"{i}\n" for i in report.missing))
+    _write_report(dest / "corrupt.txt", "".join(f"{i}\n" for i in report.corrupt))
+
+
+def _write_report(path: Path, text: str) -> None:
+    """Atomic like fsutil.atomic_write_text, but 0666 & umask rather than mkstemp's 0600."""
+    fd, tmp = _new_temp(path.parent, path.name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def download_ava(dest: str | Path, *, source: str | None = None, manifest: str | Path | None = None,

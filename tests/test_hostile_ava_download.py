@@ -1,0 +1,401 @@
+"""`ilgnet download ava` against hostile inputs: manifests that aim outside DEST, planted symlinks,
+archive bombs, malformed JSON and odd image names. Every refusal is one AVADownloadError line,
+decided before anything is written where it should not be."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ilgnet_cli import ava_download
+from ilgnet_cli.ava import AVARecord, write_ava
+from ilgnet_cli.ava_download import AVADownloadError, Manifest, Report, download_ava, extract_archive, import_from
+from ilgnet_cli.cli import app
+
+runner = CliRunner()
+AVA_LINE = "1 {id} 0 0 1 2 5 9 5 2 1 0 0 0 0\n"
+
+
+def _manifest(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _requests(server) -> int:
+    return sum(len(r.requests) for r in server.routes.values())
+
+
+# --------------------------------------------------------------------------- A: confinement under DEST
+
+
+@pytest.mark.parametrize("entry", [
+    {"name": "x.txt", "target": "/tmp/ilgnet-hostile-abs.txt"},
+    {"name": "x.txt", "target": "../../ilgnet-hostile-up.txt"},
+    {"name": "x.txt", "target": "images/../../ilgnet-hostile-up.txt"},
+    {"name": "../../ilgnet-hostile-name.txt"},
+    {"name": "../ilgnet-hostile.zip", "archive": "zip"},
+    {"name": "/tmp/ilgnet-hostile-absname.txt"},
+    {"name": "x.txt", "target": ""},
+    {"name": "x.txt", "target": "."},
+    {"name": "..", "archive": "zip"},
+    {"name": "x.txt", "target": "C:\\evil.txt"},
+    {"name": "x.txt", "target": "a\u0000b"},
+])
+def test_manifest_names_and_targets_outside_dest_are_refused_before_downloading(server, tmp_path, entry):
+    server.add("/f", data=b"payload")
+    dest = tmp_path / "a" / "b" / "AVA"
+    manifest = _manifest(tmp_path, {"name": "evil", "files": [{"urls": [server.url("/f")], **entry}]})
+    with pytest.raises(AVADownloadError) as info:
+        download_ava(dest, manifest=manifest, backoff=0, retries=0)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+    assert _requests(server) == 0
+    for where in (tmp_path, tmp_path / "a", Path("/tmp")):
+        assert not list(where.glob("ilgnet-hostile*"))
+
+
+def test_archive_entry_cannot_overwrite_a_file_outside_dest(server, tmp_path):
+    victim = tmp_path / "victim.zip"
+    victim.write_bytes(b"precious")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("AVA.txt", AVA_LINE.format(id=1))
+    server.add("/a.zip", data=buf.getvalue())
+    manifest = _manifest(tmp_path, {"name": "evil", "files": [
+        {"name": "../../victim.zip", "urls": [server.url("/a.zip")], "archive": "zip"}]})
+    result = runner.invoke(app, ["download", "ava", "--dest", str(tmp_path / "d" / "AVA"), "--manifest", str(manifest)])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert victim.read_bytes() == b"precious" and _requests(server) == 0
+
+
+def test_target_through_a_symlinked_folder_in_dest_is_refused(server, tmp_path):
+    server.add("/f", data=b"payload")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "AVA"
+    dest.mkdir()
+    (dest / "aesthetics_image_lists").symlink_to(outside)
+    manifest = _manifest(tmp_path, {"name": "evil", "files": [
+        {"name": "x.jpgl", "urls": [server.url("/f")], "target": "aesthetics_image_lists/x.jpgl"}]})
+    with pytest.raises(AVADownloadError, match="outside"):
+        download_ava(dest, manifest=manifest, backoff=0, retries=0)
+    assert not any(outside.iterdir()) and _requests(server) == 0
+
+
+# --------------------------------------------------------------------------- B: temp files and planted links
+
+
+def _plant_links(folder: Path, name: str, victim: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for planted in (f".{name}.tmp", f"{name}.tmp", f".{name}.part", f"{name}.part", f".{name}.tmp.part"):
+        (folder / planted).symlink_to(victim)
+
+
+@pytest.mark.parametrize("link_fails", [False, True])
+def test_import_never_writes_through_a_symlink_planted_at_a_temp_name(tmp_path, monkeypatch, link_fails):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "1.jpg").write_bytes(b"image one")
+    (src / "AVA.txt").write_text(AVA_LINE.format(id=1))
+    dest = tmp_path / "AVA"
+    _plant_links(dest / "images", "1.jpg", victim)
+    _plant_links(dest, "AVA.txt", victim)
+    if link_fails:  # a --from folder on another file system: the copy fallback
+        def no_link(*args, **kwargs):
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(os, "link", no_link)
+    report = Report()
+    import_from(src, dest, report)
+    assert victim.read_bytes() == b"precious"
+    assert not (dest / "images" / "1.jpg").is_symlink() and (dest / "images" / "1.jpg").read_bytes() == b"image one"
+    assert not (dest / "AVA.txt").is_symlink() and (dest / "AVA.txt").read_text() == AVA_LINE.format(id=1)
+    assert report.imported == 1
+
+
+def test_copied_imports_respect_the_umask(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "1.jpg").write_bytes(b"image one")
+    os.chmod(src / "1.jpg", 0o600)  # the copy gets the user's umask, not the source's mode
+
+    def no_link(*args, **kwargs):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    old = os.umask(0o022)
+    try:
+        import_from(src, tmp_path / "AVA", Report())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "AVA" / "images" / "1.jpg").stat().st_mode) == 0o644
+
+
+# --------------------------------------------------------------------------- C: archive size and ratio limits
+
+
+def _zip(path: Path, members: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", method) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _assert_refused_cleanly(dest: Path) -> None:
+    assert not (dest / "images").exists() or not any((dest / "images").iterdir())
+    assert not (dest / ".extract").exists()
+
+
+def test_zip_bomb_is_refused_by_the_compression_ratio_limit(tmp_path):
+    archive = _zip(tmp_path / "bomb.zip", {"AVA.txt": AVA_LINE.format(id=900003).encode(),
+                                           "900003.jpg": b"\0" * (80 << 20)})
+    assert archive.stat().st_size < 1 << 20
+    dest = tmp_path / "AVA"
+    with pytest.raises(AVADownloadError, match="ratio|larger than"):
+        import_from(archive, dest, Report())
+    _assert_refused_cleanly(dest)
+
+
+def test_member_over_the_size_cap_is_refused_while_streaming(tmp_path, monkeypatch):
+    monkeypatch.setattr(ava_download, "MAX_MEMBER_BYTES", 1 << 20, raising=False)
+    archive = _zip(tmp_path / "big.zip", {"1.jpg": os.urandom(2 << 20)}, zipfile.ZIP_STORED)
+    dest = tmp_path / "AVA"
+    with pytest.raises(AVADownloadError, match="larger than"):
+        import_from(archive, dest, Report())
+    _assert_refused_cleanly(dest)
+
+
+def test_zip_member_lying_about_its_size_is_caught_by_counting_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(ava_download, "MAX_MEMBER_BYTES", 1 << 20, raising=False)
+    archive = _zip(tmp_path / "liar.zip", {"1.jpg": os.urandom(2 << 20)}, zipfile.ZIP_STORED)
+    # Patch the declared (central directory) uncompressed size down to 10 bytes.
+    data = bytearray(archive.read_bytes())
+    cd = data.rfind(b"PK\x01\x02")
+    data[cd + 24:cd + 28] = (10).to_bytes(4, "little")
+    lh = data.find(b"PK\x03\x04")
+    data[lh + 22:lh + 26] = (10).to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+    with pytest.raises(AVADownloadError):
+        extract_archive(archive, tmp_path / "out")
+    big = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.stat().st_size > 1 << 20] \
+        if (tmp_path / "out").exists() else []
+    assert not big
+
+
+def test_tar_gz_over_the_total_cap_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(ava_download, "MAX_TOTAL_BYTES", 3 << 20, raising=False)
+    archive = tmp_path / "AVA.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        for i in range(4):
+            data = os.urandom(1 << 20)
+            info = tarfile.TarInfo(f"images/{i + 1}.jpg")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "AVA"
+    with pytest.raises(AVADownloadError, match="total"):
+        import_from(archive, dest, Report())
+    _assert_refused_cleanly(dest)
+
+
+def test_tar_gz_bomb_is_refused(tmp_path):
+    archive = tmp_path / "AVA.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        data = b"\0" * (80 << 20)
+        info = tarfile.TarInfo("900003.jpg")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    dest = tmp_path / "AVA"
+    with pytest.raises(AVADownloadError, match="ratio|larger than"):
+        import_from(archive, dest, Report())
+    _assert_refused_cleanly(dest)
+
+
+def _seven_zip(path: Path, members: dict[str, bytes]) -> Path:
+    import py7zr
+
+    with py7zr.SevenZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(data, name)
+    return path
+
+
+def test_7z_member_over_the_size_cap_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(ava_download, "MAX_MEMBER_BYTES", 1 << 20, raising=False)
+    archive = _seven_zip(tmp_path / "big.7z", {"1.jpg": os.urandom(2 << 20)})
+    dest = tmp_path / "AVA"
+    with pytest.raises(AVADownloadError, match="larger than"):
+        import_from(archive, dest, Report())
+    _assert_refused_cleanly(dest)
+
+
+def test_7z_with_too_many_members_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(ava_download, "MAX_MEMBERS", 10, raising=False)
+    archive = _seven_zip(tmp_path / "many.7z", {f"{i}.jpg": b"x" for i in range(1, 30)})
+    dest = tmp_path / "AVA"
+    with pytest.raises(AVADownloadError, match="members"):
+        import_from(archive, dest, Report())
+    _assert_refused_cleanly(dest)
+
+
+def test_refused_archive_through_the_cli_is_one_line_and_leaves_no_extract_folder(tmp_path):
+    archive = _zip(tmp_path / "bomb.zip", {"900003.jpg": b"\0" * (80 << 20)})
+    dest = tmp_path / "AVA"
+    result = runner.invoke(app, ["download", "ava", "--dest", str(dest), "--from", str(archive)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (dest / ".extract").exists()
+
+
+def test_unsafe_archive_refusal_removes_the_empty_extract_folder(tmp_path):
+    archive = _zip(tmp_path / "evil.zip", {"../evil.txt": b"x"})
+    dest = tmp_path / "AVA"
+    with pytest.raises(AVADownloadError):
+        import_from(archive, dest, Report())
+    assert not (dest / ".extract").exists()
+
+
+# --------------------------------------------------------------------------- D: malformed manifests
+
+
+@pytest.mark.parametrize("spec", [
+    "just a string",
+    42,
+    None,
+    [],
+    {"name": 5},
+    {"files": []},
+    {"name": "m", "files": {"name": "x"}},
+    {"name": "m", "files": ["x"]},
+    {"name": "m", "files": [{"name": "x"}]},
+    {"name": "m", "files": [{"name": "x", "urls": "http://a/x"}]},
+    {"name": "m", "files": [{"name": "x", "urls": [5]}]},
+    {"name": "m", "files": [{"name": "x", "urls": []}]},
+    {"name": "m", "files": [{"name": "x", "urls": ["http://a/x"], "size": "10"}]},
+    {"name": "m", "files": [{"name": "x", "urls": ["http://a/x"], "size": -1}]},
+    {"name": "m", "files": [{"name": "x", "urls": ["http://a/x"], "size": True}]},
+    {"name": "m", "files": [{"name": "x", "urls": ["http://a/x"], "checksum": "nope"}]},
+    {"name": "m", "files": [{"name": "x", "urls": ["http://a/x"], "checksum": 5}]},
+    {"name": "m", "files": [{"name": "x", "urls": ["http://a/x"], "archive": "rar"}]},
+    {"name": "m", "files": [{"name": "x", "urls": ["http://a/x"], "bogus": 1}]},
+    {"name": "m", "files": [{"name": "x", "urls": ["file:///etc/passwd"]}]},
+    {"name": "m", "verified": "yes"},
+    {"name": "m", "unknown": 1},
+    {"name": "m", "images": "http://a/{id}.jpg"},
+    {"name": "m", "images": {"urls": "http://a/{id}.jpg"}},
+    {"name": "m", "images": {"urls": ["http://a/{idx}.jpg"]}},
+    {"name": "m", "images": {"urls": ["http://a/{0}.jpg"]}},
+    {"name": "m", "images": {"urls": ["http://a/{id.__class__}.jpg"]}},
+    {"name": "m", "images": {"urls": ["http://a/{id:999999999d}.jpg"]}},
+    {"name": "m", "images": {"urls": ["http://a/{id.jpg"]}},
+    {"name": "m", "images": {"urls": ["http://a/x.jpg"]}},
+    {"name": "m", "images": {"urls": ["http://a/{id}.jpg"], "checksums": []}},
+    {"name": "m", "images": {"urls": ["http://a/{id}.jpg"], "checksums": {"1": 5}}},
+    {"name": "m", "images": {"urls": ["http://a/{id}.jpg"], "extra": 1}},
+])
+def test_malformed_manifest_is_one_line_error(tmp_path, spec):
+    path = _manifest(tmp_path, spec)
+    with pytest.raises(AVADownloadError) as info:
+        Manifest.load(path)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 300
+
+
+def test_malformed_manifest_through_the_cli(tmp_path):
+    path = _manifest(tmp_path, {"name": "m", "images": {"urls": ["http://127.0.0.1:9/{idx}.jpg"]}})
+    result = runner.invoke(app, ["download", "ava", "--dest", str(tmp_path / "AVA"), "--manifest", str(path)])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "idx" in result.output
+
+
+def test_valid_template_with_padding_still_loads(tmp_path):
+    m = Manifest.load(_manifest(tmp_path, {"name": "m", "images": {"urls": ["http://a/{id:06d}.jpg", "https://b/{id}"],
+                                                                   "checksums": {"1": "a" * 64}}}))
+    assert m.images["urls"][0].format(id=12) == "http://a/000012.jpg"
+
+
+def test_symlinks_in_a_from_folder_are_skipped_and_reported(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"secret")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "1.jpg").write_bytes(b"image one")
+    (src / "2.jpg").symlink_to(secret)
+    (src / "AVA.txt").symlink_to(secret)
+    dest = tmp_path / "AVA"
+    report = Report()
+    import_from(src, dest, report)
+    assert sorted(p.name for p in (dest / "images").iterdir()) == ["1.jpg"]
+    assert not (dest / "AVA.txt").exists()
+    assert report.imported == 1 and any("2.jpg" in f and "link" in f for f in report.failures)
+
+
+def test_fifo_in_a_from_folder_is_skipped_not_read(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    os.mkfifo(src / "3.jpg")
+    worker = threading.Thread(target=import_from, args=(src, tmp_path / "AVA", Report()), daemon=True)
+    worker.start()
+    worker.join(10)
+    if worker.is_alive():  # blocked reading the FIFO: release it so the test run can go on
+        with open(src / "3.jpg", "wb"):
+            pass
+        worker.join(10)
+        pytest.fail("import blocked on a FIFO in the --from folder")
+    assert not (tmp_path / "AVA" / "images" / "3.jpg").exists()
+
+
+# --------------------------------------------------------------------------- F: image ids and reports
+
+
+@pytest.mark.parametrize("name", ["\uff11\uff12\uff13.jpg", "\u0661\u0662.jpg", "9" * 200 + ".jpg", "+5.jpg",
+                                  " 5.jpg"])
+def test_image_names_that_are_not_plain_ascii_ids_are_not_imported(tmp_path, name):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / name).write_bytes(b"x")
+    (src / "7.jpg").write_bytes(b"seven")
+    dest = tmp_path / "AVA"
+    report = Report()
+    import_from(src, dest, report)
+    assert sorted(p.name for p in (dest / "images").iterdir()) == ["7.jpg"] and report.imported == 1
+
+
+def test_non_ascii_image_names_inside_an_archive_are_not_imported(tmp_path):
+    archive = _zip(tmp_path / "a.zip", {"\uff11\uff12\uff13.jpg": b"x", "images/8.jpg": b"eight"})
+    dest = tmp_path / "AVA"
+    import_from(archive, dest, Report())
+    assert sorted(p.name for p in (dest / "images").iterdir()) == ["8.jpg"]
+
+
+def test_reports_are_written_with_the_umask_not_0600(tmp_path, monkeypatch):
+    dest = tmp_path / "AVA"
+    dest.mkdir()
+    write_ava(dest / "AVA.txt", [AVARecord(1, (0, 0, 1, 2, 5, 9, 5, 2, 1, 0))])
+    old = os.umask(0o022)
+    try:
+        report = download_ava(dest, jobs=1)
+    finally:
+        os.umask(old)
+    assert report.missing == [1]
+    for name in ("missing.txt", "corrupt.txt"):
+        assert stat.S_IMODE((dest / name).stat().st_mode) == 0o644, name
+
+
+def test_ids_in_ava_txt_that_cannot_be_file_names_do_not_crash_image_fetching(server, tmp_path):
+    dest = tmp_path / "AVA"
+    dest.mkdir()
+    (dest / "AVA.txt").write_text(AVA_LINE.format(id="9" * 300) + AVA_LINE.format(id=5))
+    server.add("/img/5.jpg", data=b"five")
+    manifest = _manifest(tmp_path, {"name": "m", "images": {"urls": [server.url("/img/{id}.jpg")]}})
+    report = download_ava(dest, manifest=manifest, jobs=1, retries=0, backoff=0)
+    assert report.downloaded == 1 and any("id" in f for f in report.failures)

@@ -8,12 +8,37 @@
   ``ilgnet:Rating``) is kept unless ``overwrite_ratings``.
 * Parsing is defused (no DTDs, no entity expansion, no external entities): a hostile sidecar
   is refused and left untouched. The image file itself is never opened for writing.
+* Encodings: the BOM, else the null-byte pattern of the first ``<`` (UTF-16/32 without a BOM),
+  else the XML declaration's ``encoding``, else UTF-8 (XML's and XMP's default; the xpacket's
+  ``begin`` then holds the UTF-8 BOM bytes). A sidecar is written back in the encoding, and with
+  the BOM, it came in, so other tools keep reading it; characters the encoding lacks (an 8-bit
+  declared one) become character references.
+* Whatever cannot be merged safely is skipped with a one-line ``XmpError`` and left byte for byte:
+  undecodable bytes, invalid XML, DTDs/entities, more than ``MAX_SIDECAR_BYTES``, nesting deeper
+  than ``MAX_DEPTH`` or more than ``MAX_ELEMENTS`` elements, a root that is not XMP, and any path
+  that is not a regular file. A sidecar that is a symbolic link is refused, never followed (the
+  atomic rename would replace the link, and a link may point out of the photo's folder); a FIFO
+  or device is never opened. Before anything is written the result is decoded and parsed again.
+* An existing ``xmp:Rating`` counts as a hand rating only when it is a real XMP rating (-1 for
+  rejected, or 1-5; XMP allows reals such as 3.5) that differs from ``ilgnet:Rating``; anything
+  else ('abc', '99', '-5') is no rating, and is replaced.
+* Two images with one sidecar (``a.CR2`` + ``a.JPG`` in Adobe style; names that differ only in
+  case, which collide on macOS/Windows/exFAT): one sidecar is written, for the RAW (Lightroom
+  keeps a RAW+JPEG pair's rating in the RAW's sidecar), else for the first path in sorted order;
+  the others get a ``clash`` change and a warning. darktable style never clashes.
 """
 
 from __future__ import annotations
 
+import codecs
+import math
+import os
 import re
+import stat
+import unicodedata
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +52,12 @@ NS = {
     "ilgnet": "https://github.com/ilgnet/ilgnet-cli/ns/1.0/",
 }
 STYLES = ("adobe", "darktable", "both")
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+ROOTS = frozenset({"{adobe:ns:meta/}xmpmeta", "{adobe:ns:meta/}xapmeta", f"{{{NS['rdf']}}}RDF"})
+# Real sidecars are kilobytes (darktable's history: hundreds of KB) and some 20 levels deep.
+MAX_SIDECAR_BYTES = 4 << 20
+MAX_DEPTH = 100
+MAX_ELEMENTS = 100_000
 
 TEMPLATE = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="ilgnet">
@@ -79,66 +110,256 @@ def _q(prefix: str, name: str) -> str:
     return f"{{{NS[prefix]}}}{name}"
 
 
-def _register_namespaces(text: str) -> None:
-    # Keep the document's own prefixes when ElementTree writes it back.
-    for prefix, uri in re.findall(r'xmlns:([A-Za-z_][\w.-]*)="([^"]+)"', text):
-        try:
-            ET.register_namespace(prefix, uri)
-        except ValueError:
-            pass
-    for prefix, uri in NS.items():
-        ET.register_namespace(prefix, uri)
+def _cut(text: str, limit: int = 80) -> str:
+    """``text`` for a one-line message: unprintable characters shown as U+FFFD, long values cut."""
+    text = "".join(ch if ch.isprintable() else "\ufffd" for ch in text[:limit + 1])
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def _parse(text: str, path: Path) -> tuple[str, ET.Element, str]:
-    """(text before the root, root element, text after) with a defused parser."""
+# Characters XML 1.0 allows; anything else in a value we write (a model name with control
+# characters or undecodable file-name bytes) would make a sidecar no parser reads.
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
+
+@contextmanager
+def _namespaces(declared: list[tuple[str, str]]) -> Iterator[None]:
+    """Write with the document's own prefixes; ElementTree's prefix table is global, so it is
+    restored afterwards and one sidecar's declarations never leak into the next."""
+    table = getattr(ET, "_namespace_map", None)
+    saved = dict(table) if table is not None else None
     try:
-        SafeET.fromstring(text.encode("utf-8"))  # rejects DTDs, entities, external references
+        for prefix, uri in declared:
+            # 'xml' is bound for good; rebinding it (or its URI) would write xml:lang as ns0:lang.
+            if prefix and prefix not in ("xml", "xmlns") and uri != XML_NS:
+                try:
+                    ET.register_namespace(prefix, uri)
+                except ValueError:  # ns0-style prefixes are ElementTree's own
+                    pass
+        for prefix, uri in NS.items():
+            ET.register_namespace(prefix, uri)
+        yield
+    finally:
+        if saved is not None:
+            table.clear()
+            table.update(saved)
+
+
+@dataclass(frozen=True)
+class _Encoding:
+    codec: str  # Python codec for the text after the BOM
+    bom: bytes = b""
+
+
+_BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\xef\xbb\xbf", "utf-8"),
+         (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"))
+_DECLARED = re.compile(rb"""<\?xml\s[^>]{0,200}?\bencoding\s*=\s*["']([^"'>]{0,60})["']""")
+
+
+def _sniff(data: bytes, path: Path) -> _Encoding:
+    """The sidecar's encoding, as XML 1.0 Appendix F detects it."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return _Encoding(codec, bom)
+    # No BOM: the null bytes around the first character ('<' or whitespace) give UTF-16/32.
+    head = data[:4]
+    if len(head) == 4 and head[:3] == b"\0\0\0" and head[3]:
+        return _Encoding("utf-32-be")
+    if len(head) == 4 and head[0] and head[1:] == b"\0\0\0":
+        return _Encoding("utf-32-le")
+    if len(head) >= 2 and not head[0] and head[1]:
+        return _Encoding("utf-16-be")
+    if len(head) >= 2 and head[0] and not head[1]:
+        return _Encoding("utf-16-le")
+    declared = _DECLARED.match(data.lstrip()[:300]) if data.lstrip().startswith(b"<?xml") else None
+    if declared is None:
+        return _Encoding("utf-8")
+    name = declared.group(1).decode("ascii", "replace")
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise XmpError(f"{path}: unknown encoding {_cut(name)!r}") from None
+    if not getattr(info, "_is_text_encoding", True) or info.name.startswith(("utf-16", "utf-32")):
+        # rot13/hex are not text; a UTF-16/32 declaration in 8-bit bytes is a lie.
+        raise XmpError(f"{path}: unusable encoding {_cut(name)!r}")
+    return _Encoding(info.name)
+
+
+def _read_existing(path: Path) -> bytes | None:
+    """The sidecar's bytes; None if there is none. Only a regular file is ever opened."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise XmpError(f"{path}: is a symbolic link; not followed (ratings are written only to plain files)")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "special"
+        raise XmpError(f"{path}: not a regular file ({kind})")
+    if st.st_size > MAX_SIDECAR_BYTES:
+        raise XmpError(f"{path}: too large for a sidecar ({st.st_size} bytes, at most {MAX_SIDECAR_BYTES})")
+    # O_NOFOLLOW/O_NONBLOCK: a link or FIFO swapped in since lstat neither redirects nor blocks us.
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise XmpError(f"{path}: not a regular file")
+        data = fh.read(MAX_SIDECAR_BYTES + 1)
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise XmpError(f"{path}: too large for a sidecar (more than {MAX_SIDECAR_BYTES} bytes)")
+    return data
+
+
+def _decode(data: bytes, path: Path) -> tuple[str, _Encoding]:
+    enc = _sniff(data, path)
+    body = data[len(enc.bom):]
+    try:
+        text = body.decode(enc.codec)
+    except UnicodeDecodeError as exc:
+        raise XmpError(f"{path}: cannot decode as {enc.codec} (byte {exc.start + len(enc.bom)})") from None
+    except UnicodeError as exc:  # codecs such as idna raise their own
+        raise XmpError(f"{path}: cannot decode as {enc.codec} ({_cut(str(exc))})") from None
+    try:
+        same = text.encode(enc.codec) == body
+    except UnicodeError:
+        same = False
+    if not same:  # it would not come back as it was: leave it to the tool that wrote it
+        raise XmpError(f"{path}: encoding {enc.codec} does not round-trip; left as it is")
+    return text, enc
+
+
+class _Builder(ET.TreeBuilder):
+    """A TreeBuilder that caps depth and size, and notes where the root starts and ends and
+    which prefixes the document declares."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(insert_comments=True, insert_pis=True)
+        self.path, self.parser = path, None
+        self.depth = self.count = 0
+        self.root_start: int | None = None
+        self.root_end: int | None = None
+        self.prefixes: list[tuple[str, str]] = []
+
+    def start_ns(self, prefix: str, uri: str) -> None:
+        self.prefixes.append((prefix, uri))
+
+    def start(self, tag, attrs):
+        self.depth += 1
+        self.count += 1
+        if self.depth > MAX_DEPTH:
+            raise XmpError(f"{self.path}: refused, elements nested too deep (more than {MAX_DEPTH})")
+        if self.count > MAX_ELEMENTS:
+            raise XmpError(f"{self.path}: refused, too many elements (more than {MAX_ELEMENTS})")
+        if self.root_start is None:
+            self.root_start = self.parser.parser.CurrentByteIndex
+        return super().start(tag, attrs)
+
+    def end(self, tag):
+        self.depth -= 1
+        if self.depth == 0:
+            self.root_end = self.parser.parser.CurrentByteIndex
+        return super().end(tag)
+
+
+def _tag_end(data: bytes, i: int) -> int:
+    """Index after the tag that starts at ``data[i]`` ('>' may sit inside quoted attribute values)."""
+    quote = None
+    for j in range(i, len(data)):
+        c = data[j]
+        if quote is not None:
+            if c == quote:
+                quote = None
+        elif c in b"\"'":
+            quote = c
+        elif c == ord(">"):
+            return j + 1
+    return len(data)
+
+
+@dataclass
+class _Doc:
+    head: str  # the text before the root (XML declaration, xpacket header, comments), verbatim
+    root: ET.Element
+    tail: str  # the text after it (xpacket trailer), verbatim
+    prefixes: list[tuple[str, str]]
+
+
+def _parse(text: str, path: Path) -> _Doc:
+    """Parse with a defused parser (no DTD, no entities): root, and the text around it."""
+    builder = _Builder(path)
+    parser = SafeET.DefusedXMLParser(target=builder, forbid_dtd=True)
+    builder.parser = parser
+    try:
+        parser.feed(text)  # a str: expat reads it as UTF-8, whatever the declaration says
+        root = parser.close()
     except DefusedXmlException as exc:
-        raise XmpError(f"{path.name}: refused, unsafe XML ({type(exc).__name__})") from None
+        raise XmpError(f"{path}: refused, unsafe XML ({type(exc).__name__})") from None
     except ET.ParseError as exc:
-        raise XmpError(f"{path.name}: not valid XML ({exc})") from None
-    if "<!DOCTYPE" in text or "<!ENTITY" in text:
-        raise XmpError(f"{path.name}: refused, unsafe XML (DTD)")
-    start = re.search(r"<(?!\?|!)", text)
-    end = text.rfind(">", 0, text.rfind("<?xpacket end") if "<?xpacket end" in text else len(text)) + 1
-    if start is None:
-        raise XmpError(f"{path.name}: no XML element")
-    parser = SafeET.DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True, insert_pis=True))
-    parser.feed(text[start.start():end])
-    root = parser.close()
-    return text[:start.start()], root, text[end:]
+        raise XmpError(f"{path}: not valid XML ({_cut(str(exc))})") from None
+    if root is None or builder.root_start is None or builder.root_end is None:
+        raise XmpError(f"{path}: no XML element")
+    if root.tag not in ROOTS:
+        raise XmpError(f"{path}: not an XMP packet (its root is {_cut(str(root.tag))!r})")
+    raw = text.encode("utf-8")  # expat's offsets count UTF-8 bytes
+    start, end = builder.root_start, builder.root_end
+    if end == start or raw.startswith(b"</", end):  # expat marks an end tag at its '<'
+        end = _tag_end(raw, end)
+    return _Doc(raw[:start].decode("utf-8"), root, raw[end:].decode("utf-8"), builder.prefixes)
 
 
-def _description(root: ET.Element) -> ET.Element:
+def _descriptions(root: ET.Element) -> list[ET.Element]:
     rdf = root if root.tag == _q("rdf", "RDF") else root.find(_q("rdf", "RDF"))
     if rdf is None:
         rdf = ET.SubElement(root, _q("rdf", "RDF"))
-    desc = rdf.find(_q("rdf", "Description"))
-    if desc is None:
-        desc = ET.SubElement(rdf, _q("rdf", "Description"), {_q("rdf", "about"): ""})
-    return desc
+    descs = rdf.findall(_q("rdf", "Description"))
+    if not descs:
+        descs = [ET.SubElement(rdf, _q("rdf", "Description"), {_q("rdf", "about"): ""})]
+    return descs
 
 
-def _get(desc: ET.Element, key: str) -> str | None:
+def _holder(descs: list[ET.Element], key: str) -> ET.Element:
+    """The rdf:Description that holds ``key`` (XMP may spread properties over several), else the first."""
+    for desc in descs:
+        if key in desc.attrib or desc.find(key) is not None:
+            return desc
+    return descs[0]
+
+
+def _get(descs: list[ET.Element], key: str) -> str | None:
+    desc = _holder(descs, key)
     if key in desc.attrib:
         return desc.attrib[key]
     child = desc.find(key)
     return child.text if child is not None else None
 
 
-def _set(desc: ET.Element, key: str, value: str) -> None:
+def _set(descs: list[ET.Element], key: str, value: str, path: Path) -> None:
+    desc = _holder(descs, key)
     child = desc.find(key)
-    if child is not None:  # written as an element by the other program: keep that form
-        child.text = value
-    else:
+    if key in desc.attrib or child is None:
         desc.set(key, value)
+    elif len(child):  # a structure where a value belongs: not ours to flatten
+        raise XmpError(f"{path}: {key.rpartition('}')[2]} is not a simple value; left as it is")
+    else:  # written as an element by the other program: keep that form
+        child.text = value
+
+
+def _as_rating(value: str | None) -> float | None:
+    """``value`` as an XMP rating (-1 rejected, 0 unrated, up to 5); None when it is not one."""
+    try:
+        rating = float((value or "").strip())
+    except ValueError:
+        return None
+    return rating if math.isfinite(rating) and (rating == -1 or 0 <= rating <= 5) else None
 
 
 @dataclass
 class SidecarChange:
     path: Path
-    action: str  # "create", "update", "keep-hand-rating", "unchanged"
+    action: str  # "create", "update", "keep-hand-rating", "clash" (another image's sidecar: not written)
     old_rating: str | None
     new_rating: str | None
     score: float
@@ -146,47 +367,96 @@ class SidecarChange:
 
 def plan_and_write(path: Path, stars: int, score: float, model: str, *, overwrite_ratings: bool = False,
                    dry_run: bool = False) -> SidecarChange:
-    """Merge rating + score into the sidecar at ``path`` (created if absent); atomic write."""
-    from ilgnet_cli.fsutil import atomic_write_text
+    """Merge rating + score into the sidecar at ``path`` (created if absent); atomic write.
 
-    exists = path.exists()
-    text = path.read_text(encoding="utf-8-sig") if exists else TEMPLATE
-    _register_namespaces(text)
-    head, root, tail = _parse(text, path)
-    desc = _description(root)
+    Raises XmpError (one line, naming the file) for a sidecar it will not touch, which is then
+    left byte for byte; OSError for one it cannot read or write.
+    """
+    from ilgnet_cli.fsutil import atomic_write_bytes
+
+    data = _read_existing(path)
+    text, enc = _decode(data, path) if data is not None else (TEMPLATE, _Encoding("utf-8"))
+    doc = _parse(text, path)
+    descs = _descriptions(doc.root)
     rating_key, ours_key = _q("xmp", "Rating"), _q("ilgnet", "Rating")
-    old = _get(desc, rating_key)
-    ours = _get(desc, ours_key)
-    hand_rating = old is not None and old != ours and old not in ("0", "")
+    old = _get(descs, rating_key)
+    old_rating = _as_rating(old)
+    hand_rating = old_rating not in (None, 0) and old_rating != _as_rating(_get(descs, ours_key))
     new = str(stars)
-    action = "create" if not exists else "update"
+    action = "create" if data is None else "update"
     if hand_rating and not overwrite_ratings:
         action, new = "keep-hand-rating", old
     else:
-        _set(desc, rating_key, new)
-        _set(desc, ours_key, new)
-    _set(desc, _q("ilgnet", "Score"), f"{score:.6f}")
-    _set(desc, _q("ilgnet", "Model"), model)
+        _set(descs, rating_key, new, path)
+        _set(descs, ours_key, new, path)
+    _set(descs, _q("ilgnet", "Score"), f"{score:.6f}", path)
+    _set(descs, _q("ilgnet", "Model"), _xml_safe(model), path)
+    with _namespaces(doc.prefixes):
+        body = ET.tostring(doc.root, encoding="unicode")
+    head = doc.head if not doc.head or doc.head.endswith("\n") else doc.head + "\n"
+    out = head + body + (doc.tail if doc.tail.strip() else "\n")
+    try:  # an 8-bit declared encoding: what it lacks (a model name) becomes a character reference
+        result = enc.bom + out.encode(enc.codec, "xmlcharrefreplace")
+    except UnicodeError as exc:
+        raise XmpError(f"{path}: cannot write it back as {enc.codec} ({_cut(str(exc))})") from None
+    _check_merged(result, enc, new, path)
     if not dry_run:
-        body = ET.tostring(root, encoding="unicode")
-        if head and not head.endswith("\n"):
-            head += "\n"
-        atomic_write_text(path, head + body + (tail if tail.strip() else "\n"))
-    return SidecarChange(path=path, action=action, old_rating=old, new_rating=new, score=score)
+        atomic_write_bytes(path, result)
+    return SidecarChange(path=path, action=action, old_rating=None if old is None else _cut(old), new_rating=new,
+                         score=score)
+
+
+def _check_merged(data: bytes, enc: _Encoding, rating: str, path: Path) -> None:
+    """Never write what we could not read back: same encoding, valid XMP, our rating in it."""
+    try:
+        text, again = _decode(data, path)
+        doc = _parse(text, path)
+    except XmpError as exc:
+        raise XmpError(f"cannot merge safely: {exc}") from None
+    if again != enc or _get(_descriptions(doc.root), _q("xmp", "Rating")) != rating:
+        raise XmpError(f"{path}: cannot merge safely (the result does not read back); left as it is")
+
+
+def _clash_key(path: Path) -> tuple[str, str]:
+    # macOS, Windows and exFAT cards ignore case (and macOS normalises Unicode): one file there.
+    return str(path.parent), unicodedata.normalize("NFC", path.name).casefold()
+
+
+def _claim_order(claim: tuple) -> tuple[bool, str]:
+    from ilgnet_cli.decode import RAW_EXTENSIONS
+
+    image = Path(claim[0].path)
+    return image.suffix.lower() not in RAW_EXTENSIONS, str(image)
 
 
 def write_sidecars(results: list, *, style: str = "adobe", stars_spec: str = "quantile", model: str,
                    overwrite_ratings: bool = False, dry_run: bool = False) -> tuple[list[SidecarChange], list[str]]:
-    """Sidecars for every scored result; returns (changes, one-line errors)."""
+    """Sidecars for every scored result; returns (changes, one-line errors and warnings).
+
+    A sidecar claimed by several images is written once, for the RAW, else for the first path
+    in sorted order; each other image gets a ``clash`` change and a warning.
+    """
     check_options(style, stars_spec)
     scored = [r for r in results if r.ok]
     stars = stars_for([r.score for r in scored], stars_spec)
-    changes, errors = [], []
+    claims: dict[tuple[str, str], dict[str, tuple]] = {}
     for r, s in zip(scored, stars, strict=True):
         for path in sidecar_paths(r.path, style):
-            try:
-                changes.append(plan_and_write(path, s, r.score, model, overwrite_ratings=overwrite_ratings,
-                                              dry_run=dry_run))
-            except (XmpError, OSError) as exc:
-                errors.append(str(exc) if isinstance(exc, XmpError) else f"{path}: {exc}")
+            claims.setdefault(_clash_key(path), {}).setdefault(str(r.path), (r, s, path))  # one per image
+    changes, errors = [], []
+    for group in claims.values():
+        winner, *others = sorted(group.values(), key=_claim_order)
+        r, s, path = winner
+        try:
+            changes.append(plan_and_write(path, s, r.score, model, overwrite_ratings=overwrite_ratings,
+                                          dry_run=dry_run))
+        except XmpError as exc:
+            errors.append(str(exc))
+        except OSError as exc:
+            errors.append(f"{path}: {exc.strerror or exc}")
+        for other, _, other_path in others:
+            changes.append(SidecarChange(path=other_path, action="clash", old_rating=None, new_rating=None,
+                                         score=other.score))
+            errors.append(f"{other_path}: also the sidecar of {Path(r.path).name}, which it is for; "
+                          f"{Path(other.path).name} gets none (--xmp-style darktable gives each file its own)")
     return changes, errors

@@ -252,11 +252,13 @@ def _write_xmp(run, model: str, style: str, stars: str, overwrite: bool, dry_run
         for col in ("sidecar", "action", "rating", "score"):
             table.add_column(col, overflow="fold")
         for c in changes:
-            table.add_row(escape(display(str(c.path))), c.action, f"{c.old_rating or '-'} -> {c.new_rating}", f"{c.score:.4f}")
+            table.add_row(escape(display(str(c.path))), c.action,
+                          escape(f"{c.old_rating or '-'} -> {c.new_rating or '-'}"), f"{c.score:.4f}")
         out.print(table)
     else:
         kept = sum(c.action == "keep-hand-rating" for c in changes)
-        err.print(f"XMP: {len(changes)} sidecar(s) written ({kept} hand rating(s) kept)", highlight=False)
+        written = sum(c.action != "clash" for c in changes)
+        err.print(f"XMP: {written} sidecar(s) written ({kept} hand rating(s) kept)", highlight=False)
     for p in problems:
         err.print(f"[yellow]XMP skipped[/] {escape(display(p))}", highlight=False)
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 LOW, HIGH, INK, GRID = "#4c78a8", "#e45756", "#222", "#e4e6ea"
 W, H = 460, 340  # one plot's viewBox; two fit side by side in the 1000 px page
-ML, MR, MT, MB = 58, 16, 36, 50
+ML, MR, MT, MB = 58, 16, 44, 50  # the top margin leaves room for counts above full bars
 
 
 # ---- numbers -------------------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def confusion_svg(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5
             body += (f'<rect x="{x}" y="{y}" width="{cell}" height="{cell}" fill="{shade}" stroke="#fff" '
                      f'stroke-width="2"/>' + _text(x + cell / 2, y + cell / 2, str(cm[r][c]), size=22,
                                                   extra=f'fill="{ink}" font-weight="600"')
-                     + _text(x + cell / 2, y + cell / 2 + 22, f"{_fmt(100 * share if total else None, '.1f')}% of row",
+                     + _text(x + cell / 2, y + cell / 2 + 22, f"{share:.1%} of row" if total else "no images",
                              extra=f'fill="{ink}"'))
     return _svg(body, f"confusion matrix TN {cm[0][0]} FP {cm[0][1]} FN {cm[1][0]} TP {cm[1][1]}")
 

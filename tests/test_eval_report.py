@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import warnings
 import xml.etree.ElementTree as ET
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -114,9 +115,16 @@ def test_page_holds_the_table_values_csp_and_no_script():
 
 def test_page_without_paper_number_says_so_and_without_precision_says_not_recorded():
     y, p, _ = synthetic()
-    page = eval_report.to_html(fake_result(y, p, paper=None), y, p)
+    r = fake_result(y, p, paper=None)
+    # An EvalResult from before the precision/decode fields existed: same attributes, minus those two.
+    old = SimpleNamespace(**{k: v for k, v in vars(r).items() if k not in ("precision", "decode")})
+    page = eval_report.to_html(old, y, p)
     assert "not comparable to the paper" in page and "81.68%" not in page
-    assert "precision not recorded" in page and "SRCC" not in page
+    assert "precision not recorded" in page and "decode not recorded" in page and "SRCC" not in page
+
+
+def test_an_undefined_number_never_reaches_an_svg_coordinate():
+    assert [eval_report._f(v) for v in (float("nan"), float("inf"), -float("inf"), 1.25)] == ["0", "0", "0", "1.2"]
 
 
 def test_hostile_names_are_escaped():
@@ -154,6 +162,7 @@ def test_degenerate_test_sets_give_valid_pages(case):
     assert all(np.isfinite(plotted_numbers(page)))
     if case in ("no images", "one class"):
         assert "undefined: the test set needs both classes" in page
+        assert "no images</text>" in page and "—%" not in page  # the empty confusion row says so
 
 
 def test_labels_and_scores_of_different_length_is_a_one_line_error():
@@ -194,3 +203,9 @@ def test_eval_report_renders_in_headless_chromium(tmp_path):
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 200
     if os.environ.get("ILGNET_KEEP_SCREENSHOT"):
         shutil.copy2(shot, os.environ["ILGNET_KEEP_SCREENSHOT"])
+
+
+def test_undecodable_name_bytes_do_not_break_the_page():
+    y, p, _ = synthetic(20)
+    page = eval_report.to_html(fake_result(y, p, dataset="caf\udce9", notes=["n\udcff"]), y, p)
+    assert page.encode("utf-8") and "caf\ufffd" in page

@@ -15,6 +15,7 @@ paths, no ``..``, no links, devices or anything that would land outside DEST.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -321,9 +322,8 @@ def _make_dirs(dest: Path, rel: PurePosixPath, budget: _Budget) -> Path:
     return path
 
 
-def _write_member(read: Callable[[int], bytes], dest: Path, rel: PurePosixPath, budget: _Budget,
-                  packed: int | None = None) -> None:
-    """Stream one member to a new file, counting real bytes against the member, total and ratio caps."""
+def _new_member_file(dest: Path, rel: PurePosixPath, budget: _Budget):
+    """A new file for one member: real folders, O_EXCL|O_NOFOLLOW, mode 0666 & umask."""
     name = str(rel)
     if not rel.parts:
         raise UnsafeArchiveError(f"archive member without a name: {_short(name)}")
@@ -331,81 +331,69 @@ def _write_member(read: Callable[[int], bytes], dest: Path, rel: PurePosixPath, 
     path = folder / rel.parts[-1]
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags, 0o666)  # 0666 & umask, like any file the user makes
+        fd = os.open(path, flags, 0o666)
     except FileExistsError:
         raise UnsafeArchiveError(f"archive member appears twice or collides: {_short(name)}") from None
     budget.created.append(path)
+    return os.fdopen(fd, "wb")
+
+
+def _count(budget: _Budget, name: str, written: int, more: int, packed: int | None) -> int:
+    """Bytes of this member after ``more``; raises before they are written if a cap is passed."""
+    written += more
+    budget.total += more
+    if written > MAX_MEMBER_BYTES:
+        raise UnsafeArchiveError(f"archive member {_short(name)} is larger than {MAX_MEMBER_BYTES >> 20} MiB")
+    if budget.total > MAX_TOTAL_BYTES:
+        raise UnsafeArchiveError(f"archive unpacks to more than the total cap of {MAX_TOTAL_BYTES >> 30} GiB")
+    if (packed is not None and written > RATIO_FLOOR and written > MAX_RATIO * max(packed, 1)) or (
+            budget.total > RATIO_FLOOR and budget.total > MAX_RATIO * max(budget.packed, 1)):
+        raise UnsafeArchiveError(f"archive member {_short(name)} expands more than {MAX_RATIO}x "
+                                 "(compression ratio limit: an archive bomb?)")
+    return written
+
+
+def _write_member(read: Callable[[int], bytes], dest: Path, rel: PurePosixPath, budget: _Budget,
+                  packed: int | None = None) -> None:
+    """Stream one member to a new file, counting real bytes against the member, total and ratio caps."""
     written = 0
-    with os.fdopen(fd, "wb") as out:
+    with _new_member_file(dest, rel, budget) as out:
         while block := read(CHUNK):
-            written += len(block)
-            budget.total += len(block)
-            if written > MAX_MEMBER_BYTES:
-                raise UnsafeArchiveError(f"archive member {_short(name)} is larger than {MAX_MEMBER_BYTES >> 20} MiB")
-            if budget.total > MAX_TOTAL_BYTES:
-                raise UnsafeArchiveError(f"archive unpacks to more than the total cap of {MAX_TOTAL_BYTES >> 30} GiB")
-            if (packed is not None and written > RATIO_FLOOR and written > MAX_RATIO * max(packed, 1)) or (
-                    budget.total > RATIO_FLOOR and budget.total > MAX_RATIO * max(budget.packed, 1)):
-                raise UnsafeArchiveError(f"archive member {_short(name)} expands more than {MAX_RATIO}x "
-                                         "(compression ratio limit: a zip bomb?)")
+            written = _count(budget, str(rel), written, len(block), packed)
             out.write(block)
 
 
 class _CappedWriter:
-    """py7zr's writer for one member: bytes go to a new file through ``_write_member``'s checks."""
+    """py7zr's writer for one member (it pushes bytes): same file and caps as ``_write_member``."""
 
     def __init__(self, dest: Path, rel: PurePosixPath, budget: _Budget) -> None:
-        self.pending: list[bytes] = []
         self.dest, self.rel, self.budget = dest, rel, budget
         self.fh = None
-        self.size_written = 0
-        self.error: BaseException | None = None
-
-    def _open(self) -> None:
-        name = str(self.rel)
-        folder = _make_dirs(self.dest, PurePosixPath(*self.rel.parts[:-1]), self.budget)
-        path = folder / self.rel.parts[-1]
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(path, flags, 0o666)
-        except FileExistsError:
-            raise UnsafeArchiveError(f"archive member appears twice or collides: {_short(name)}") from None
-        self.budget.created.append(path)
-        self.fh = os.fdopen(fd, "wb")
+        self.written = 0
 
     def write(self, data) -> int:
         if self.fh is None:
-            self._open()
-        n = len(data)
-        self.size_written += n
-        self.budget.total += n
-        name = str(self.rel)
-        if self.size_written > MAX_MEMBER_BYTES:
-            raise UnsafeArchiveError(f"archive member {_short(name)} is larger than {MAX_MEMBER_BYTES >> 20} MiB")
-        if self.budget.total > MAX_TOTAL_BYTES:
-            raise UnsafeArchiveError(f"archive unpacks to more than the total cap of {MAX_TOTAL_BYTES >> 30} GiB")
-        if self.budget.total > RATIO_FLOOR and self.budget.total > MAX_RATIO * max(self.budget.packed, 1):
-            raise UnsafeArchiveError(f"archive member {_short(name)} expands more than {MAX_RATIO}x "
-                                     "(compression ratio limit: a 7z bomb?)")
+            self.fh = _new_member_file(self.dest, self.rel, self.budget)
+        self.written = _count(self.budget, str(self.rel), self.written, len(data), None)
         self.fh.write(data)
-        return n
+        return len(data)
 
     def read(self, size: int | None = None) -> bytes:
         return b""
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        return self.size_written
+        return self.written
 
     def flush(self) -> None:
         if self.fh is not None:
             self.fh.flush()
 
     def size(self) -> int:
-        return self.size_written
+        return self.written
 
     def close(self) -> None:
-        if self.fh is None:  # an empty member still becomes a file
-            self._open()
+        if self.fh is None:  # an empty member is still a file
+            self.fh = _new_member_file(self.dest, self.rel, self.budget)
         self.fh.close()
 
 
@@ -563,7 +551,8 @@ def seven_zip_parts(first: Path) -> list[Path]:
     m = re.match(r"^(.*\.7z)\.(\d{3})$", first.name)
     if not m:
         return [first]
-    parts = sorted(first.parent.glob(f"{m.group(1)}.[0-9][0-9][0-9]"))
+    # Escaped: a name with [ ] * ? would otherwise pull in another set's volumes.
+    parts = sorted(first.parent.glob(f"{glob.escape(m.group(1))}.[0-9][0-9][0-9]"))
     numbers = [int(p.suffix[1:]) for p in parts]
     if numbers != list(range(1, len(parts) + 1)):
         raise AVADownloadError(f"7z volume set {m.group(1)} is incomplete: found parts {numbers}")

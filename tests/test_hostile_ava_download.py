@@ -399,3 +399,40 @@ def test_ids_in_ava_txt_that_cannot_be_file_names_do_not_crash_image_fetching(se
     manifest = _manifest(tmp_path, {"name": "m", "images": {"urls": [server.url("/img/{id}.jpg")]}})
     report = download_ava(dest, manifest=manifest, jobs=1, retries=0, backoff=0)
     assert report.downloaded == 1 and any("id" in f for f in report.failures)
+
+
+def test_enormous_ava_txt_inside_an_archive_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(ava_download, "MAX_MEMBER_BYTES", 1 << 20, raising=False)
+    archive = _zip(tmp_path / "a.zip", {"AVA_dataset/AVA.txt": AVA_LINE.format(id=1).encode() * 60_000},
+                   zipfile.ZIP_STORED)
+    dest = tmp_path / "AVA"
+    with pytest.raises(AVADownloadError, match="AVA.txt.*larger than"):
+        import_from(archive, dest, Report())
+    assert not (dest / "AVA.txt").exists()
+
+
+def test_oversized_or_deeply_nested_manifest_is_one_line_error(tmp_path, monkeypatch):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(AVADownloadError, match="cannot read manifest"):
+        Manifest.load(deep)
+    monkeypatch.setattr(ava_download, "MAX_MANIFEST_BYTES", 1000, raising=False)
+    big = _manifest(tmp_path, {"name": "m", "description": "x" * 5000})
+    with pytest.raises(AVADownloadError, match="larger than"):
+        Manifest.load(big)
+
+
+def test_7z_volume_names_with_glob_characters_join_only_their_own_parts(tmp_path):
+    import py7zr
+
+    whole = io.BytesIO()
+    with py7zr.SevenZipFile(whole, "w") as z:
+        z.writestr(b"seven", "7.jpg")
+    data = whole.getvalue()
+    half = len(data) // 2
+    (tmp_path / "[A].7z.001").write_bytes(data[:half])
+    (tmp_path / "[A].7z.002").write_bytes(data[half:])
+    (tmp_path / "A.7z.001").write_bytes(b"another set")  # what the unescaped glob "[A].7z.*" matches
+    dest = tmp_path / "AVA"
+    import_from(tmp_path / "[A].7z.001", dest, Report())
+    assert (dest / "images" / "7.jpg").read_bytes() == b"seven"

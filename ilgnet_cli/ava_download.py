@@ -10,7 +10,10 @@ Layout of DEST::
 Sources are manifests (JSON): shipped ones in ``ilgnet_cli/manifests/`` or the user's own.
 A manifest lists ``files`` (URLs + mirrors, size, checksum, archive type, target) and/or an
 ``images`` URL template for per-image mirrors. Archives are extracted safely: no absolute
-paths, no ``..``, no links, devices or anything that would land outside DEST.
+paths, no ``..``, no links, devices or anything that would land outside DEST, and no member
+over MAX_MEMBER_BYTES, no archive over MAX_TOTAL_BYTES or MAX_RATIO (counted while writing).
+A manifest's names and targets must stay under DEST; anything else is refused, in one line,
+before the first byte is downloaded. A ``--from`` folder's links are reported, never followed.
 """
 
 from __future__ import annotations

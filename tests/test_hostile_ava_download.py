@@ -436,3 +436,18 @@ def test_7z_volume_names_with_glob_characters_join_only_their_own_parts(tmp_path
     dest = tmp_path / "AVA"
     import_from(tmp_path / "[A].7z.001", dest, Report())
     assert (dest / "images" / "7.jpg").read_bytes() == b"seven"
+
+
+def test_download_never_appends_through_a_symlink_planted_at_the_part_name(server, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    server.add("/meta/AVA.txt", data=AVA_LINE.format(id=5).encode())
+    server.add("/img/5.jpg", data=b"five, and longer than the victim")
+    dest = tmp_path / "AVA"
+    _plant_links(dest / ".downloads", "AVA.txt", victim)
+    _plant_links(dest / "images", "5.jpg", victim)
+    manifest = _manifest(tmp_path, {"name": "m", "files": [{"name": "AVA.txt", "urls": [server.url("/meta/AVA.txt")]}],
+                                    "images": {"urls": [server.url("/img/{id}.jpg")]}})
+    report = download_ava(dest, manifest=manifest, jobs=1, retries=0, backoff=0)
+    assert victim.read_bytes() == b"precious"
+    assert report.downloaded == 1 and (dest / "images" / "5.jpg").read_bytes() == b"five, and longer than the victim"

@@ -43,12 +43,27 @@ class LayerMismatchError(ValueError):
 
 
 def _short(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
+    shown = ", ".join(_cut(n, 60) for n in names[:limit])
     return shown + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """``text`` as one short printable line: names and values come from untrusted files."""
+    head = "".join(c if c.isprintable() else "?" for c in text[:limit + 1])
+    return head if len(head) <= limit else head[:limit - 3] + "..."
 
 
 # Wire types.
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+# Limits far above any real network (GoogLeNet: ~150 layers, 4-D blobs, 1-3 blobs a layer)
+# that keep a hostile file from costing more than its own size in memory and time.
+MAX_DIMS = 8
+MAX_LAYERS = 10_000
+MAX_BLOBS = 64  # per layer
+MAX_CHUNKS = 4096  # separate data fields in one blob (writers emit one run)
+MAX_NAME = 256  # bytes of a layer name or type kept; longer ones cannot be ILGNet's
+_INT32_MAX = 2**31 - 1
 
 # V1LayerParameter.LayerType values that carry parameters (caffe.proto).
 V1_LAYER_TYPES = {4: "Convolution", 14: "InnerProduct", 39: "Deconvolution"}
@@ -136,22 +151,26 @@ def _parse_blob(buf: mmap.mmap | bytes, pos: int, end: int) -> Blob:
     dims: list[int] | None = None
     chunks: list[np.ndarray] = []
     while pos < end:
+        if len(chunks) > MAX_CHUNKS:
+            raise CaffeModelError(f"corrupt blob (data split into more than {MAX_CHUNKS} pieces)")
         key, _ = _varint(buf, pos, end)
-        if key == 0x2D:  # field 5 (data) unpacked: one tag per float
-            n = _unpacked_run(buf, pos, end, 0x2D, 4)
-            chunks.append(_records(buf, pos, n, 4, "<f4"))
-            pos += n * 5
-            continue
-        if key == 0x41:  # field 8 (double_data) unpacked
-            n = _unpacked_run(buf, pos, end, 0x41, 8)
-            chunks.append(_records(buf, pos, n, 8, "<f8").astype(np.float32))
-            pos += n * 9
-            continue
+        # A run of unpacked records (field 5 data / field 8 double_data). n == 0 (a partial
+        # record at the end, or the tag spelt as a longer varint) falls through to the
+        # one-field path below, which either decodes it or fails: the loop always advances.
+        if key in (0x2D, 0x41):
+            width, dtype = (4, "<f4") if key == 0x2D else (8, "<f8")
+            n = _unpacked_run(buf, pos, end, key, width)
+            if n:
+                chunks.append(_records(buf, pos, n, width, dtype).astype(np.float32, copy=False))
+                pos += n * (width + 1)
+                continue
         num, wt, a, b, pos = _next_field(buf, pos, end)
         if 1 <= num <= 4 and wt == _VARINT:
             legacy[num - 1] = a
-        elif num in (5, 8) and wt == _LEN:
+        elif num in (5, 8) and wt in (_LEN, _I32, _I64):
             width, dtype = (4, "<f4") if num == 5 else (8, "<f8")
+            if wt != _LEN and wt != (_I32 if num == 5 else _I64):
+                raise CaffeModelError(f"corrupt blob (field {num} has wire type {wt})")
             if (b - a) % width:
                 raise CaffeModelError("corrupt blob (packed data length not a multiple of the item size)")
             chunks.append(np.frombuffer(buf, dtype=dtype, count=(b - a) // width, offset=a).astype(np.float32))
@@ -161,10 +180,31 @@ def _parse_blob(buf: mmap.mmap | bytes, pos: int, end: int) -> Blob:
         data = chunks[0]
     else:
         data = np.concatenate(chunks) if chunks else np.empty(0, np.float32)
-    shape, is_legacy = (tuple(dims), False) if dims is not None else (tuple(legacy), True)
-    if int(np.prod(shape)) != data.size:
-        raise CaffeModelError(f"corrupt blob: shape {shape} holds {int(np.prod(shape))} values, data has {data.size}")
-    return Blob(data=data, shape=shape, legacy_shape=is_legacy)
+    if dims is not None:
+        return Blob(data=data, shape=_check_shape(dims, data.size, legacy=False), legacy_shape=False)
+    return Blob(data=data, shape=_check_shape(legacy, data.size, legacy=True), legacy_shape=True)
+
+
+def _check_shape(dims: list[int], size: int, *, legacy: bool) -> tuple[int, ...]:
+    """``dims`` if they describe exactly ``size`` values; any other shape is a corrupt blob.
+
+    BlobShape dims are positive (a parameter blob is never empty) and each fits the data;
+    legacy num/channels/height/width are int32 (a negative one arrives as a 10-byte varint)
+    and may be 0 only for an empty blob.
+    """
+    low, high = (0, _INT32_MAX) if legacy else (1, max(size, 1))
+    bad = [d for d in dims if not low <= d <= high]
+    if bad:
+        raise CaffeModelError(f"corrupt blob: dimension {_cut(str(bad[0]), 24)} is impossible for {size} values")
+    product = 1
+    for d in dims:
+        product *= d
+        if product > size:
+            break
+    if product != size:
+        shown = _cut("x".join(map(str, dims)), 60)
+        raise CaffeModelError(f"corrupt blob: shape {shown} does not hold the {size} values of its data")
+    return tuple(dims)
 
 
 def _parse_shape(buf: mmap.mmap | bytes, pos: int, end: int) -> list[int]:
@@ -176,9 +216,11 @@ def _parse_shape(buf: mmap.mmap | bytes, pos: int, end: int) -> list[int]:
             dims.append(a)
         elif wt == _LEN:  # packed
             p = a
-            while p < b:
+            while p < b and len(dims) <= MAX_DIMS:
                 v, p = _varint(buf, p, b)
                 dims.append(v)
+        if len(dims) > MAX_DIMS:
+            raise CaffeModelError(f"corrupt blob (more than {MAX_DIMS} dims in its shape)")
     return dims
 
 
@@ -188,9 +230,9 @@ def _parse_layer(buf: mmap.mmap | bytes, pos: int, end: int, version: int) -> Ca
     layer = CaffeLayer(name="", type="")
     for num, wt, a, b in _fields(buf, pos, end):
         if num == name_f and wt == _LEN:
-            layer.name = bytes(buf[a:b]).decode("utf-8", "replace")
+            layer.name = _text(buf, a, b)
         elif num == type_f and wt == _LEN:
-            layer.type = bytes(buf[a:b]).decode("utf-8", "replace")
+            layer.type = _text(buf, a, b)
         elif num == type_f and wt == _VARINT:
             layer.type = V1_LAYER_TYPES.get(a, f"V1:{a}")
         elif num == blobs_f and wt == _LEN:
@@ -200,34 +242,45 @@ def _parse_layer(buf: mmap.mmap | bytes, pos: int, end: int, version: int) -> Ca
             layer.name = layer.name or inner.name
             layer.type = layer.type or inner.type
             layer.blobs.extend(inner.blobs)
+        if len(layer.blobs) > MAX_BLOBS:
+            raise CaffeModelError(f"not a caffemodel (a layer with more than {MAX_BLOBS} blobs)")
     return layer
+
+
+def _text(buf: mmap.mmap | bytes, a: int, b: int) -> str:
+    # A longer name cannot be one we look for; the marker keeps a cut name from matching one.
+    text = bytes(buf[a:min(b, a + MAX_NAME)]).decode("utf-8", "replace")
+    return text + "..." if b - a > MAX_NAME else text
 
 
 def read_caffemodel(path: str | Path) -> list[CaffeLayer]:
     """Every layer of a binary caffemodel (name, type, parameter blobs), in file order."""
     path = Path(path)
     size = path.stat().st_size
+    shown = _cut(path.name)
     if size == 0:
-        raise CaffeModelError(f"{path.name}: empty file")
+        raise CaffeModelError(f"{shown}: empty file")
     with path.open("rb") as fh:
         head = fh.read(64).lstrip()
         if head[:5] in (b"name:", b"layer", b"input") or head[:1] == b"#":
-            raise CaffeModelError(f"{path.name}: a text prototxt, not a binary caffemodel")
+            raise CaffeModelError(f"{shown}: a text prototxt, not a binary caffemodel")
         buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     try:
         layers = []
         for num, wt, a, b in _fields(buf, 0, size):
+            if len(layers) >= MAX_LAYERS:
+                raise CaffeModelError(f"not a caffemodel (more than {MAX_LAYERS} layers)")
             if num == 100 and wt == _LEN:
                 layers.append(_parse_layer(buf, a, b, 2))
             elif num == 2 and wt == _LEN:
                 layers.append(_parse_layer(buf, a, b, 1))
     except (CaffeModelError, struct.error, IndexError) as exc:
-        raise CaffeModelError(f"{path.name}: {exc}") from None
+        raise CaffeModelError(f"{shown}: {_cut(str(exc), 200)}") from None
     finally:
         # numpy views into the map were copied, so closing is safe.
         buf.close()
     if not layers:
-        raise CaffeModelError(f"{path.name}: not a caffemodel (no layers found)")
+        raise CaffeModelError(f"{shown}: not a caffemodel (no layers found)")
     return layers
 
 

@@ -305,6 +305,26 @@ def _check_members(count: int, archive: Path) -> None:
         raise UnsafeArchiveError(f"{_cut(archive.name)} has more than {MAX_MEMBERS:,} members")
 
 
+def zip_member_count(path: Path) -> int | None:
+    """Entries the zip's end record declares, read before zipfile loads its whole central
+    directory (tens of millions of empty entries would cost gigabytes of ZipInfo). None: no record."""
+    with path.open("rb") as fh:
+        size = fh.seek(0, io.SEEK_END)
+        fh.seek(max(0, size - (22 + 65535)))
+        tail = fh.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) < at + 22:
+            return None
+        count = int.from_bytes(tail[at + 10:at + 12], "little")
+        locator = at - 20
+        if count == 0xFFFF and locator >= 0 and tail[locator:locator + 4] == b"PK\x06\x07":
+            fh.seek(int.from_bytes(tail[locator + 8:locator + 16], "little"))
+            record = fh.read(56)
+            if record[:4] == b"PK\x06\x06" and len(record) == 56:
+                count = int.from_bytes(record[32:40], "little")
+        return count
+
+
 def _check_declared(name: str, size: int | None) -> None:
     # Early refusal on the header's word; the real limit is counted while writing.
     if size is not None and size > MAX_MEMBER_BYTES:
@@ -430,6 +450,7 @@ def extract_archive(archive: Path, dest: Path, kind: str | None = None) -> Path:
 
 def _extract(archive: Path, dest: Path, kind: str, budget: _Budget) -> None:
     if kind == "zip":
+        _check_members(zip_member_count(archive) or 0, archive)
         with zipfile.ZipFile(archive) as zf:
             infos = zf.infolist()
             _check_members(len(infos), archive)
@@ -859,7 +880,7 @@ def download_ava(dest: str | Path, *, source: str | None = None, manifest: str |
         else:
             known = shipped_manifests()
             if source not in known:
-                raise AVADownloadError(f"unknown source {source!r}; known: {manifest_help()}")
+                raise AVADownloadError(f"unknown source {_short(source)}; known: {manifest_help()}")
             m = Manifest.load(known[source])
         fetch_manifest(m, dest, jobs=jobs, retries=retries, backoff=backoff, progress=progress, report=report)
     if not (dest / "AVA.txt").exists():

@@ -451,3 +451,33 @@ def test_download_never_appends_through_a_symlink_planted_at_the_part_name(serve
     report = download_ava(dest, manifest=manifest, jobs=1, retries=0, backoff=0)
     assert victim.read_bytes() == b"precious"
     assert report.downloaded == 1 and (dest / "images" / "5.jpg").read_bytes() == b"five, and longer than the victim"
+
+
+@pytest.mark.parametrize("zip64", [False, True])
+def test_zip_with_too_many_members_is_refused_before_its_directory_is_loaded(tmp_path, monkeypatch, zip64):
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(1, 30):
+            zf.writestr(f"{i}.jpg", b"x")
+    if zip64:  # the count lives in the zip64 end record when the classic one says 0xFFFF
+        from ilgnet_cli.ava_download import zip_member_count
+
+        data = bytearray(archive.read_bytes())
+        eocd = data.rfind(b"PK\x05\x06")
+        cd_size = int.from_bytes(data[eocd + 12:eocd + 16], "little")
+        cd_offset = int.from_bytes(data[eocd + 16:eocd + 20], "little")
+        record = (b"PK\x06\x06" + (44).to_bytes(8, "little") + (45).to_bytes(2, "little") * 2 + bytes(8)
+                  + (29).to_bytes(8, "little") * 2 + cd_size.to_bytes(8, "little") + cd_offset.to_bytes(8, "little"))
+        locator = b"PK\x06\x07" + bytes(4) + eocd.to_bytes(8, "little") + (1).to_bytes(4, "little")
+        end = bytearray(data[eocd:eocd + 22])
+        end[8:12] = b"\xff\xff\xff\xff"
+        archive.write_bytes(bytes(data[:eocd]) + record + locator + bytes(end))
+        assert zip_member_count(archive) == 29
+    monkeypatch.setattr(ava_download, "MAX_MEMBERS", 10, raising=False)
+
+    def not_opened(*args, **kwargs):
+        raise AssertionError("the central directory was loaded")
+
+    monkeypatch.setattr(zipfile, "ZipFile", not_opened)
+    with pytest.raises(AVADownloadError, match="members"):
+        import_from(archive, tmp_path / "AVA", Report())

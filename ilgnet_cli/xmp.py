@@ -15,10 +15,11 @@
   declared one) become character references.
 * Whatever cannot be merged safely is skipped with a one-line ``XmpError`` and left byte for byte:
   undecodable bytes, invalid XML, DTDs/entities, more than ``MAX_SIDECAR_BYTES``, nesting deeper
-  than ``MAX_DEPTH`` or more than ``MAX_ELEMENTS`` elements, a root that is not XMP, and any path
-  that is not a regular file. A sidecar that is a symbolic link is refused, never followed (the
-  atomic rename would replace the link, and a link may point out of the photo's folder); a FIFO
-  or device is never opened. Before anything is written the result is decoded and parsed again.
+  than ``MAX_DEPTH``, more than ``MAX_ELEMENTS`` elements or ``MAX_NAMESPACES`` declarations, a
+  root that is not XMP, and any path that is not a regular file. A sidecar that is a symbolic
+  link is refused, never followed (the atomic rename would replace the link, and a link may
+  point out of the photo's folder); a FIFO or device is never opened. Before anything is
+  written the result is decoded and parsed again.
 * An existing ``xmp:Rating`` counts as a hand rating only when it is a real XMP rating (-1 for
   rejected, or 1-5; XMP allows reals such as 3.5) that differs from ``ilgnet:Rating``; anything
   else ('abc', '99', '-5') is no rating, and is replaced.
@@ -58,6 +59,7 @@ ROOTS = frozenset({"{adobe:ns:meta/}xmpmeta", "{adobe:ns:meta/}xapmeta", f"{{{NS
 MAX_SIDECAR_BYTES = 4 << 20
 MAX_DEPTH = 100
 MAX_ELEMENTS = 100_000
+MAX_NAMESPACES = 1000  # real ones declare a dozen; ElementTree's prefix table is quadratic
 
 TEMPLATE = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="ilgnet">
@@ -245,6 +247,8 @@ class _Builder(ET.TreeBuilder):
 
     def start_ns(self, prefix: str, uri: str) -> None:
         self.prefixes.append((prefix, uri))
+        if len(self.prefixes) > MAX_NAMESPACES:
+            raise XmpError(f"{self.path}: refused, too many namespace declarations (more than {MAX_NAMESPACES})")
 
     def start(self, tag, attrs):
         self.depth += 1

@@ -158,7 +158,7 @@ def score(
     """
     from ilgnet_cli import reports, scoring, store
     from ilgnet_cli.cache import open_cache
-    from ilgnet_cli.discover import Selection, find_images, unusable_reason
+    from ilgnet_cli.discover import Selection, find_images, holds_image, unusable_reason
     from ilgnet_cli.fsutil import check_writable_file, check_writable_folder
     from ilgnet_cli.preprocess import PREPROCESS_VERSION
     from ilgnet_cli.scoring import pick_device, run_score
@@ -180,6 +180,8 @@ def score(
     with errors_as_messages():
         if output is not None and fmt != "table":
             check_writable_file(output)
+            if holds_image(output):  # -o pointing at a photo (a typo, a wrong argument order)
+                raise fail(f"will not write the report over {escape(display(str(output)))}: it is an image", 2)
         if copy_top or link_top:
             check_writable_folder(copy_top or link_top)
         dev = pick_device(device)

@@ -62,6 +62,18 @@ def _looks_like_image(path: Path) -> bool:
         return False
 
 
+def holds_image(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file whose content is an image (by signature, not name)."""
+    p = Path(path).expanduser()
+    try:
+        if not p.is_file():  # never open a FIFO or device: reading could block
+            return False
+        with p.open("rb") as fh:
+            return sniff(fh.read(32)) is not None
+    except OSError:
+        return False
+
+
 def unusable_reason(path: str | os.PathLike[str]) -> str:
     """Why a path given on the command line is neither a file nor a folder we can read.
 

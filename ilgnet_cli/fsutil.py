@@ -65,7 +65,9 @@ def copy_new(src: str | Path, target: str | Path) -> None:
     symlink included). Nothing is ever followed through a link in the target folder."""
     target = Path(target)
     st = os.stat(src)
-    mode = stat.S_IMODE(st.st_mode) & 0o777  # never copy setuid/setgid/sticky onto our file
+    # As cp makes it: the source's permission bits within our umask; never setuid/setgid/sticky,
+    # and a world-writable photo in someone else's tree does not give others our copy.
+    mode = stat.S_IMODE(st.st_mode) & 0o777 & ~current_umask()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".ilgnet-copy.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as out:

@@ -286,3 +286,37 @@ def test_copy_top_inside_the_scanned_tree_is_not_scored_again(tmp_path, weights_
     data = json.loads((root / "scores.jpg").read_text())
     assert data["summary"]["files"] == 2, [r["path"] for r in data["results"]]  # not best/, not scores.jpg
     assert len(list((root / "best").iterdir())) == 4
+
+
+# --------------------------------------------------------------------------- F: the same class, elsewhere
+
+
+@pytest.mark.parametrize(("source", "mask", "mode"), [(0o666, 0o022, 0o644), (0o777, 0o027, 0o750),
+                                                      (0o600, 0o022, 0o600), (0o4755, 0o022, 0o755)])
+def test_exported_copies_keep_the_source_mode_within_the_umask(tmp_path, umask, source, mask, mode):
+    """A world-writable (or setuid) photo in someone else's tree must not become a file others
+    can change (or run as us) in our export folder: the mode is the source's, as cp makes it."""
+    photo, dest = _shoot(tmp_path)
+    photo.chmod(source)
+    umask(mask)
+    (written,) = reports.export_top([_result(str(photo))], dest)
+    assert written.stat().st_mode & 0o7777 == mode
+
+
+def test_report_output_never_overwrites_an_image(tmp_path, weights_file):
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    for p in camera_photos(2):
+        shutil.copy2(p, folder / p.name)
+    photo = folder / camera_photos(2)[0].name
+    before = photo.read_bytes()
+    proc = _cli("score", folder, "--weights", weights_file, "--device", "cpu", "--workers", "0",
+                "-f", "csv", "-o", photo)
+    assert proc.returncode == 2 and "is an image" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert photo.read_bytes() == before
+    report = folder / "old-report.jpg"  # a report of ours with an odd name is not an image: replaced
+    report.write_text("rank,score\n")
+    proc = _cli("score", folder, "--weights", weights_file, "--device", "cpu", "--workers", "0",
+                "-f", "csv", "-o", report)
+    assert proc.returncode == 0, proc.stderr
+    assert report.read_text().startswith("rank,score,path")

@@ -461,6 +461,7 @@ def write_sidecars(results: list, *, style: str = "adobe", stars_spec: str = "qu
         for other, _, other_path in others:
             changes.append(SidecarChange(path=other_path, action="clash", old_rating=None, new_rating=None,
                                          score=other.score))
-            errors.append(f"{other_path}: also the sidecar of {Path(r.path).name}, which it is for; "
-                          f"{Path(other.path).name} gets none (--xmp-style darktable gives each file its own)")
+            mine, theirs = Path(r.path).name, Path(other.path).name
+            errors.append(f"{other_path}: the sidecar of both {mine} and {theirs}; written for {mine} only "
+                          "(--xmp-style darktable gives each file its own)")
     return changes, errors

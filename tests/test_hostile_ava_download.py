@@ -481,3 +481,22 @@ def test_zip_with_too_many_members_is_refused_before_its_directory_is_loaded(tmp
     monkeypatch.setattr(zipfile, "ZipFile", not_opened)
     with pytest.raises(AVADownloadError, match="members"):
         import_from(archive, tmp_path / "AVA", Report())
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz", "7z"])
+def test_member_under_the_size_cap_that_expands_1000x_is_refused_by_the_ratio(tmp_path, kind):
+    data = b"\0" * (20 << 20)  # under 64 MiB, so only the ratio can catch it
+    if kind == "zip":
+        archive = _zip(tmp_path / "r.zip", {"1.jpg": data})
+    elif kind == "tar.gz":
+        archive = tmp_path / "r.tar.gz"
+        with tarfile.open(archive, "w:gz") as tf:
+            info = tarfile.TarInfo("1.jpg")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    else:
+        archive = _seven_zip(tmp_path / "r.7z", {"1.jpg": data})
+    dest = tmp_path / "AVA"
+    with pytest.raises(AVADownloadError, match="ratio"):
+        import_from(archive, dest, Report())
+    _assert_refused_cleanly(dest)

@@ -339,3 +339,17 @@ def test_thousands_of_namespace_declarations_are_refused_quickly(tmp_path):
     decls = " ".join(f'xmlns:p{i}="urn:n{i}"' for i in range(100_000))
     sidecar.write_text(SIDECAR.replace("{rating}", "0").replace("<dc:subject>", f"<dc:x {decls}/><dc:subject>"))
     _skipped_untouched(sidecar, "too many namespace")
+
+
+@pytest.mark.skipif(shutil.which("exiftool") is None, reason="ExifTool not installed")
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_exiftool_reads_the_utf16_sidecar_we_wrote_back(tmp_path, codec):
+    import json
+    import subprocess
+
+    sidecar = tmp_path / "a.xmp"
+    sidecar.write_bytes(SIDECAR.replace("{rating}", "0").encode(codec))
+    plan_and_write(sidecar, 4, 0.81, "m")
+    data = json.loads(subprocess.run(["exiftool", "-j", "-XMP:all", str(sidecar)], capture_output=True, text=True,
+                                     check=True).stdout)[0]
+    assert data["Rating"] == 4 and data["Subject"] == ["caf\u00e9", "Stra\u00dfe"] and data["Title"] == "Sommer"

@@ -12,10 +12,13 @@ import os
 import shutil
 import subprocess
 import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
 from conftest import camera_photos
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from ilgnet_cli import reports
@@ -320,3 +323,17 @@ def test_report_output_never_overwrites_an_image(tmp_path, weights_file):
                 "-f", "csv", "-o", report)
     assert proc.returncode == 0, proc.stderr
     assert report.read_text().startswith("rank,score,path")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=20))
+def test_any_name_and_camera_give_safe_csv_and_table_cells(name, make):
+    run = _run(_result(name, make=make))
+    rows = list(csv.reader(io.StringIO(reports.to_csv(run))))
+    assert len(rows) == 2  # header + one row, whatever the name holds
+    for cell in rows[1]:
+        assert not cell.startswith(FORMULA_STARTS)
+        assert not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in cell)
+    shown = display(name)
+    assert "\n" not in shown and not any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")
+                                         and c not in "\u200c\u200d" for c in shown)

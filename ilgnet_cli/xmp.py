@@ -433,12 +433,34 @@ def _claim_order(claim: tuple) -> tuple[bool, str]:
     return image.suffix.lower() not in RAW_EXTENSIONS, str(image)
 
 
+def _spelling(path: Path, listings: dict[str, dict[str, list[str]]]) -> Path:
+    """The sidecar already on disk under another case (``IMG_1.XMP`` for ``IMG_1.xmp``), else ``path``:
+    one sidecar per photo on case-sensitive disks too. Each folder is listed once."""
+    if os.path.lexists(path):
+        return path
+    folder = str(path.parent)
+    if folder not in listings:
+        try:
+            names = os.listdir(path.parent)
+        except OSError:
+            names = []
+        listings[folder] = {}
+        for name in names:
+            listings[folder].setdefault(_clash_key(path.parent / name)[1], []).append(name)
+    found = sorted(listings[folder].get(_clash_key(path)[1], []))
+    if len(found) > 1:
+        raise XmpError(f"{path}: sidecars that differ only in case ({', '.join(found[:4])}); "
+                       "none written, merge them by hand")
+    return path.parent / found[0] if found else path
+
+
 def write_sidecars(results: list, *, style: str = "adobe", stars_spec: str = "quantile", model: str,
                    overwrite_ratings: bool = False, dry_run: bool = False) -> tuple[list[SidecarChange], list[str]]:
     """Sidecars for every scored result; returns (changes, one-line errors and warnings).
 
     A sidecar claimed by several images is written once, for the RAW, else for the first path
-    in sorted order; each other image gets a ``clash`` change and a warning.
+    in sorted order; each other image gets a ``clash`` change and a warning. A sidecar already
+    there under another case (``IMG_1.XMP``) is the one merged.
     """
     check_options(style, stars_spec)
     scored = [r for r in results if r.ok]
@@ -448,10 +470,12 @@ def write_sidecars(results: list, *, style: str = "adobe", stars_spec: str = "qu
         for path in sidecar_paths(r.path, style):
             claims.setdefault(_clash_key(path), {}).setdefault(str(r.path), (r, s, path))  # one per image
     changes, errors = [], []
+    listings: dict[str, dict[str, list[str]]] = {}
     for group in claims.values():
         winner, *others = sorted(group.values(), key=_claim_order)
         r, s, path = winner
         try:
+            path = _spelling(path, listings)
             changes.append(plan_and_write(path, s, r.score, model, overwrite_ratings=overwrite_ratings,
                                           dry_run=dry_run))
         except XmpError as exc:

@@ -353,3 +353,18 @@ def test_exiftool_reads_the_utf16_sidecar_we_wrote_back(tmp_path, codec):
     data = json.loads(subprocess.run(["exiftool", "-j", "-XMP:all", str(sidecar)], capture_output=True, text=True,
                                      check=True).stdout)[0]
     assert data["Rating"] == 4 and data["Subject"] == ["caf\u00e9", "Stra\u00dfe"] and data["Title"] == "Sommer"
+
+
+def test_an_existing_sidecar_spelt_in_other_case_is_merged_not_doubled(tmp_path):
+    # A camera or a Windows tool wrote IMG_1.XMP: on a case-sensitive disk a new IMG_1.xmp beside it
+    # would leave two sidecars, each with its own rating.
+    upper = tmp_path / "IMG_1.XMP"
+    upper.write_text(SIDECAR.replace("{rating}", "2"), encoding="utf-8")
+    changes, errors = write_sidecars(_results(tmp_path, "IMG_1.jpg", "IMG_2.jpg"), model="m")
+    assert errors == [] and changes[0].path.name == "IMG_1.XMP" and changes[0].action == "keep-hand-rating"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_1.XMP", "IMG_2.xmp"]
+    assert _rating(upper.read_bytes()) == "2"
+    if not (tmp_path / "img_1.xmp").exists():  # case-sensitive: two spellings cannot both be chosen
+        (tmp_path / "img_1.xmp").write_text(SIDECAR.replace("{rating}", "3"), encoding="utf-8")
+        changes, errors = write_sidecars(_results(tmp_path, "IMG_1.jpg"), model="m")
+        assert changes == [] and len(errors) == 1 and "differ only in case" in errors[0]

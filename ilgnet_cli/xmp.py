@@ -23,6 +23,8 @@
 * An existing ``xmp:Rating`` counts as a hand rating only when it is a real XMP rating (-1 for
   rejected, or 1-5; XMP allows reals such as 3.5) that differs from ``ilgnet:Rating``; anything
   else ('abc', '99', '-5') is no rating, and is replaced.
+* A hard-linked sidecar is replaced by a new file (atomic rename), never written through: the
+  other names keep their content.
 * Two images with one sidecar (``a.CR2`` + ``a.JPG`` in Adobe style; names that differ only in
   case, which collide on macOS/Windows/exFAT): one sidecar is written, for the RAW (Lightroom
   keeps a RAW+JPEG pair's rating in the RAW's sidecar), else for the first path in sorted order;
@@ -468,7 +470,8 @@ def write_sidecars(results: list, *, style: str = "adobe", stars_spec: str = "qu
     claims: dict[tuple[str, str], dict[str, tuple]] = {}
     for r, s in zip(scored, stars, strict=True):
         for path in sidecar_paths(r.path, style):
-            claims.setdefault(_clash_key(path), {}).setdefault(str(r.path), (r, s, path))  # one per image
+            image = os.path.normpath(r.path)  # 'a.jpg' and './a.jpg' are one image
+            claims.setdefault(_clash_key(path), {}).setdefault(image, (r, s, path))
     changes, errors = [], []
     listings: dict[str, dict[str, list[str]]] = {}
     for group in claims.values():

@@ -368,3 +368,10 @@ def test_an_existing_sidecar_spelt_in_other_case_is_merged_not_doubled(tmp_path)
         (tmp_path / "img_1.xmp").write_text(SIDECAR.replace("{rating}", "3"), encoding="utf-8")
         changes, errors = write_sidecars(_results(tmp_path, "IMG_1.jpg"), model="m")
         assert changes == [] and len(errors) == 1 and "differ only in case" in errors[0]
+
+
+def test_one_image_named_twice_is_no_clash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = [ScoreResult(path="a.jpg", score=0.5), ScoreResult(path="./a.jpg", score=0.5)]
+    changes, errors = write_sidecars(results, model="m")
+    assert errors == [] and [c.action for c in changes] == ["create"]

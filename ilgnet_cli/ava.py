@@ -112,24 +112,41 @@ def write_ava(path: str | Path, records: Iterable[AVARecord]) -> None:
 def read_id_list(path: str | Path) -> list[int]:
     """A .jpgl list (one id per line) or a Caffe list (``<id>.jpg <label>``) -> ids."""
     ids = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        token = line.split()[0] if line.strip() else ""
-        if token:
-            ids.append(int(token.removesuffix(".jpg")))
+    path = Path(path)
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        token = line.split()[0].removesuffix(".jpg") if line.strip() else ""
+        if not token:
+            continue
+        if not (token.isascii() and token.isdigit()):
+            raise AVAFormatError(f"{path.name} line {lineno}: expected an image id, found {token[:40]!r}")
+        ids.append(int(token))
     return ids
 
 
-def read_label_list(path: str | Path) -> list[tuple[int, int]]:
-    """Caffe list ``<id>.jpg <label>`` (last line may lack a newline) -> [(id, label)]."""
+def parse_label_lines(text: str, source: str) -> list[tuple[int, int]]:
+    """Caffe list text ``<id>.jpg <label>`` (last line may lack a newline) -> [(id, label)]."""
     out = []
-    for lineno, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
-        if len(parts) != 2:
-            raise AVAFormatError(f"{Path(path).name} line {lineno}: expected '<id>.jpg <label>'")
-        out.append((int(parts[0].removesuffix(".jpg")), int(parts[1])))
+        name = parts[0].removesuffix(".jpg") if parts else ""
+        if len(parts) != 2 or not (name.isascii() and name.isdigit()) or parts[1] not in ("0", "1"):
+            raise AVAFormatError(f"{source} line {lineno}: expected '<id>.jpg <0|1>', found {line.strip()[:60]!r}")
+        out.append((int(name), int(parts[1])))
     return out
+
+
+def read_label_list(path: str | Path) -> list[tuple[int, int]]:
+    """A Caffe list file ``<id>.jpg <label>`` -> [(id, label)]."""
+    path = Path(path)
+    return parse_label_lines(path.read_text(encoding="utf-8", errors="replace"), path.name)
+
+
+def write_label_list(path: str | Path, items: Iterable[tuple[int, int]]) -> None:
+    from ilgnet_cli.fsutil import atomic_write_text
+
+    atomic_write_text(path, "".join(f"{i}.jpg {label}\n" for i, label in items))
 
 
 def available(items: list[tuple[int, int]], images: str | Path, cache: object | None = None) -> list[tuple[int, int]]:
@@ -143,30 +160,37 @@ def available(items: list[tuple[int, int]], images: str | Path, cache: object | 
 # --------------------------------------------------------------------------- Dataset
 
 
-def resized_image(image_id: int, images: str | Path, cache: object | None = None) -> np.ndarray:
+def resized_image(image_id: int, images: str | Path, cache: object | None = None, *,
+                  draft: bool = False) -> np.ndarray:
     """The 256x256 RGB uint8 image of an AVA id: from the ``ilgnet prepare`` cache when given,
-    else decoded from ``images/<id>.jpg`` and resized as the authors did."""
+    else decoded from ``images/<id>.jpg`` and resized as the authors did.
+
+    ``draft=False`` (the default) decodes every pixel, as the authors' ``convert_imageset`` did;
+    ``draft=True`` lets libjpeg downscale in the DCT (faster, a few grey levels off).
+    """
     from ilgnet_cli.decode import decode
     from ilgnet_cli.preprocess import RESIZE, resize_bilinear
 
     if cache is not None:
         return cache.get(image_id)
-    return resize_bilinear(decode(Path(images) / f"{image_id}.jpg", draft=RESIZE).rgb)
+    return resize_bilinear(decode(Path(images) / f"{image_id}.jpg", draft=RESIZE if draft else None).rgb)
 
 
 class PartitionDataset:
-    """A torch Dataset over ``train.txt``/``test.txt`` of a partition and an image folder.
+    """A torch Dataset over (id, label) items of a partition and an image folder.
 
     Items are (input tensor, label). ``train=True`` uses the random crop + mirror of Caffe's
     data layer; otherwise the deterministic centre crop. Images may be full-size JPEGs in
     ``images/`` or the 256x256 cache made by ``ilgnet prepare``.
     """
 
-    def __init__(self, list_file: str | Path, images: str | Path, mean_bgr: tuple[float, float, float],
-                 *, train: bool = False, seed: int = 0, cache: object | None = None) -> None:
-        self.items = read_label_list(list_file)
+    def __init__(self, items: list[tuple[int, int]], images: str | Path, mean: object, *, train: bool = False,
+                 seed: int = 0, cache: object | None = None, draft: bool = False) -> None:
+        from ilgnet_cli.preprocess import parse_mean
+
+        self.items = list(items)
         self.images = Path(images)
-        self.mean_bgr, self.train, self.seed, self.cache = mean_bgr, train, seed, cache
+        self.mean, self.train, self.seed, self.cache, self.draft = parse_mean(mean), train, seed, cache, draft
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -176,15 +200,14 @@ class PartitionDataset:
         self.epoch = epoch
 
     def __getitem__(self, index: int):
-        from ilgnet_cli.preprocess import CROP, RESIZE, preprocess_train, to_blob
+        import torch
+
+        from ilgnet_cli.preprocess import CENTRE, preprocess_train, to_blob
 
         image_id, label = self.items[index]
-        img = resized_image(image_id, self.images, self.cache)
+        img = resized_image(image_id, self.images, self.cache, draft=self.draft)
         if self.train:
             # A per-item, per-epoch generator: the same run gives the same crops, whatever
             # the number of workers (needed for exact resume and DDP parity).
-            return preprocess_train(img, self.mean_bgr, np.random.default_rng((self.seed, self.epoch, index))), label
-        import torch
-
-        off = (RESIZE - CROP) // 2
-        return torch.from_numpy(to_blob(img, self.mean_bgr, off, off)), label
+            return preprocess_train(img, self.mean, np.random.default_rng((self.seed, self.epoch, index))), label
+        return torch.from_numpy(to_blob(img, self.mean, CENTRE, CENTRE)), label

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -49,15 +50,21 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 @contextmanager
 def errors_as_messages():
     """Turn the library's expected errors into one-line messages and exit codes."""
+    from ilgnet_cli.ava import AVAFormatError
     from ilgnet_cli.ava_download import AVADownloadError
     from ilgnet_cli.caffe_import import CaffeModelError
     from ilgnet_cli.download import DownloadError
+    from ilgnet_cli.errors import IlgnetError, UsageError
+    from ilgnet_cli.partition import PartitionError
     from ilgnet_cli.store import WeightsError
 
     try:
         yield
     # Messages quote file names: printed literally (no Rich markup, terminal controls escaped).
-    except (WeightsError, CaffeModelError, DownloadError, AVADownloadError) as exc:
+    except UsageError as exc:
+        raise fail(escape(display(str(exc))), 2) from None
+    except (IlgnetError, WeightsError, CaffeModelError, DownloadError, AVADownloadError, PartitionError,
+            AVAFormatError) as exc:
         raise fail(escape(display(str(exc)))) from None
     except ValueError as exc:
         raise fail(escape(display(str(exc))), 2) from None
@@ -423,26 +430,38 @@ def weights_remove(name: Annotated[str, typer.Argument(help="Installed weights n
 # --------------------------------------------------------------------------- AVA
 
 
+DEFAULT_SOURCE = "hf-sxfly"
+
+
+def _ava_dir(ava: Path | None) -> Path:
+    from ilgnet_cli.datadir import default_ava
+
+    return ava if ava is not None else default_ava()
+
+
 @download_app.command("ava")
 def download_ava(
-    dest: Annotated[Path, typer.Option("--dest", "-d", help="Folder for AVA: DEST/AVA.txt, DEST/images/<id>.jpg, ...")],
-    source: Annotated[str | None, typer.Option(help="A shipped mirror manifest (see below).")] = None,
+    dest: Annotated[Path | None, typer.Option("--dest", "-d", help="Folder for AVA (default: $ILGNET_DATA/ava): DEST/AVA.txt, DEST/images/<id>.jpg, ...")] = None,
+    source: Annotated[str | None, typer.Option(help=f"A shipped mirror manifest (default {DEFAULT_SOURCE}; see below).")] = None,
     manifest: Annotated[Path | None, typer.Option(help="Your own manifest JSON (files with URLs+mirrors, sizes, checksums, archive types).")] = None,
     from_path: Annotated[Path | None, typer.Option("--from", help="Import a copy you have: a folder of images, a zip/tar, or the first part of a 7z volume set.")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Parallel downloads / verification processes.")] = 4,
     retries: Annotated[int, typer.Option(min=0, help="Retries per URL.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Get AVA (metadata + 255,530 images) into one layout and verify every image.
+    """Get AVA (metadata + 255,530 images, about 32 GB) into one layout and verify every image.
 
-    Re-running is safe: finished files are kept, interrupted downloads resume. Writes
-    DEST/missing.txt and DEST/corrupt.txt. Shipped sources: hf-sxfly, hf-iceclear,
-    hf-will33am (all unverified: their archives' layouts could not be confirmed offline).
+    Re-running is safe: finished files are kept, interrupted downloads resume; with no source
+    given and AVA.txt already in DEST, only the verification runs again. Writes
+    DEST/missing.txt and DEST/corrupt.txt. Shipped sources: hf-sxfly (the default),
+    hf-iceclear, hf-will33am (all unverified: their archives' layouts could not be confirmed
+    offline).
     """
     from ilgnet_cli.ava_download import download_ava as run
 
+    dest = _ava_dir(dest)
     if not (source or manifest or from_path or (dest / "AVA.txt").exists()):
-        raise fail("give --source, --manifest or --from (or a DEST that already holds AVA.txt to re-verify)", 2)
+        source = DEFAULT_SOURCE
     with errors_as_messages():
         progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                             TimeRemainingColumn(), console=err, transient=True)
@@ -460,117 +479,135 @@ def download_ava(
     if as_json:
         print(json.dumps(summary))
     else:
-        out.print(f"AVA in {dest}: {report.listed} listed, {report.present} present, {len(report.missing)} missing, "
-                  f"{len(report.corrupt)} corrupt ({report.downloaded} downloaded, {report.imported} imported now)")
+        out.print(f"AVA in {escape(display(str(dest)))}: {report.listed} listed, {report.present} present, "
+                  f"{len(report.missing)} missing, {len(report.corrupt)} corrupt ({report.downloaded} downloaded, "
+                  f"{report.imported} imported now)", highlight=False)
         for failure in report.failures[:5]:
-            err.print(f"[yellow]failed[/] {escape(failure)}", highlight=False)
+            err.print(f"[yellow]failed[/] {escape(display(failure))}", highlight=False)
     if report.present == 0:
         raise typer.Exit(1)
 
 
+class PartitionKind(str, Enum):
+    ava1 = "ava1"
+    ava2 = "ava2"
+    standard = "standard"
+    ilgnet_ava1 = "ilgnet-ava1"
+    ilgnet_ava2 = "ilgnet-ava2"
+
+
 @app.command()
 def partition(
-    kind: Annotated[str, typer.Argument(help="ava1, ava2, standard, ilgnet-ava1 or ilgnet-ava2.")],
-    ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (from 'ilgnet download ava').")] = None,
+    kind: Annotated[PartitionKind, typer.Argument(help="ava1 / ava2 (random splits by the paper's rules), standard (the official split), ilgnet-ava1 / ilgnet-ava2 (the authors' exact lists, shipped with ilgnet).")],
+    ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (default: $ILGNET_DATA/ava).")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default: AVA/partitions/KIND).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the random splits.")] = 0,
     delta: Annotated[float, typer.Option(min=0.0, help="ava1: drop training images with |mean - 5| < delta.")] = 0.0,
-    lists: Annotated[Path | None, typer.Option(help="ilgnet-*: folder with the authors' AVA1/ and AVA2/ lists (default: fetch them).")] = None,
+    lists: Annotated[Path | None, typer.Option(help="ilgnet-*: a folder with other copies of the authors' AVA1/ and AVA2/ lists (default: the shipped ones).")] = None,
     ava_file: Annotated[Path | None, typer.Option(help="An AVA.txt elsewhere than AVA/AVA.txt.")] = None,
     test_list: Annotated[Path | None, typer.Option(help="standard: the official generic_test.jpgl (default: AVA/aesthetics_image_lists/).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print partition.json.")] = False,
 ) -> None:
     """Write a train/test partition: train.txt, test.txt (`<id>.jpg <label>`) and partition.json."""
-    from ilgnet_cli.ava import AVAFormatError
-    from ilgnet_cli.partition import KINDS, PartitionError, make_partition
+    from ilgnet_cli.partition import make_partition
 
-    if kind not in KINDS:
-        raise fail(f"unknown partition {kind!r} (choose {', '.join(KINDS)})", 2)
-    if out_dir is None:
-        if ava is None:
-            raise fail("give --out DIR (or --ava DIR to write into AVA/partitions/KIND)", 2)
-        out_dir = ava / "partitions" / kind
+    ava = _ava_dir(ava)
+    out_dir = out_dir or ava / "partitions" / kind.value
     with errors_as_messages():
-        try:
-            part = make_partition(kind, ava, out_dir, seed=seed, delta=delta, lists_dir=lists, ava_file=ava_file,
-                                  test_list=test_list)
-        except (PartitionError, AVAFormatError, OSError) as exc:
-            raise fail(str(exc)) from None
+        part = make_partition(kind.value, ava, out_dir, seed=seed, delta=delta, lists_dir=lists, ava_file=ava_file,
+                              test_list=test_list)
     summary = part.summary()
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     t = summary["test"]
-    out.print(f"{kind}: train {summary['train']['total']} ({summary['train']['per_class']}), test {t['total']} "
+    out.print(f"{kind.value}: train {summary['train']['total']} ({summary['train']['per_class']}), test {t['total']} "
               f"({t['per_class']}); always answering the majority class scores "
-              f"{summary['test_majority_baseline']:.1%} on this test set -> {out_dir}", highlight=False)
+              f"{summary['test_majority_baseline']:.1%} on this test set -> {escape(display(str(out_dir)))}",
+              highlight=False)
     for note in part.notes:
-        out.print(f"  note: {escape(note)}", highlight=False)
+        out.print(f"  note: {escape(display(note))}", highlight=False)
 
 
 # --------------------------------------------------------------------------- train / eval
 
+DATASET_HELP = ("ava1 or ava2 (the paper's protocol: the authors' lists), standard, ilgnet-ava1, ilgnet-ava2, "
+                "or a partition folder from 'ilgnet partition'.")
+
 
 @app.command()
 def prepare(
-    partition_dir: Annotated[Path, typer.Option("--partition", help="Partition folder (train.txt, test.txt).")],
-    images: Annotated[Path, typer.Option(help="Folder of <id>.jpg images.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Cache folder (about 197 KB an image).")],
+    dataset: Annotated[str, typer.Option("--dataset", "--partition", help=DATASET_HELP)] = "ava1",
+    ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (default: $ILGNET_DATA/ava).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg images (default: AVA/images).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Cache folder (default: AVA/prepared/PARTITION; about 197 KB an image).")] = None,
+    draft: Annotated[bool, typer.Option("--draft/--exact", help="JPEG draft decoding (faster, a few grey levels off) or full decoding as the authors (default).")] = False,
     jobs: Annotated[int, typer.Option(min=1, help="Decoding processes.")] = max(1, os.cpu_count() or 1),
 ) -> None:
     """Resize a partition's images once to 256x256 into a compact memory-mapped cache (like the authors' LMDB)."""
     from ilgnet_cli.ava import read_label_list
+    from ilgnet_cli.partition import resolve_partition
     from ilgnet_cli.prepare import prepare as run
 
-    ids = [i for name in ("train.txt", "test.txt") if (partition_dir / name).exists()
-           for i, _ in read_label_list(partition_dir / name)]
+    ava = _ava_dir(ava)
+    with errors_as_messages():
+        folder = resolve_partition(dataset, ava)
+        ids = [i for name in ("train.txt", "test.txt") if (folder / name).exists()
+               for i, _ in read_label_list(folder / name)]
     if not ids:
-        raise fail(f"no train.txt/test.txt in {partition_dir}", 2)
+        raise fail(f"no images listed in {escape(display(str(folder)))}", 1)
+    out_dir = out_dir or ava / "prepared" / folder.name
     progress = Progress(TextColumn("preparing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TimeRemainingColumn(), console=err, transient=True)
     task = progress.add_task("prepare", total=len(set(ids)))
     with errors_as_messages(), progress:
-        counts = run(ids, images, out_dir, jobs=jobs, progress=lambda d, t: progress.update(task, completed=d))
-    out.print(f"prepared {counts['prepared']} of {counts['images']} images into {out_dir} ({counts['failed']} failed; "
-              f"see failed.txt)")
+        counts = run(ids, images or ava / "images", out_dir, jobs=jobs, draft=draft,
+                     progress=lambda d, t: progress.update(task, completed=d))
+    out.print(f"prepared {counts['prepared']} of {counts['images']} images into {escape(display(str(out_dir)))} "
+              f"({counts['failed']} failed; see failed.txt)", highlight=False)
+
+
+class RecipeName(str, Enum):
+    paper = "paper"
+    fast = "fast"
 
 
 @app.command()
 def train(
-    partition_dir: Annotated[Path, typer.Option("--partition", help="Partition folder from 'ilgnet partition'.")],
-    images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg images (or use --prepared).")] = None,
+    dataset: Annotated[str, typer.Option("--dataset", "--partition", help=DATASET_HELP)] = "ava1",
+    ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (default: $ILGNET_DATA/ava).")] = None,
+    images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg images (default: AVA/images).")] = None,
     prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare' (fast).")] = None,
     init: Annotated[str, typer.Option(help="bvlc-googlenet (ImageNet trunk, fetched if needed), random, or ILGNet weights (name or file).")] = "bvlc-googlenet",
-    recipe: Annotated[str, typer.Option(help="paper (the authors' Caffe solver) or fast (AdamW + cosine; see README).")] = "paper",
-    iters: Annotated[int | None, typer.Option(min=1, help="Iterations (default: --epochs).")] = None,
-    epochs: Annotated[float | None, typer.Option(min=0.0, help="Epochs over train.txt (default 1 when --iters is absent).")] = None,
+    recipe: Annotated[RecipeName, typer.Option(help="paper: the authors' Caffe solver of the dataset (AVA1 or AVA2). fast: AdamW + cosine.")] = RecipeName.paper,
+    iters: Annotated[int | None, typer.Option(min=1, help="Iterations (default: paper: the solver's max_iter; fast: --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option(min=0.0, help="Epochs over the training list (fast: default 1).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Global batch (default: the recipe's; split across torchrun ranks).")] = None,
     lr: Annotated[float | None, typer.Option(help="Override the recipe's base learning rate.")] = None,
     dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Dropout of the FC layers (paper: 0.7).")] = 0.7,
-    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints/, best.safetensors, metrics.jsonl.")] = Path("runs/ilgnet"),
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoints/last.")] = False,
-    checkpoint_every: Annotated[int, typer.Option(min=1, help="Checkpoint (and validate) every K iterations.")] = 1000,
-    val_max: Annotated[int, typer.Option(min=0, help="Validate on at most this many test images (0 = all).")] = 2000,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default: a new one under $ILGNET_DATA/runs; with --resume the latest).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run from RUN_DIR/checkpoints/last (same settings).")] = False,
+    checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Validate and checkpoint every K iterations (default: the solver's test_interval; fast: 1000).")] = None,
+    val_size: Annotated[int, typer.Option(min=0, help="Validation images held out of the training list (at most a tenth of it; 0: none).")] = 2000,
+    val_list: Annotated[Path | None, typer.Option(help="A validation list (<id>.jpg <label>) instead; its images leave training.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16 autocast (default: on for CUDA).")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA (default: paper fp32, fast bf16).")] = None,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader workers per process.")] = 4,
-    seed: Annotated[int, typer.Option(help="Seed for init, data order, crops and dropout.")] = 0,
-    mean: Annotated[str, typer.Option(help="Mean to subtract: ava1, ava2, B,G,R or .npy.")] = "ava1",
+    seed: Annotated[int, typer.Option(help="Seed for init, validation split, data order, crops and dropout.")] = 0,
+    mean: Annotated[str | None, typer.Option(help="Mean to subtract: ava1, ava2 (mean images), imagenet, B,G,R, a .npy or .binaryproto (default: the dataset's).")] = None,
+    draft: Annotated[bool, typer.Option("--draft/--exact", help="JPEG draft decoding, or full decoding as the authors (default).")] = False,
     deterministic: Annotated[bool, typer.Option("--deterministic", help="torch deterministic algorithms (slower).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Fine-tune ILGNet on a partition. Multi-GPU: torchrun --nproc-per-node N -m ilgnet_cli train ..."""
-    from ilgnet_cli.train import RECIPES, TrainConfig
+    """Fine-tune ILGNet; with no options: the paper's AVA1 training from ImageNet GoogLeNet.
+
+    Multi-GPU: torchrun --nproc-per-node N -m ilgnet_cli train ...
+    """
+    from ilgnet_cli.partition import resolve_partition
+    from ilgnet_cli.train import TrainConfig
     from ilgnet_cli.train import train as run
 
-    if recipe not in RECIPES:
-        raise fail(f"unknown recipe {recipe!r} (choose {', '.join(RECIPES)})", 2)
-    if images is None and prepared is None:
-        raise fail("give --images DIR or --prepared DIR", 2)
-    cfg = TrainConfig(partition=partition_dir, out=out_dir, images=images, prepared=prepared, init=init, recipe=recipe,
-                      iters=iters, epochs=epochs, batch_size=batch_size, lr=lr, dropout=dropout, device=device,
-                      amp=amp, workers=workers, seed=seed, checkpoint_every=checkpoint_every,
-                      val_max=val_max or None, mean=mean, deterministic=deterministic, resume=resume)
+    ava = _ava_dir(ava)
     is_main = int(os.environ.get("RANK", "0")) == 0
     progress = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
@@ -578,53 +615,94 @@ def train(
     task = progress.add_task("train", total=None, loss="-", rate="")
 
     def update(rec: dict) -> None:
+        if rec.get("event") == "start":
+            what = "resuming" if resume else "writing"
+            progress.console.print(f"{what} {escape(display(rec['run_dir']))}: {rec['train_n']} training and "
+                                   f"{rec['val_n']} validation images, {rec['total']} iterations", highlight=False)
+            return
         progress.update(task, completed=rec["step"], total=rec["total"], loss=f"{rec['loss']:.4f}",
                         rate=f"{rec['images_per_s']:.1f} img/s")
 
-    with errors_as_messages(), progress:
-        summary = run(cfg, progress=update)
+    with errors_as_messages():
+        folder = resolve_partition(dataset, ava)
+        cfg = TrainConfig(partition=folder, out=out_dir, images=images or (None if prepared else ava / "images"),
+                          prepared=prepared, init=init, recipe=recipe.value, iters=iters, epochs=epochs,
+                          batch_size=batch_size, lr=lr, dropout=dropout, device=device, amp=amp, workers=workers,
+                          seed=seed, checkpoint_every=checkpoint_every, val_size=val_size, val_list=val_list,
+                          mean=mean, draft=draft, deterministic=deterministic, resume=resume)
+        with progress:
+            summary = run(cfg, progress=update)
     if not is_main:
         return
     if as_json:
         print(json.dumps(summary))
-    else:
-        best = summary["best_val_accuracy"]
-        out.print(f"trained {summary['steps']}/{summary['total']} iterations on {summary['world']} process(es); "
-                  f"best validation accuracy {best:.2%}" if best is not None else
-                  f"trained {summary['steps']}/{summary['total']} iterations on {summary['world']} process(es)")
-        out.print(f"install: ilgnet weights add {out_dir / 'best.safetensors'} --name my-ilgnet", highlight=False)
+        return
+    best = summary["best_val_accuracy"]
+    line = f"trained {summary['steps']}/{summary['total']} iterations on {summary['world']} process(es)"
+    out.print(line + (f"; best validation accuracy {best:.2%} on {summary['val_n']} held-out images"
+                      if best is not None else ""), highlight=False)
+    best_file = Path(summary["run_dir"]) / "best.safetensors"
+    out.print(f"install: ilgnet weights add {escape(display(str(best_file)))} --name my-ilgnet", highlight=False)
+
+
+class TTAMode(str, Enum):
+    none = "none"
+    mirror = "mirror"
+    tencrop = "10crop"
+
+
+class EvalPrecision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
 
 
 @app.command("eval")
 def eval_cmd(
-    dataset: Annotated[str, typer.Option(help="ava1, ava2, standard, ilgnet-ava1, ilgnet-ava2 (needs --ava) or a partition folder.")],
+    dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "ava1",
     weights: Annotated[str, typer.Option("--weights", "-w", help="Installed weights name or .safetensors file.")] = "ilgnet-ava1",
-    ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (images, AVA.txt for SRCC/PLCC).")] = None,
+    ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (default: $ILGNET_DATA/ava; AVA.txt for SRCC/PLCC).")] = None,
     images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg (default: AVA/images).")] = None,
     prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare'.")] = None,
-    tta: Annotated[str, typer.Option(help="none, mirror or 10crop.")] = "none",
+    tta: Annotated[TTAMode, typer.Option(help="Test-time augmentation.")] = TTAMode.none,
+    draft: Annotated[bool, typer.Option("--draft/--exact", help="JPEG draft decoding, or full decoding as the authors (default).")] = False,
+    precision: Annotated[EvalPrecision, typer.Option(help="fp32 as Caffe (default), or bf16 autocast.")] = EvalPrecision.fp32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     workers: Annotated[int, typer.Option(min=0)] = 4,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the report: .html (plots) or .json.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Accuracy next to the test set's majority baseline and the paper, with balanced accuracy, ROC AUC, CIs."""
     from ilgnet_cli.evaluate import comparison_rows, evaluate
+    from ilgnet_cli.fsutil import atomic_write_text, check_writable_file
 
+    if output is not None and output.suffix.lower() not in (".html", ".htm", ".json"):
+        raise fail("the report file must end in .html or .json", 2)
     with errors_as_messages():
-        result = evaluate(dataset, weights, ava_dir=ava, images=images, tta=tta, device=device,
-                          batch_size=batch_size, workers=workers, prepared=prepared)
+        if output is not None:
+            check_writable_file(output)
+        result = evaluate(dataset, weights, ava_dir=_ava_dir(ava), images=images, tta=tta.value, device=device,
+                          batch_size=batch_size, workers=workers, prepared=prepared, draft=draft,
+                          precision=precision.value)
+        if result is not None and output is not None:
+            if output.suffix.lower() == ".json":
+                atomic_write_text(output, json.dumps(result.to_json(), indent=2) + "\n")
+            else:
+                from ilgnet_cli.eval_report import to_html
+
+                atomic_write_text(output, to_html(result, result.labels, result.scores))
     if result is None:
         return
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
         return
     m = result.metrics
-    table = Table(title=f"{result.dataset}: {m.n} test images ({result.missing} missing)")
+    table = Table(title=f"{escape(display(result.dataset))}: {m.n} test images ({result.missing} missing); "
+                        f"{result.precision}, {result.decode} decoding, tta {result.tta}")
     for col in ("", "accuracy", "note"):
         table.add_column(col)
     for row in comparison_rows(result):
-        table.add_row(*row)
+        table.add_row(*(escape(display(c)) for c in row))
     out.print(table)
     (tn, fp), (fn, tp) = m.confusion
     out.print(f"balanced accuracy {m.balanced_accuracy:.2%} (95% CI {m.balanced_accuracy_ci[0]:.2%}–"
@@ -633,9 +711,9 @@ def eval_cmd(
     if m.srcc is not None:
         out.print(f"SRCC {m.srcc:.4f}, PLCC {m.plcc:.4f} between P(high) and the mean vote", highlight=False)
     for note in result.notes:
-        out.print(f"note: {note}", highlight=False)
-    if m.n == 0:
-        raise typer.Exit(1)
+        out.print(f"note: {escape(display(note))}", highlight=False)
+    if output is not None:
+        out.print(f"report: {escape(display(str(output)))}", highlight=False)
 
 
 def main() -> None:

@@ -15,10 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from ilgnet_cli import metrics
 from ilgnet_cli.ava import available, read_ava, read_label_list, resized_image
+from ilgnet_cli.errors import DataError, UsageError
 from ilgnet_cli.model import score_from_logits
-from ilgnet_cli.preprocess import CROP, RESIZE, to_blob
+from ilgnet_cli.preprocess import CROP, RESIZE, parse_mean, to_blob
 
 TTA = ("none", "mirror", "10crop")
+PRECISIONS = ("fp32", "bf16")
 
 
 def crops(tta: str) -> list[tuple[int, int, bool]]:
@@ -34,16 +36,18 @@ def crops(tta: str) -> list[tuple[int, int, bool]]:
 
 
 class _EvalImages(Dataset):
-    def __init__(self, items: list[tuple[int, int]], images: Path, mean_bgr, tta: str, cache=None) -> None:
-        self.items, self.images, self.mean_bgr, self.crops, self.cache = items, images, mean_bgr, crops(tta), cache
+    def __init__(self, items: list[tuple[int, int]], images: Path, mean, tta: str, cache=None,
+                 draft: bool = False) -> None:
+        self.items, self.images, self.mean, self.crops = items, images, parse_mean(mean), crops(tta)
+        self.cache, self.draft = cache, draft
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
         image_id, label = self.items[i]
-        img = resized_image(image_id, self.images, self.cache)
-        blobs = np.stack([to_blob(img, self.mean_bgr, t, left, m) for t, left, m in self.crops])
+        img = resized_image(image_id, self.images, self.cache, draft=self.draft)
+        blobs = np.stack([to_blob(img, self.mean, t, left, m) for t, left, m in self.crops])
         return i, torch.from_numpy(blobs), label
 
 
@@ -57,29 +61,37 @@ class EvalResult:
     listed: int
     paper_accuracy: float | None
     notes: list[str] = field(default_factory=list)
+    partition_kind: str | None = None
+    precision: str = "fp32"
+    decode: str = "exact"
+    labels: np.ndarray | None = field(default=None, repr=False)  # of the scored images, for plots
+    scores: np.ndarray | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
-        return {"dataset": self.dataset, "weights": self.weights, "tta": self.tta, "listed": self.listed,
+        return {"dataset": self.dataset, "partition_kind": self.partition_kind, "weights": self.weights,
+                "tta": self.tta, "precision": self.precision, "decode": self.decode, "listed": self.listed,
                 "missing_images": self.missing, "paper_accuracy": self.paper_accuracy,
                 "metrics": self.metrics.to_json(), "notes": self.notes}
 
 
-def predict(model: torch.nn.Module, items: list[tuple[int, int]], images: Path, mean_bgr, *, tta: str = "none",
-            device: torch.device, batch_size: int = 32, workers: int = 0, cache=None) -> np.ndarray:
+def predict(model: torch.nn.Module, items: list[tuple[int, int]], images: Path, mean, *, tta: str = "none",
+            device: torch.device, batch_size: int = 32, workers: int = 0, cache=None, draft: bool = False,
+            precision: str = "fp32") -> np.ndarray:
     """P(high) per item (averaged over TTA crops); shards across torchrun ranks and gathers."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     shard = list(range(rank, len(items), world))
-    ds = _EvalImages([items[i] for i in shard], images, mean_bgr, tta, cache)
+    ds = _EvalImages([items[i] for i in shard], images, mean, tta, cache, draft)
     cuda = device.type == "cuda"
+    bf16 = precision == "bf16"
     out = np.full(len(items), np.nan)
     model.eval()
     with torch.inference_mode():
         for idx, x, _ in DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=cuda):
             n, k = x.shape[:2]
             flat = x.view(n * k, 3, CROP, CROP).to(device).contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                p = score_from_logits(model(flat)).view(n, k).mean(1).cpu().numpy()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                p = score_from_logits(model(flat).float()).view(n, k).mean(1).cpu().numpy()
             out[[shard[i] for i in idx.tolist()]] = p
     if world > 1:
         t = torch.from_numpy(np.nan_to_num(out, nan=0.0)).to(device if cuda else "cpu")
@@ -90,54 +102,58 @@ def predict(model: torch.nn.Module, items: list[tuple[int, int]], images: Path, 
     return out
 
 
-def resolve_dataset(dataset: str, ava_dir: Path | None) -> tuple[Path, str]:
-    """A partition kind (built under AVA/partitions/ if needed) or a partition folder."""
-    from ilgnet_cli.partition import KINDS, make_partition
-
-    if dataset in KINDS:
-        if ava_dir is None:
-            raise ValueError(f"--dataset {dataset} needs --ava DIR (or pass a partition folder)")
-        folder = ava_dir / "partitions" / dataset
-        if not (folder / "test.txt").exists():
-            make_partition(dataset, ava_dir, folder)
-        return folder, dataset
-    folder = Path(dataset)
-    if not (folder / "test.txt").exists():
-        raise ValueError(f"--dataset: {folder} is neither a partition kind nor a folder with test.txt")
-    return folder, folder.name
-
-
 def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images: Path | None = None,
              tta: str = "none", device: str = "auto", batch_size: int = 32, workers: int = 0,
-             prepared: Path | None = None, rounds: int = 1000) -> EvalResult | None:
-    """Evaluate ``weights`` on the test list; returns the result on rank 0 (None on other ranks)."""
+             prepared: Path | None = None, rounds: int = 1000, draft: bool = False,
+             precision: str = "fp32") -> EvalResult | None:
+    """Evaluate ``weights`` on a test list; returns the result on rank 0 (None on other ranks).
+
+    ``dataset``: ``ava1``/``ava2`` (the paper's protocol: the authors' test lists), another
+    partition kind, or a partition folder. The paper's accuracy is reported only when the test
+    list is exactly the authors' one (by the partition's recorded kind and content).
+    """
     from ilgnet_cli import store
+    from ilgnet_cli.datadir import default_ava, missing_ava_hint
     from ilgnet_cli.distributed import init_distributed
+    from ilgnet_cli.partition import is_authors_test_list, read_kind, resolve_partition
+    from ilgnet_cli.prepare import decode_mode
     from ilgnet_cli.scoring import pick_device
 
     if tta not in TTA:
-        raise ValueError(f"--tta must be one of {', '.join(TTA)}")
-    dd = init_distributed(pick_device(device))
-    dev = dd.device
-    folder, name = resolve_dataset(dataset, ava_dir)
-    images = images or (ava_dir / "images" if ava_dir else folder / "images")
+        raise UsageError(f"test-time augmentation must be one of {', '.join(TTA)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}")
+    ava_dir = Path(ava_dir) if ava_dir else default_ava()
+    folder = resolve_partition(dataset, ava_dir)
+    kind = read_kind(folder)
+    images = Path(images) if images else (ava_dir / "images" if ava_dir.is_dir() else folder / "images")
+    if not (folder / "test.txt").exists():
+        raise DataError(f"no test.txt in {folder}")
     items = read_label_list(folder / "test.txt")
     cache = None
+    mode = decode_mode(draft)
     if prepared is not None:
         from ilgnet_cli.prepare import PreparedImages
 
         cache = PreparedImages(prepared)
+        if cache.decode != mode:
+            raise UsageError(f"{prepared} was prepared with {cache.decode} decoding, not {mode}")
     present = available(items, images, cache)
+    if not present:
+        hint = missing_ava_hint(ava_dir) if images == ava_dir / "images" else "check the image folder"
+        raise DataError(f"none of the {len(items)} test images of {folder.name} is in {images}: {hint}")
+    dd = init_distributed(pick_device(device))
+    dev = dd.device
     loaded = store.load_model(weights, dev)
-    p = predict(loaded.model, present, images, loaded.mean_bgr, tta=tta, device=dev, batch_size=batch_size,
-                workers=workers, cache=cache)
+    p = predict(loaded.model, present, images, loaded.mean, tta=tta, device=dev, batch_size=batch_size,
+                workers=workers, cache=cache, draft=draft, precision=precision)
     if dd.rank != 0:
         return None
     y = np.array([label for _, label in present])
     votes = None
     notes = []
-    ava_txt = (ava_dir / "AVA.txt") if ava_dir else None
-    if ava_txt is not None and ava_txt.exists():
+    ava_txt = ava_dir / "AVA.txt"
+    if ava_txt.exists():
         ava = read_ava(ava_txt)
         if all(i in ava.records for i, _ in present):
             votes = np.array([ava.records[i].mean for i, _ in present])
@@ -146,9 +162,14 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
     if len(present) < len(items):
         notes.append(f"{len(items) - len(present)} of {len(items)} test images are missing and were not scored; "
                      "accuracy is over the rest")
+    paper = metrics.PAPER_ACCURACY.get(kind) if is_authors_test_list(kind, items) else None
+    if paper is None:
+        notes.append("not comparable to the paper's accuracy: only the authors' AVA1/AVA2 test lists "
+                     "(dataset ava1 or ava2) are")
     m = metrics.compute(y, p, votes, rounds=rounds)
-    return EvalResult(dataset=name, weights=loaded.name, tta=tta, metrics=m, missing=len(items) - len(present),
-                      listed=len(items), paper_accuracy=metrics.PAPER_ACCURACY.get(name), notes=notes)
+    return EvalResult(dataset=folder.name, weights=loaded.name, tta=tta, metrics=m, missing=len(items) - len(present),
+                      listed=len(items), paper_accuracy=paper, notes=notes, partition_kind=kind,
+                      precision=precision, decode=mode, labels=y, scores=p)
 
 
 def comparison_rows(result: EvalResult) -> list[tuple[str, str, str]]:
@@ -157,6 +178,8 @@ def comparison_rows(result: EvalResult) -> list[tuple[str, str, str]]:
     rows = []
     if result.paper_accuracy is not None:
         rows.append(("paper (Jin et al. 2016)", f"{result.paper_accuracy:.2%}", "as reported; authors' test list"))
+    else:
+        rows.append(("paper (Jin et al. 2016)", "n/a", "not comparable: another test list"))
     rows.append(("always the majority class", f"{m.majority_baseline:.2%}", "baseline of this test set"))
     lo, hi = m.accuracy_ci
     rows.append((f"ours ({result.weights}, tta {result.tta})", f"{m.accuracy:.2%}", f"95% CI {lo:.2%}–{hi:.2%}"))

@@ -13,18 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ilgnet_cli.ava import AVAData, read_ava, read_id_list, read_label_list
+from ilgnet_cli.ava import AVAData, parse_label_lines, read_ava, read_id_list, read_label_list, write_label_list
 from ilgnet_cli.fsutil import atomic_write_text
 
 KINDS = ("ava1", "ava2", "standard", "ilgnet-ava1", "ilgnet-ava2")
+AUTHORS_KINDS = ("ilgnet-ava1", "ilgnet-ava2")
+# Which of the authors' two protocols (solver, mean image) a partition kind belongs to.
+PROTOCOL = {"ava1": "ava1", "standard": "ava1", "ilgnet-ava1": "ava1", "ava2": "ava2", "ilgnet-ava2": "ava2"}
 AVA1_TEST_SIZE = 20_000
 AVA2_FRACTION = 0.10
-# The authors' lists (BestiVictory/ILGnet, data/AVA{1,2}/{train,val}.txt).
-AUTHORS_LISTS_URL = "https://raw.githubusercontent.com/BestiVictory/ILGnet/master/data/{set}/{split}.txt"
 
 
 class PartitionError(ValueError):
-    pass
+    """A partition cannot be built from the given inputs (one line)."""
 
 
 @dataclass
@@ -148,43 +149,88 @@ def standard(ava: AVAData, test_list: str | Path, *, unavailable: set[int] | Non
     return part
 
 
+def shipped_list(which: str, split: str) -> list[tuple[int, int]]:
+    """The authors' list ``which`` (AVA1/AVA2), ``split`` (train/val), from the package data.
+
+    Shipped (xz-compressed, byte for byte; scripts/package_data.py) so that the paper's protocol
+    works offline; their ``val.txt`` is the test set the paper's accuracies were measured on.
+    """
+    import lzma
+    from importlib import resources
+
+    data = resources.files("ilgnet_cli").joinpath("data", "lists", which, f"{split}.txt.xz").read_bytes()
+    return parse_label_lines(lzma.decompress(data).decode("ascii"), f"{which}/{split}.txt")
+
+
 def authors(kind: str, lists_dir: str | Path | None, ava: AVAData | None = None,
-            unavailable: set[int] | None = None, cache_dir: str | Path | None = None) -> Partition:
-    """The ILGNet authors' exact lists (their labels kept), from ``lists_dir`` or their repository."""
+            unavailable: set[int] | None = None) -> Partition:
+    """The ILGNet authors' exact lists (their labels kept): shipped with ilgnet, or from ``lists_dir``."""
     which = {"ilgnet-ava1": "AVA1", "ilgnet-ava2": "AVA2"}[kind]
-    files = {}
+    lists: dict[str, list[tuple[int, int]]] = {}
+    part = Partition(kind, [], [])
     for split in ("train", "val"):
-        if lists_dir is not None:
-            path = Path(lists_dir) / which / f"{split}.txt"
-            if not path.exists():
-                path = Path(lists_dir) / f"{split}.txt"
-        else:
-            path = _fetch_list(which, split, cache_dir)
+        if lists_dir is None:
+            lists[split] = shipped_list(which, split)
+            part.inputs[f"{which}/{split}.txt"] = "shipped with ilgnet"
+            continue
+        path = Path(lists_dir) / which / f"{split}.txt"
+        if not path.exists():
+            path = Path(lists_dir) / f"{split}.txt"
         if not path.exists():
             raise PartitionError(f"authors' list not found: {path}")
-        files[split] = path
-    train, test = read_label_list(files["train"]), read_label_list(files["val"])
-    part = Partition(kind, train, test)
-    for path in files.values():
+        lists[split] = read_label_list(path)
         part.inputs[f"{which}/{path.name}"] = sha256_file(path)
+    part.train, part.test = lists["train"], lists["val"]
     if ava is not None:
         unavailable = unavailable or set()
-        part.missing = sorted(i for i, _ in train + test if i not in ava.records or i in unavailable)
+        part.missing = sorted(i for i, _ in part.train + part.test if i not in ava.records or i in unavailable)
         if kind == "ilgnet-ava1":
-            disagree = sum(1 for i, label in train + test if i in ava.records and ava.records[i].ava1_label != label)
+            disagree = sum(1 for i, label in part.train + part.test
+                           if i in ava.records and ava.records[i].ava1_label != label)
             part.notes.append(f"labels that disagree with mean > 5 on AVA.txt: {disagree}")
     return part
 
 
-def _fetch_list(which: str, split: str, cache_dir: str | Path | None) -> Path:
-    from ilgnet_cli.download import download
-    from ilgnet_cli.store import home
+def is_authors_test_list(kind: str | None, test: list[tuple[int, int]]) -> bool:
+    """True when ``test`` is exactly the authors' test list of ``kind`` (what the paper measured on)."""
+    if kind not in AUTHORS_KINDS:
+        return False
+    which = {"ilgnet-ava1": "AVA1", "ilgnet-ava2": "AVA2"}[kind]
+    return sorted(test) == sorted(shipped_list(which, "val"))
 
-    folder = Path(cache_dir) if cache_dir else home() / "lists"
-    dest = folder / which / f"{split}.txt"
-    if not dest.exists():
-        download([AUTHORS_LISTS_URL.format(set=which, split=split)], dest, retries=2)
-    return dest
+
+def holdout(items: list[tuple[int, int]], size: int, seed: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Split ``size`` validation items off ``items``, stratified by label and seeded -> (train, val).
+
+    Each class gives its share of ``size`` (rounded, at least one item of every class that has
+    two or more); the order of ``items`` is kept on both sides.
+    """
+    if size <= 0 or not items:
+        return list(items), []
+    size = min(size, len(items) - 1)
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, list[int]] = {}
+    for n, (_, label) in enumerate(items):
+        by_label.setdefault(label, []).append(n)
+    picked: set[int] = set()
+    for label in sorted(by_label):
+        members = by_label[label]
+        share = round(size * len(members) / len(items))
+        share = min(len(members) - 1, max(1 if len(members) > 1 else 0, share))
+        picked.update(members[i] for i in rng.permutation(len(members))[:share])
+    train = [it for n, it in enumerate(items) if n not in picked]
+    val = [it for n, it in enumerate(items) if n in picked]
+    return train, val
+
+
+def read_kind(folder: str | Path) -> str | None:
+    """The kind recorded in a partition folder's partition.json (None if there is none)."""
+    path = Path(folder) / "partition.json"
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if kind in KINDS else None
 
 
 def unavailable_ids(ava_dir: Path) -> set[int]:
@@ -232,9 +278,46 @@ def make_partition(kind: str, ava_dir: str | Path | None, out_dir: str | Path, *
     return part
 
 
+# ``--dataset ava1|ava2`` is the paper's protocol: the authors' own lists.
+DATASET_ALIASES = {"ava1": "ilgnet-ava1", "ava2": "ilgnet-ava2"}
+
+
+def resolve_partition(dataset: str, ava_dir: str | Path) -> Path:
+    """A dataset name or a partition folder -> a partition folder with train.txt and test.txt.
+
+    ``ava1``/``ava2`` mean the authors' AVA1/AVA2 lists (``ilgnet-ava1``/``ilgnet-ava2``); those,
+    and ``standard``, are built on demand under ``AVA/partitions/``. Anything else must be a
+    folder written by ``ilgnet partition``.
+    """
+    from ilgnet_cli.datadir import missing_ava_hint
+    from ilgnet_cli.errors import DataError, UsageError
+
+    kind = DATASET_ALIASES.get(dataset, dataset)
+    if kind in KINDS:
+        ava_dir = Path(ava_dir)
+        folder = ava_dir / "partitions" / kind
+        if (folder / "train.txt").exists() and (folder / "test.txt").exists():
+            return folder
+        if not ava_dir.is_dir():
+            raise DataError(f"no AVA data in {ava_dir}: {missing_ava_hint(ava_dir)}")
+        if kind not in AUTHORS_KINDS + ("standard",):
+            raise UsageError(f"{kind} is a random split: make it first with 'ilgnet partition {kind}', "
+                             "then pass its folder")
+        try:
+            make_partition(kind, ava_dir, folder)
+        except PartitionError as exc:
+            raise DataError(f"{exc}; {missing_ava_hint(ava_dir)}") from None
+        return folder
+    folder = Path(dataset).expanduser()
+    if not (folder / "test.txt").exists() and not (folder / "train.txt").exists():
+        names = ", ".join(["ava1", "ava2", "standard", *AUTHORS_KINDS])
+        raise UsageError(f"dataset {dataset!r} is neither one of {names} nor a partition folder (train.txt, test.txt)")
+    return folder
+
+
 def write_partition(part: Partition, out_dir: str | Path) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
-        atomic_write_text(out / f"{split}.txt", "".join(f"{i}.jpg {label}\n" for i, label in getattr(part, split)))
+        write_label_list(out / f"{split}.txt", getattr(part, split))
     atomic_write_text(out / "partition.json", json.dumps(part.summary(), indent=2) + "\n")

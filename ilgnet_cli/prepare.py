@@ -21,14 +21,27 @@ from ilgnet_cli.preprocess import RESIZE
 SHAPE = (RESIZE, RESIZE, 3)
 
 
-def _load(path: str) -> tuple[np.ndarray | None, str | None]:
+def _load(job: tuple[str, bool]) -> tuple[np.ndarray | None, str | None]:
     from ilgnet_cli.decode import DecodeError, decode
     from ilgnet_cli.preprocess import resize_bilinear
 
+    path, draft = job
     try:
-        return resize_bilinear(decode(path).rgb), None
+        return resize_bilinear(decode(path, draft=RESIZE if draft else None).rgb), None
     except (DecodeError, OSError) as exc:
         return None, str(exc)
+
+
+def decode_mode(draft: bool) -> str:
+    return "draft" if draft else "exact"
+
+
+def _read_mode(folder: Path) -> str:
+    # Caches made before the mode was recorded were always decoded in full.
+    try:
+        return str(json.loads((folder / "prepare.json").read_text()).get("decode", "exact"))
+    except (OSError, ValueError, AttributeError):
+        return "exact"
 
 
 class PreparedImages:
@@ -36,6 +49,7 @@ class PreparedImages:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
+        self.decode = _read_mode(self.folder)
         index = {int(k): v for k, v in json.loads((self.folder / "index.json").read_text()).items()}
         self.rows = len(index)
         done = np.fromfile(self.folder / "done.u8", dtype=np.uint8)
@@ -60,17 +74,29 @@ class PreparedImages:
         return {**self.__dict__, "_data": None}
 
 
-def prepare(ids: list[int], images: str | Path, out: str | Path, *, jobs: int = 4,
+def prepare(ids: list[int], images: str | Path, out: str | Path, *, jobs: int = 4, draft: bool = False,
             progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
-    """Decode + resize every id once into ``out``; resumable; returns counts."""
+    """Decode + resize every id once into ``out``; resumable; returns counts.
+
+    ``draft=False`` decodes every JPEG in full, as the authors' ``convert_imageset``; the mode is
+    recorded in ``prepare.json`` so that training and evaluation can insist on the same pixels.
+    """
+    from ilgnet_cli.errors import UsageError
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ids = sorted(set(ids))
     index_path = out / "index.json"
+    mode = decode_mode(draft)
     if index_path.exists():
         old = json.loads(index_path.read_text())
         if sorted(int(k) for k in old) != ids:
-            raise ValueError(f"{out} holds a cache for other images; use another --out")
+            raise UsageError(f"{out} holds a cache for other images; use another output folder")
+        if (old_mode := _read_mode(out)) != mode:
+            raise UsageError(f"{out} was prepared with {old_mode} decoding, not {mode}; use another output folder")
+    from ilgnet_cli.fsutil import atomic_write_text
+
+    atomic_write_text(out / "prepare.json", json.dumps({"decode": mode}) + "\n")
     index = {i: row for row, i in enumerate(ids)}
     array = np.memmap(out / "images_256.u8", dtype=np.uint8, mode="r+" if (out / "images_256.u8").exists() else "w+",
                       shape=(len(ids), *SHAPE))
@@ -80,8 +106,8 @@ def prepare(ids: list[int], images: str | Path, out: str | Path, *, jobs: int = 
     failed: list[str] = []
     finished = len(ids) - len(todo)
     with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        paths = [str(Path(images) / f"{i}.jpg") for i in todo]
-        for n, (image_id, (img, error)) in enumerate(zip(todo, pool.map(_load, paths, chunksize=16), strict=True), 1):
+        jobs_ = [(str(Path(images) / f"{i}.jpg"), draft) for i in todo]
+        for n, (image_id, (img, error)) in enumerate(zip(todo, pool.map(_load, jobs_, chunksize=16), strict=True), 1):
             if img is None:
                 failed.append(f"{image_id}: {error}")
                 continue

@@ -2,25 +2,33 @@
 
 The authors built their 256x256 LMDB with Caffe's ``convert_imageset`` (OpenCV decode,
 ``cv::resize`` with the default bilinear interpolation, no aspect preservation) and fed the
-net a 227x227 crop of it, BGR, 0-255, minus the mean. We reproduce that:
+net a 227x227 crop of it, BGR, 0-255, minus their mean image (``mean_file`` in train.prototxt
+and val.prototxt). We reproduce that:
 
 1. decode (``ilgnet_cli.decode``), EXIF orientation applied, any mode -> 8-bit RGB;
 2. resize to 256x256 exactly as ``cv2.resize(..., INTER_LINEAR)`` does (half-pixel centres,
    two taps, no antialiasing, OpenCV's fixed-point rounding: bit-identical uint8 output);
 3. centre crop 227 at offset (256 - 227) // 2 = 14, as Caffe's test-phase crop;
-4. RGB -> BGR, float32, minus the per-channel mean that belongs to the weights.
+4. RGB -> BGR, float32, minus the mean that belongs to the weights: for the authors' models the
+   256x256 mean image cropped at the same window (Caffe's DataTransformer), for ImageNet
+   GoogLeNet its per-channel constants.
 
-Training replaces step 3 with a random crop and a random horizontal mirror.
+Training replaces step 3 with a random crop and a random horizontal mirror; the mean image is
+cropped at the same window and mirrored with it, as Caffe does.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 RESIZE = 256
 CROP = 227
-# Per-channel (B, G, R) means of the authors' mean images (shared/ilgnet/mean/*.npy).
+# Per-channel (B, G, R) averages of the authors' mean images (for reference and old weight files).
 MEANS_BGR: dict[str, tuple[float, float, float]] = {
     "ava1": (91.0018, 99.4639, 107.8456),
     "ava2": (90.0504, 98.5853, 107.5091),
@@ -29,25 +37,31 @@ MEANS_BGR: dict[str, tuple[float, float, float]] = {
 }
 # Bumped whenever the pixels fed to the model, or what the cache stores with a score, change
 # (part of the score-cache key). 2: cached entries carry the sharpness for best-of-burst;
-# 3: sharpness measured on every second pixel.
-PREPROCESS_VERSION = 3
+# 3: sharpness measured on every second pixel; 4: the authors' mean image, not its channel means.
+PREPROCESS_VERSION = 4
 
 
-def _taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _taps(src: int, dst: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source indices and 11-bit fixed-point weights of OpenCV's INTER_LINEAR along one axis.
 
-    Positions are computed in float32 as OpenCV does; weights are rounded to 1/2048.
+    Positions are computed in float32 from OpenCV's ``scale = 1 / (dst / src)``; each weight is
+    rounded to 1/2048 on its own. Along x, OpenCV clamps the position into the image (weight 0
+    for the missing neighbour); along y it keeps the unclamped weights and clamps the rows, which
+    only matters when upscaling (the two rounded weights need not add up to 2048 there).
     """
-    pos = ((np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5).astype(np.float32)
+    scale = 1.0 / (dst / src)
+    pos = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     i0 = np.floor(pos).astype(np.int64)
     frac = (pos - i0).astype(np.float32)
-    low = i0 < 0
-    frac[low], i0[low] = 0.0, 0
-    high = i0 >= src - 1
-    frac[high], i0[high] = 0.0, src - 1
-    i1 = np.minimum(i0 + 1, src - 1)
-    w1 = np.rint(frac * _COEF_SCALE).astype(np.int32)
-    w0 = np.rint((1 - frac) * _COEF_SCALE).astype(np.int32)
+    if clamp:
+        low = i0 < 0
+        frac[low], i0[low] = 0.0, 0
+        high = i0 >= src - 1
+        frac[high], i0[high] = 0.0, src - 1
+    i1 = np.clip(i0 + 1, 0, src - 1)
+    i0 = np.clip(i0, 0, src - 1)
+    w1 = np.rint(frac * np.float32(_COEF_SCALE)).astype(np.int32)
+    w0 = np.rint((np.float32(1) - frac) * np.float32(_COEF_SCALE)).astype(np.int32)
     return i0, i1, w0, w1
 
 
@@ -63,8 +77,8 @@ def resize_bilinear(img: np.ndarray, height: int = RESIZE, width: int = RESIZE) 
     depend on the input size (a 24 MP photo costs the same as a 1 MP one).
     """
     h, w = img.shape[:2]
-    y0, y1, b0, b1 = _taps(h, height)
-    x0, x1, a0, a1 = _taps(w, width)
+    y0, y1, b0, b1 = _taps(h, height, clamp=False)
+    x0, x1, a0, a1 = _taps(w, width, clamp=True)
     a0, a1 = a0[None, :, None], a1[None, :, None]
 
     def horizontal(rows: np.ndarray) -> np.ndarray:
@@ -77,57 +91,167 @@ def resize_bilinear(img: np.ndarray, height: int = RESIZE, width: int = RESIZE) 
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def parse_mean(value: str | tuple[float, float, float] | np.ndarray) -> tuple[float, float, float]:
-    """``ava1``/``ava2``/``imagenet``, ``B,G,R``, a 3-tuple, or a CxHxW mean image -> (B, G, R)."""
+class MeanError(ValueError):
+    """A mean that cannot be used: unknown name, unreadable file, wrong shape, not finite."""
+
+
+# The authors' mean images ship with the package (ilgnet_cli/data/means, made from their .npy
+# files by scripts/package_data.py); ImageNet GoogLeNet was trained with per-channel constants.
+MEAN_IMAGES = ("ava1", "ava2")
+_MEAN_RANGE = (-1.0, 256.0)  # pixel means live in 0..255; anything else is a corrupt file
+
+
+@dataclass(frozen=True, eq=False)
+class Mean:
+    """What is subtracted from the BGR 0-255 input: a 3x256x256 image (cropped and mirrored with
+    the input, as Caffe's ``mean_file``) or per-channel constants (Caffe's ``mean_value``).
+
+    ``name`` says where it came from: ``ava1``/``ava2`` (the authors' images), ``imagenet``,
+    ``B,G,R`` constants, or ``image`` for a mean image read from a file.
+    """
+
+    name: str
+    bgr: tuple[float, float, float]  # per-channel average (of the image, when there is one)
+    image: np.ndarray | None = None  # 3x256x256 float32 BGR
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.image is not None else "per-channel"
+
+    def crop(self, top: int, left: int, mirror: bool = False) -> np.ndarray:
+        """The CROPxCROP window of the mean (3xHxW, or 3x1x1 constants that broadcast)."""
+        if self.image is None:
+            return np.asarray(self.bgr, dtype=np.float32)[:, None, None]
+        window = self.image[:, top:top + CROP, left:left + CROP]
+        return window[:, :, ::-1] if mirror else window
+
+    def describe(self) -> str:
+        if self.name in MEAN_IMAGES:
+            return f"{self.name} mean image"
+        if self.image is not None:
+            return "mean image (from a file)"
+        values = ",".join(f"{v:g}" for v in self.bgr)
+        return f"per-channel {values}" + (" (imagenet)" if self.name == "imagenet" else "")
+
+    def __repr__(self) -> str:
+        return f"Mean({self.describe()})"
+
+
+def _finite_pixels(values: np.ndarray, what: str) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float32)
+    if not np.all(np.isfinite(values)) or values.min() < _MEAN_RANGE[0] or values.max() > _MEAN_RANGE[1]:
+        raise MeanError(f"{what}: values must be finite pixel means in 0..255")
+    return values
+
+
+def mean_from_image(image: np.ndarray, name: str = "image") -> Mean:
+    """A 3x256x256 BGR mean image (or 3 per-channel values) -> Mean."""
+    arr = np.asarray(image)
+    if arr.shape == (3,):
+        vals = _finite_pixels(arr, "mean")
+        return Mean(name=name, bgr=tuple(float(v) for v in vals))  # type: ignore[arg-type]
+    if arr.shape != (3, RESIZE, RESIZE):
+        raise MeanError(f"a mean image must be 3x{RESIZE}x{RESIZE} (BGR), got shape {tuple(arr.shape)}")
+    img = np.ascontiguousarray(_finite_pixels(arr, "mean image"))
+    img.setflags(write=False)
+    bgr = tuple(float(v) for v in img.reshape(3, -1).mean(axis=1, dtype=np.float64))
+    return Mean(name=name, bgr=bgr, image=img)  # type: ignore[arg-type]
+
+
+@functools.cache
+def shipped_mean(name: str) -> Mean:
+    """The authors' AVA1/AVA2 mean image, from the package data."""
+    from importlib import resources
+
+    with resources.files("ilgnet_cli").joinpath("data", "means", f"{name}.npz").open("rb") as fh:
+        with np.load(fh, allow_pickle=False) as npz:
+            return mean_from_image(npz["image"], name)
+
+
+def channel_mean(bgr: tuple[float, float, float] | list[float], name: str | None = None) -> Mean:
+    vals = _finite_pixels(np.asarray(bgr, dtype=np.float64).reshape(-1), "mean")
+    if vals.shape != (3,):
+        raise MeanError("a per-channel mean needs 3 values (B,G,R)")
+    triple = tuple(float(v) for v in vals)
+    return Mean(name=name or ",".join(repr(v) for v in triple), bgr=triple)  # type: ignore[arg-type]
+
+
+def _read_mean_file(path: Path) -> Mean:
+    from ilgnet_cli.caffe_import import CaffeModelError, parse_blobproto
+
+    try:
+        size = path.stat().st_size
+        if size > 64 << 20:
+            raise MeanError(f"{path.name}: {size} bytes is far too large for a mean file")
+        if path.suffix.lower() == ".binaryproto":
+            try:
+                blob = parse_blobproto(path.read_bytes())
+            except CaffeModelError as exc:
+                raise MeanError(f"{path.name}: not a Caffe BlobProto ({exc})") from None
+            dims = tuple(d for d in blob.shape if d != 1) if len(blob.shape) > 3 else tuple(blob.shape)
+            if int(np.prod(dims)) != blob.data.size:
+                raise MeanError(f"{path.name}: mean blob shape {blob.shape} does not match its data")
+            return mean_from_image(blob.data.reshape(dims))
+        arr = np.load(path, allow_pickle=False, encoding="latin1")
+    except (OSError, ValueError, EOFError) as exc:
+        if isinstance(exc, MeanError):
+            raise
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise MeanError(f"cannot read mean file {path.name}: {first}") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        raise MeanError(f"{path.name}: give a .npy array, not an .npz archive")
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    return mean_from_image(arr)
+
+
+def parse_mean(value: str | Mean | tuple[float, float, float] | np.ndarray) -> Mean:
+    """``ava1``/``ava2`` (the authors' mean images), ``imagenet``, ``B,G,R``, a ``.npy`` or
+    ``.binaryproto`` mean file, a 3-tuple or an array -> Mean. Raises MeanError (one line)."""
+    if isinstance(value, Mean):
+        return value
     if isinstance(value, np.ndarray):
-        arr = value.astype(np.float64)
-        if arr.ndim == 3 and arr.shape[0] == 3:
-            return tuple(float(v) for v in arr.reshape(3, -1).mean(axis=1))  # type: ignore[return-value]
-        if arr.shape == (3,):
-            return tuple(float(v) for v in arr)  # type: ignore[return-value]
-        raise ValueError(f"mean array must be 3xHxW or 3 values, got shape {arr.shape}")
-    if isinstance(value, tuple):
-        if len(value) != 3:
-            raise ValueError("mean needs 3 values (B,G,R)")
-        return tuple(float(v) for v in value)  # type: ignore[return-value]
-    key = value.strip().lower()
-    if key in MEANS_BGR:
-        return MEANS_BGR[key]
+        return mean_from_image(value)
+    if isinstance(value, tuple | list):
+        return channel_mean(value)
+    text = str(value).strip()
+    key = text.lower()
+    if key in MEAN_IMAGES:
+        return shipped_mean(key)
+    if key == "imagenet":
+        return channel_mean(MEANS_BGR["imagenet"], "imagenet")
+    if key.endswith((".npy", ".binaryproto")):
+        return _read_mean_file(Path(text).expanduser())
     parts = key.split(",")
     if len(parts) != 3:
-        raise ValueError(f"mean must be one of {', '.join(MEANS_BGR)} or B,G,R (got {value!r})")
+        raise MeanError(f"mean must be ava1, ava2, imagenet, B,G,R or a .npy/.binaryproto file (got {text[:80]!r})")
     try:
-        return tuple(float(p) for p in parts)  # type: ignore[return-value]
+        return channel_mean([float(p) for p in parts])
     except ValueError:
-        raise ValueError(f"mean B,G,R values must be numbers (got {value!r})") from None
+        raise MeanError(f"mean B,G,R values must be numbers (got {text[:80]!r})") from None
 
 
-def load_mean_file(path: str) -> tuple[float, float, float]:
-    """Per-channel mean of a Caffe mean .npy (3x256x256 BGR; Python 2 headers are fine)."""
-    arr = np.load(path, allow_pickle=False, encoding="latin1")
-    return parse_mean(arr)
+def to_blob(resized: np.ndarray, mean: Mean, top: int, left: int, mirror: bool = False) -> np.ndarray:
+    """Crop CROPxCROP from a 256x256 RGB uint8 image -> CxHxW float32 BGR minus the mean.
+
+    As Caffe's DataTransformer: the mean image is subtracted at the crop window, and a mirrored
+    crop is the mirror of (image - mean) over that window.
+    """
+    crop = resized[top:top + CROP, left:left + CROP, ::-1].transpose(2, 0, 1)
+    blob = crop.astype(np.float32) - mean.crop(top, left)
+    return np.ascontiguousarray(blob[:, :, ::-1]) if mirror else blob
 
 
-def to_blob(resized: np.ndarray, mean_bgr: tuple[float, float, float], top: int, left: int,
-            mirror: bool = False) -> np.ndarray:
-    """Crop CROPxCROP from a 256x256 RGB uint8 image -> CxHxW float32 BGR minus mean."""
-    crop = resized[top:top + CROP, left:left + CROP, ::-1]
-    if mirror:
-        crop = crop[:, ::-1]
-    blob = crop.transpose(2, 0, 1).astype(np.float32)
-    blob -= np.asarray(mean_bgr, dtype=np.float32)[:, None, None]
-    return blob
+CENTRE = (RESIZE - CROP) // 2  # Caffe's test-phase crop offset
 
 
-def preprocess(rgb: np.ndarray, mean_bgr: tuple[float, float, float]) -> torch.Tensor:
+def preprocess(rgb: np.ndarray, mean: Mean) -> torch.Tensor:
     """Decoded RGB uint8 image (HxWx3) -> model input (3, 227, 227), deterministic centre crop."""
-    offset = (RESIZE - CROP) // 2
-    return torch.from_numpy(to_blob(resize_bilinear(rgb), mean_bgr, offset, offset))
+    return torch.from_numpy(to_blob(resize_bilinear(rgb), mean, CENTRE, CENTRE))
 
 
-def preprocess_train(rgb: np.ndarray, mean_bgr: tuple[float, float, float],
-                     rng: np.random.Generator) -> torch.Tensor:
+def preprocess_train(rgb: np.ndarray, mean: Mean, rng: np.random.Generator) -> torch.Tensor:
     """Training variant: random 227 crop of the 256x256 image and a random mirror (Caffe's)."""
     resized = rgb if rgb.shape[:2] == (RESIZE, RESIZE) else resize_bilinear(rgb)
     top, left = (int(v) for v in rng.integers(0, RESIZE - CROP + 1, size=2))
-    return torch.from_numpy(to_blob(resized, mean_bgr, top, left, mirror=bool(rng.integers(0, 2))))
+    return torch.from_numpy(to_blob(resized, mean, top, left, mirror=bool(rng.integers(0, 2))))

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 from ilgnet_cli.decode import DecodeError, decode
 from ilgnet_cli.distributed import Dist, init_distributed
 from ilgnet_cli.model import score_from_logits
-from ilgnet_cli.preprocess import RESIZE, preprocess
+from ilgnet_cli.preprocess import RESIZE, Mean, parse_mean, preprocess
 
 
 @dataclass
@@ -66,9 +66,9 @@ DECODE_TIMEOUT_S = 300
 class _Images(Dataset):
     """Decodes and preprocesses one file per item; errors travel as data, not exceptions."""
 
-    def __init__(self, paths: list[str], mean_bgr: tuple[float, float, float], exact: bool,
+    def __init__(self, paths: list[str], mean: Mean, exact: bool,
                  extra: Callable[[str, Any], dict[str, Any]] | None = None, max_pixels: int | None = None) -> None:
-        self.paths, self.mean_bgr, self.exact, self.extra = paths, mean_bgr, exact, extra
+        self.paths, self.mean, self.exact, self.extra = paths, parse_mean(mean), exact, extra
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
@@ -99,7 +99,7 @@ class _Images(Dataset):
             meta.update(width=decoded.size[0], height=decoded.size[1], format=decoded.format)
             if self.extra is not None:
                 meta.update(self.extra(path, decoded))
-            return i, preprocess(decoded.rgb, self.mean_bgr), meta
+            return i, preprocess(decoded.rgb, self.mean), meta
         except DecodeError as exc:
             meta["error"] = str(exc)
         except Exception as exc:  # noqa: BLE001 - one bad file must never end a batch run
@@ -159,7 +159,7 @@ def _worker_deaths_via_next() -> Iterator[None]:
 def score_paths(
     paths: Iterable[str | os.PathLike[str]],
     model: torch.nn.Module,
-    mean_bgr: tuple[float, float, float],
+    mean: Mean,
     *,
     device: torch.device | str = "cpu",
     batch_size: int = 16,
@@ -182,7 +182,7 @@ def score_paths(
     model.eval()
     # channels_last is faster for these convolutions on CPU (oneDNN) and on CUDA (cuDNN).
     model = model.to(memory_format=torch.channels_last)
-    dataset = _Images(files, mean_bgr, exact, extra, max_pixels)
+    dataset = _Images(files, mean, exact, extra, max_pixels)
     batch_size = max(1, batch_size)
     workers = max(0, workers)
     done = 0  # files[:done] have been yielded
@@ -350,7 +350,7 @@ def run_score(
     if progress:
         progress(_count(stats, done))
     try:
-        stream = score_paths([files[i] for i, _ in todo], loaded.model, loaded.mean_bgr, device=device,
+        stream = score_paths([files[i] for i, _ in todo], loaded.model, loaded.mean, device=device,
                              batch_size=batch_size, workers=workers, exact=exact, extra=extra,
                              max_pixels=max_pixels)
         for (i, key), result in zip(todo, stream, strict=False):

@@ -2,44 +2,73 @@
 
 Recipes:
 
-* ``paper``: the authors' Caffe solver (shared/ilgnet/solver): SGD with Caffe's momentum
-  update (the learning rate is applied before momentum, as Caffe does), base lr 1e-4,
-  momentum 0.9, weight decay 2e-4, per-layer multipliers from the prototxt (trunk 1/2, the
-  new FC layers 10/20 for weights/biases; biases never decay), step policy gamma 0.96 every
-  115,000 iterations, batch 48, random 227 crop + mirror of the 256x256 image.
+* ``paper``: the authors' Caffe solver of the partition's protocol (shared/ilgnet/solver:
+  AVA1 base lr 1e-4, step 115,000, 475,000 iterations; AVA2 base lr 1e-5, step 13,325,
+  533,000 iterations; both SGD with Caffe's momentum update, momentum 0.9, weight decay 2e-4,
+  gamma 0.96, batch 48), per-layer multipliers from the prototxt (trunk 1/2, the new FC
+  layers 10/20 for weights/biases; biases never decay), random 227 crop + mirror of the
+  256x256 image, the protocol's mean image, fp32 (Caffe had no mixed precision).
 * ``fast``: AdamW with fan-in-scaled learning rates: a layer's weights get
   ``lr * min(1, 128 / fan_in)``, so the FC layers on 200k and 376k inputs take
-  proportionally small steps; base lr 1e-4, weight decay 0.05 on weights
-  only, 3% linear warm-up then cosine decay to 0, label smoothing 0.1, batch 64, bf16 autocast
-  on CUDA (see README for why).
+  proportionally small steps; base lr 1e-4, decoupled weight decay 0.05 on weights only (the
+  same for every layer, whatever its lr), 3% linear warm-up then cosine decay to 0, label
+  smoothing 0.1, batch 64, bf16 autocast on CUDA.
 
-A checkpoint set (``RUN_DIR/checkpoints/last/``: model.safetensors + state.pt with optimizer,
-step, RNG states) is written atomically every ``--checkpoint-every`` iterations and at the
-end; ``--resume`` continues the exact schedule and data order. The best model by validation
-accuracy is kept as ``RUN_DIR/best.safetensors``.
+Validation never touches the test list: it is held out of train.txt (seeded, stratified) and
+written to ``RUN_DIR/val.txt``, or read from ``val_list``. ``RUN_DIR/config.json`` records
+everything that defines the run (the resolved solver included); ``resume`` refuses a run whose
+configuration differs. A checkpoint set (``RUN_DIR/checkpoints/last/``: model.safetensors +
+state.pt with optimizer, step, RNG states) is written atomically every ``checkpoint_every``
+iterations and at the end; the best model by validation accuracy is ``RUN_DIR/best.safetensors``.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import hashlib
 import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ilgnet_cli.ava import PartitionDataset, available
-from ilgnet_cli.distributed import init_distributed
+from ilgnet_cli import __version__
+from ilgnet_cli.ava import PartitionDataset, available, read_label_list, write_label_list
+from ilgnet_cli.distributed import Dist, init_distributed
+from ilgnet_cli.errors import DataError, UsageError
+from ilgnet_cli.fsutil import atomic_write_text
 from ilgnet_cli.model import HEAD_LAYERS, ILGNet, score_from_logits
 from ilgnet_cli.store import save_weights
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One of the authors' solver.prototxt files (shared/ilgnet/solver/AVA{1,2}_solver.prototxt)."""
+
+    base_lr: float
+    stepsize: int
+    max_iter: int
+    test_interval: int
+    test_iter: int
+    lr_policy: str = "step"
+    gamma: float = 0.96
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    batch: int = 48  # train.prototxt's data layer
+
+
+SOLVERS = {
+    "ava1": Solver(base_lr=1e-4, stepsize=115_000, max_iter=475_000, test_interval=4_750, test_iter=400),
+    "ava2": Solver(base_lr=1e-5, stepsize=13_325, max_iter=533_000, test_interval=533, test_iter=533),
+}
 
 
 @dataclass(frozen=True)
@@ -58,17 +87,37 @@ class Recipe:
     head_lr_mult: float = 10.0
     bias_lr_mult: float = 2.0
     fan_in_ref: int | None = None  # scale weight lrs by min(1, fan_in_ref / fan_in)
+    max_iter: int | None = None  # default length of a run (None: one epoch)
+    test_interval: int = 1000  # default validate-and-checkpoint interval
+    bf16: bool = False  # bf16 autocast by default on CUDA
+
+
+def paper_recipe(protocol: str) -> Recipe:
+    """The authors' training of ``protocol`` (ava1 or ava2), as their solver and prototxt set it."""
+    s = SOLVERS[protocol]
+    return Recipe(name="paper", optimizer="caffe-sgd", base_lr=s.base_lr, momentum=s.momentum,
+                  weight_decay=s.weight_decay, schedule=s.lr_policy, step_size=s.stepsize, gamma=s.gamma,
+                  batch_size=s.batch, max_iter=s.max_iter, test_interval=s.test_interval)
 
 
 RECIPES = {
-    "paper": Recipe("paper", "caffe-sgd", 1e-4, 0.9, 2e-4, "step", 115_000, 0.96, 0.0, 48, 0.0),
+    "paper": paper_recipe("ava1"),
     # Plain Adam(W) at one lr makes temp1/temp2 (200k and 376k inputs) explode: every weight
     # moves by ~lr, so their outputs move by lr * 1e6 (measured: loss 1.3 -> 600 in 30 steps).
     # So a layer's lr is base * min(1, 128 / fan_in): one Adam step moves each layer's output
     # by about the same small amount, whatever its width; the heads need no extra multiplier.
-    "fast": Recipe("fast", "adamw", 1e-4, 0.9, 0.05, "cosine", warmup=0.03, batch_size=64, label_smoothing=0.1,
-                   head_lr_mult=1.0, bias_lr_mult=1.0, fan_in_ref=128),
+    "fast": Recipe(name="fast", optimizer="adamw", base_lr=1e-4, momentum=0.9, weight_decay=0.05, schedule="cosine",
+                   warmup=0.03, batch_size=64, label_smoothing=0.1, head_lr_mult=1.0, bias_lr_mult=1.0,
+                   fan_in_ref=128, bf16=True),
 }
+
+
+def resolve_recipe(name: str, protocol: str, *, lr: float | None = None) -> Recipe:
+    """The recipe ``name`` for a partition of ``protocol`` (the paper recipe takes that protocol's solver)."""
+    if name not in RECIPES:
+        raise UsageError(f"unknown recipe {name!r} (choose {', '.join(RECIPES)})")
+    recipe = paper_recipe(protocol) if name == "paper" else RECIPES[name]
+    return recipe if lr is None else replace(recipe, base_lr=lr)
 
 
 class CaffeSGD(torch.optim.Optimizer):
@@ -110,6 +159,10 @@ def param_groups(model: ILGNet, recipe: Recipe) -> list[dict]:
     out = list(groups.values())
     for g in out:
         g["weight_decay"] = recipe.weight_decay * g["decay_mult"]
+        if recipe.optimizer == "adamw":
+            # AdamW decays by lr * weight_decay with the group's lr: undo the lr multiplier so that
+            # every layer decays by base_lr * weight_decay (else temp1/temp2 would barely decay).
+            g["weight_decay"] /= g["lr_mult"]
     return out
 
 
@@ -165,37 +218,178 @@ class _EpochDataset(torch.utils.data.Dataset):
 @dataclass
 class TrainConfig:
     partition: Path
-    out: Path
+    out: Path | None = None  # None: a new folder under $ILGNET_DATA/runs (the latest one with resume)
     images: Path | None = None
     prepared: Path | None = None
     init: str = "bvlc-googlenet"
     recipe: str = "paper"
-    iters: int | None = None
+    iters: int | None = None  # None: the recipe's (paper: the solver's max_iter), else epochs
     epochs: float | None = None
     batch_size: int | None = None
     lr: float | None = None
     dropout: float = 0.7
     device: str = "auto"
-    amp: bool | None = None  # default: on for CUDA
+    amp: bool | None = None  # None: the recipe's default (paper: fp32; fast: bf16 on CUDA)
     workers: int = 4
     seed: int = 0
-    checkpoint_every: int = 1000
+    checkpoint_every: int | None = None  # None: the recipe's test interval
     val_list: Path | None = None
-    val_max: int | None = 2000
-    mean: str = "ava1"
+    val_size: int = 2000  # held out of train.txt, at most a tenth of it; 0: no validation
+    mean: str | None = None  # None: the protocol's mean image (ava1 or ava2)
+    draft: bool = False  # JPEG draft decoding; the authors decoded in full
     deterministic: bool = False
     resume: bool = False
-    extra: dict = field(default_factory=dict)
+
+
+# What defines a run's result: a resumed run must match these exactly.
+DEFINING = ("partition_kind", "protocol", "train_list_sha256", "val", "decode", "init", "recipe", "iters",
+            "batch_size", "dropout", "seed", "mean", "precision")
+
+
+@dataclass
+class RunSetup:
+    """Everything train() resolved before the first step."""
+
+    run_dir: Path
+    recipe: Recipe
+    total: int
+    global_batch: int
+    every: int
+    amp: bool
+    mean: object
+    train_items: list[tuple[int, int]]
+    val_items: list[tuple[int, int]]
+    cache: object | None
+    images: Path
+    config: dict
+
+
+def _sha256_items(items: list[tuple[int, int]]) -> str:
+    return hashlib.sha256("".join(f"{i}.jpg {label}\n" for i, label in items).encode()).hexdigest()
+
+
+def _new_run_dir(cfg: TrainConfig, dd: Dist) -> Path:
+    """The run folder: --out, else the latest run of this partition (resume) or a new one."""
+    from ilgnet_cli.datadir import runs_dir
+
+    if cfg.out is not None:
+        return Path(cfg.out)
+    prefix = f"{cfg.partition.name}-"
+    if cfg.resume:
+        runs = sorted(p for p in runs_dir().glob(f"{prefix}*") if _checkpoint_dir(p) is not None)
+        if not runs:
+            raise DataError(f"nothing to resume: no run of {cfg.partition.name} with a checkpoint in {runs_dir()}")
+        return runs[-1]
+    name = [prefix + _dt.datetime.now().strftime("%Y%m%d-%H%M%S")]
+    if dd.world > 1:  # every rank must write into the folder rank 0 chose
+        dist.broadcast_object_list(name, src=0)
+    return runs_dir() / name[0]
+
+
+def _split_validation(cfg: TrainConfig, run_dir: Path, items: list[tuple[int, int]]
+                      ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], dict]:
+    """(train, val, how): val from val_list, from a resumed run's val.txt, or held out of train.txt."""
+    from ilgnet_cli.partition import holdout
+
+    saved = run_dir / "val.txt"
+    if cfg.val_list is not None:
+        val = read_label_list(cfg.val_list)
+        how = {"source": "list", "file": str(cfg.val_list)}
+    elif cfg.resume and saved.exists():
+        val = read_label_list(saved)
+        how = {"source": "held out of train.txt", "size": cfg.val_size}
+    else:
+        size = min(cfg.val_size, len(items) // 10)
+        _, val = holdout(items, size, cfg.seed)
+        how = {"source": "held out of train.txt", "size": cfg.val_size}
+    val_ids = {i for i, _ in val}
+    train_items = [it for it in items if it[0] not in val_ids]
+    return train_items, val, {**how, "n": len(val), "sha256": _sha256_items(val)}
+
+
+def _check_resume_config(run_dir: Path, config: dict) -> None:
+    try:
+        old = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        raise DataError(f"cannot resume {run_dir}: its config.json is missing or unreadable") from None
+    diffs = [f"{k}: {_short(old.get(k))} -> {_short(config.get(k))}" for k in DEFINING if old.get(k) != config.get(k)]
+    if diffs:
+        raise UsageError(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(diffs[:4])}"
+                         f"{' ...' if len(diffs) > 4 else ''}); use the same settings or a new run folder")
+
+
+def _short(value: object) -> str:
+    if isinstance(value, dict):
+        old = value
+        value = ", ".join(f"{k}={v}" for k, v in old.items() if k != "sha256")
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _setup(cfg: TrainConfig, dd: Dist, cuda: bool) -> RunSetup:
+    from ilgnet_cli.partition import PROTOCOL, read_kind
+    from ilgnet_cli.prepare import decode_mode
+    from ilgnet_cli.store import resolve_mean
+
+    kind = read_kind(cfg.partition)
+    protocol = PROTOCOL.get(kind or "", "ava1")
+    recipe = resolve_recipe(cfg.recipe, protocol, lr=cfg.lr)
+    global_batch = cfg.batch_size or recipe.batch_size
+    if global_batch % dd.world:
+        raise UsageError(f"batch size {global_batch} is not divisible by the {dd.world} processes")
+    amp = cuda and (recipe.bf16 if cfg.amp is None else cfg.amp)
+    mean = resolve_mean(cfg.mean or protocol)
+    decode = decode_mode(cfg.draft)
+
+    cache = None
+    if cfg.prepared is not None:
+        from ilgnet_cli.prepare import PreparedImages
+
+        cache = PreparedImages(cfg.prepared)
+        if cache.decode != decode:
+            raise UsageError(f"{cfg.prepared} was prepared with {cache.decode} decoding but this run uses {decode}")
+    images = Path(cfg.images or cfg.partition)
+    train_list = cfg.partition / "train.txt"
+    if not train_list.exists():
+        raise DataError(f"no train.txt in {cfg.partition}")
+    listed = read_label_list(train_list)
+    run_dir = _new_run_dir(cfg, dd)
+    items, val_items, val_how = _split_validation(cfg, run_dir, available(listed, images, cache))
+    val_items = available(val_items, images, cache)
+    if len(items) < global_batch:
+        raise DataError(f"only {len(items)} training images found in {cache.folder if cache else images} "
+                        f"({len(listed)} listed; batch {global_batch})")
+    steps_per_epoch = len(items) // global_batch
+    total = cfg.iters or (recipe.max_iter if cfg.epochs is None and recipe.max_iter else
+                          max(1, int(math.ceil((cfg.epochs or 1.0) * steps_per_epoch))))
+    config = {
+        "ilgnet_version": __version__, "torch_version": torch.__version__,
+        "partition": str(cfg.partition), "partition_kind": kind, "protocol": protocol,
+        "train_list_sha256": _sha256_items(listed), "train_images": len(items), "val": val_how,
+        "images": str(cfg.images) if cfg.images else None, "prepared": str(cfg.prepared) if cfg.prepared else None,
+        "decode": decode, "init": cfg.init, "recipe": asdict(recipe),
+        "solver": {"base_lr": recipe.base_lr, "lr_policy": recipe.schedule, "stepsize": recipe.step_size,
+                   "gamma": recipe.gamma, "momentum": recipe.momentum, "weight_decay": recipe.weight_decay,
+                   "max_iter": recipe.max_iter, "batch": global_batch},
+        "iters": total, "batch_size": global_batch, "dropout": cfg.dropout, "seed": cfg.seed,
+        "mean": mean.describe(), "precision": "bf16-autocast" if amp else "fp32",
+        "world": dd.world, "workers": cfg.workers, "deterministic": cfg.deterministic,
+    }
+    if cfg.resume:
+        _check_resume_config(run_dir, config)
+    every = cfg.checkpoint_every or min(recipe.test_interval, total)
+    return RunSetup(run_dir=run_dir, recipe=recipe, total=total, global_batch=global_batch, every=every, amp=amp,
+                    mean=mean, train_items=items, val_items=val_items, cache=cache, images=images, config=config)
 
 
 def _save_checkpoint(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, step: int, state: dict,
-                     mean_bgr: tuple[float, float, float]) -> Path:
+                     mean) -> Path:
     """Write checkpoints/last atomically: a new folder, then renames (old kept until done)."""
     ckpt_root = run_dir / "checkpoints"
     new, last, old = ckpt_root / f".tmp-{step}", ckpt_root / "last", ckpt_root / "last.old"
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
-    save_weights(new / "model.safetensors", model.state_dict(), mean_bgr, metadata={"step": str(step)})
+    save_weights(new / "model.safetensors", model.state_dict(), mean, metadata={"step": str(step)})
     full = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), **state}
     if torch.cuda.is_available():
         full["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -228,13 +422,30 @@ def _init_model(cfg: TrainConfig, model: ILGNet) -> str:
         if name == "bvlc-googlenet":
             store.fetch(name)
         else:
-            raise store.WeightsError(f"--init {name!r}: not installed and not a file")
+            raise store.WeightsError(f"initial weights {name!r}: not installed and not a file")
     _, path = store.resolve(name)
     state, meta = store.read_weights(path)
     store.check_state(state, full=meta.get("architecture") == store.ARCH_FULL)
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected
     return f"{name} ({len(state)} tensors; {len(missing)} fresh)"
+
+
+def _resume(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, cuda: bool) -> tuple[int, float, str]:
+    """Load the last checkpoint set into ``model`` and ``optimizer`` -> (step, best, where)."""
+    from ilgnet_cli.store import read_weights
+
+    ckpt = _checkpoint_dir(run_dir)
+    if ckpt is None:
+        raise DataError(f"nothing to resume: no checkpoint in {run_dir / 'checkpoints'}")
+    state, _ = read_weights(ckpt / "model.safetensors")
+    model.load_state_dict(state)
+    saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    torch.set_rng_state(saved["torch_rng"])
+    if cuda and "cuda_rng" in saved:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return int(saved["step"]), float(saved.get("best", -1.0)), str(ckpt)
 
 
 def _loader(ds: PartitionDataset, sampler: _EpochSampler, batch: int, cfg: TrainConfig, cuda: bool) -> DataLoader:
@@ -260,96 +471,96 @@ def validate(model: torch.nn.Module, ds: PartitionDataset, device: torch.device,
     return correct / max(1, total)
 
 
+class _RunLog:
+    """metrics.jsonl (and TensorBoard when installed), written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, step: int, resume: bool) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        if resume and self.path.exists():  # a resumed run drops what came after its checkpoint
+            keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
+            atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+        except Exception:  # noqa: BLE001 - tensorboard is optional
+            self.writer = None
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key in ("loss", "lr", "val_accuracy"):
+                if key in record:
+                    self.writer.add_scalar(f"{'val' if key.startswith('val') else 'train'}/{key}", record[key],
+                                           record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _validate_and_checkpoint(run: RunSetup, model: ILGNet, optimizer: torch.optim.Optimizer, step: int, best: float,
+                             val_ds: PartitionDataset | None, device: torch.device, per_rank: int, cfg: TrainConfig,
+                             log: _RunLog) -> float:
+    """Rank 0: validate, keep best.safetensors, write the checkpoint set -> the new best accuracy."""
+    if val_ds is None:
+        # No validation images: the latest model is the best we know.
+        save_weights(run.run_dir / "best.safetensors", model.state_dict(), run.mean, metadata={"step": str(step)})
+    else:
+        val_acc = validate(model, val_ds, device, per_rank, cfg.workers, run.amp)
+        log.write({"step": step, "val_accuracy": val_acc, "val_n": len(val_ds)})
+        if val_acc > best:
+            best = val_acc
+            save_weights(run.run_dir / "best.safetensors", model.state_dict(), run.mean,
+                         metadata={"step": str(step), "val_accuracy": f"{val_acc:.6f}"})
+    _save_checkpoint(run.run_dir, model, optimizer, step, {"best": best, "seed": cfg.seed}, run.mean)
+    return best
+
+
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) training; returns a summary. Works alone or under torchrun."""
     from ilgnet_cli.scoring import pick_device
-    from ilgnet_cli.store import resolve_mean
 
     dd = init_distributed(pick_device(cfg.device))
     device = dd.device
     cuda = device.type == "cuda"
-    amp = cuda if cfg.amp is None else (cfg.amp and cuda)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    recipe = RECIPES[cfg.recipe]
-    if cfg.lr is not None:
-        recipe = Recipe(**{**asdict(recipe), "base_lr": cfg.lr})
-    global_batch = cfg.batch_size or recipe.batch_size
-    if global_batch % dd.world:
-        raise ValueError(f"batch size {global_batch} is not divisible by the {dd.world} processes")
-    per_rank = global_batch // dd.world
-    mean_bgr = resolve_mean(cfg.mean)
-
-    cache = None
-    if cfg.prepared is not None:
-        from ilgnet_cli.prepare import PreparedImages
-
-        cache = PreparedImages(cfg.prepared)
-    images = cfg.images or cfg.partition
-    train_ds = PartitionDataset(cfg.partition / "train.txt", images, mean_bgr, train=True, seed=cfg.seed, cache=cache)
-    train_ds.items = available(train_ds.items, images, cache)
-    if len(train_ds) < global_batch:
-        raise ValueError(f"only {len(train_ds)} training images found (batch {global_batch})")
-    val_path = cfg.val_list or cfg.partition / "test.txt"
-    val_ds = None
-    if val_path.exists():
-        val_ds = PartitionDataset(val_path, images, mean_bgr, cache=cache)
-        val_ds.items = available(val_ds.items, images, cache)
-        if cfg.val_max and len(val_ds.items) > cfg.val_max:
-            pick = np.random.default_rng(0).choice(len(val_ds.items), cfg.val_max, replace=False)
-            val_ds.items = [val_ds.items[i] for i in sorted(pick)]
-
-    steps_per_epoch = len(train_ds) // global_batch
-    total = cfg.iters or max(1, int(math.ceil((cfg.epochs or 1.0) * steps_per_epoch)))
+    run = _setup(cfg, dd, cuda)
+    recipe, total, per_rank = run.recipe, run.total, run.global_batch // dd.world
+    train_ds = PartitionDataset(run.train_items, run.images, run.mean, train=True, seed=cfg.seed, cache=run.cache,
+                                draft=cfg.draft)
+    val_ds = PartitionDataset(run.val_items, run.images, run.mean, cache=run.cache, draft=cfg.draft) \
+        if run.val_items else None
+    steps_per_epoch = len(train_ds) // run.global_batch
 
     torch.manual_seed(cfg.seed + dd.rank)
     model = ILGNet(dropout=cfg.dropout)
     init_note = _init_model(cfg, model)
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
-    run_dir = cfg.out
     step, best, history_note = 0, -1.0, ""
     if cfg.resume:
-        from ilgnet_cli.store import read_weights
-
-        ckpt = _checkpoint_dir(run_dir)
-        if ckpt is None:
-            raise ValueError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
-        state, _ = read_weights(ckpt / "model.safetensors")
-        model.load_state_dict(state)
-        saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        step, best = int(saved["step"]), float(saved.get("best", -1.0))
-        torch.set_rng_state(saved["torch_rng"])
-        if cuda and "cuda_rng" in saved:
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        history_note = f"resumed at step {step}"
-        init_note = f"checkpoint {ckpt}"
+        step, best, where = _resume(run.run_dir, model, optimizer, cuda)
+        history_note, init_note = f"resumed at step {step}", f"checkpoint {where}"
     ddp_model = model
     if dd.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
-    metrics_path = run_dir / "metrics.jsonl"
-    writer = None
+    log = None
     if dd.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume and metrics_path.exists():
-            keep = [ln for ln in metrics_path.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
-            metrics_path.write_text("".join(ln + "\n" for ln in keep))
-        (run_dir / "config.json").write_text(json.dumps({**{k: str(v) if isinstance(v, Path) else v
-                                                            for k, v in asdict(cfg).items()},
-                                                         "recipe_values": asdict(recipe), "world": dd.world,
-                                                         "init": init_note}, indent=2))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(run_dir / "tb"))
-        except Exception:  # noqa: BLE001 - tensorboard is optional
-            writer = None
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_label_list(run.run_dir / "val.txt", run.val_items)
+        atomic_write_text(run.run_dir / "config.json", json.dumps(run.config, indent=2) + "\n")
+        log = _RunLog(run.run_dir, step, cfg.resume)
+        if progress:
+            progress({"event": "start", "run_dir": str(run.run_dir), "total": total, "step": step,
+                      "val_n": len(run.val_items), "train_n": len(train_ds)})
 
     sampler = _EpochSampler(train_ds, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=cfg.seed,
                             drop_last=True)
-    loader = None
     ddp_model.train()
     t0, seen, last_log = time.monotonic(), 0, time.monotonic()
     data_wait = 0.0
@@ -357,9 +568,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
         epoch, offset = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
         sampler.start = offset * per_rank
-        loader = _loader(train_ds, sampler, per_rank, cfg, cuda)
         t_data = time.monotonic()
-        for x, y in loader:
+        for x, y in _loader(train_ds, sampler, per_rank, cfg, cuda):
             data_wait += time.monotonic() - t_data
             lr = lr_at(recipe, step, total)
             for g in optimizer.param_groups:
@@ -369,14 +579,14 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
             # Dropout masks depend on (seed, step, rank) only, not on how much of the global
             # RNG stream data loaders or validation used: a resumed run replays them exactly.
             torch.manual_seed(cfg.seed * 1_000_003 + step * 7_919 + dd.rank)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.amp):
                 logits = ddp_model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             step += 1
-            seen += global_batch
+            seen += run.global_batch
             loss_value = loss.detach()
             if dd.world > 1:
                 dist.all_reduce(loss_value)
@@ -384,43 +594,25 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
             elapsed = time.monotonic() - t0
             record = {"step": step, "epoch": epoch, "loss": float(loss_value), "lr": lr,
                       "images_per_s": seen / max(elapsed, 1e-9), "data_wait_share": data_wait / max(elapsed, 1e-9)}
-            if dd.main:
-                with metrics_path.open("a") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    writer.add_scalar("train/loss", record["loss"], step)
-                    writer.add_scalar("train/lr", lr, step)
+            if log is not None:
+                log.write(record)
                 if progress and (time.monotonic() - last_log > 0.5 or step == total):
                     progress({**record, "total": total})
                     last_log = time.monotonic()
-            if step % cfg.checkpoint_every == 0 or step == total:
-                val_acc = None
-                if dd.main:
-                    if val_ds is None or not len(val_ds):
-                        # No validation images: the latest model is the best we know.
-                        save_weights(run_dir / "best.safetensors", model.state_dict(), mean_bgr,
-                                     metadata={"step": str(step)})
-                    else:
-                        val_acc = validate(model, val_ds, device, per_rank, cfg.workers, amp)
-                        with metrics_path.open("a") as fh:
-                            fh.write(json.dumps({"step": step, "val_accuracy": val_acc, "val_n": len(val_ds)}) + "\n")
-                        if writer is not None:
-                            writer.add_scalar("val/accuracy", val_acc, step)
-                        if val_acc > best:
-                            best = val_acc
-                            save_weights(run_dir / "best.safetensors", model.state_dict(), mean_bgr,
-                                         metadata={"step": str(step), "val_accuracy": f"{val_acc:.6f}"})
-                    _save_checkpoint(run_dir, model, optimizer, step, {"best": best, "seed": cfg.seed}, mean_bgr)
+            if step % run.every == 0 or step == total:
+                if log is not None:
+                    best = _validate_and_checkpoint(run, model, optimizer, step, best, val_ds, device, per_rank, cfg,
+                                                    log)
                 if dd.world > 1:
                     dist.barrier()
             if step >= total:
                 break
             t_data = time.monotonic()
-    if writer is not None:
-        writer.close()
+    if log is not None:
+        log.close()
     summary = {"steps": step, "total": total, "best_val_accuracy": best if best >= 0 else None,
-               "run_dir": str(run_dir), "world": dd.world, "init": init_note, "note": history_note,
-               "images_per_s": seen / max(time.monotonic() - t0, 1e-9)}
+               "val_n": len(run.val_items), "run_dir": str(run.run_dir), "world": dd.world, "init": init_note,
+               "note": history_note, "images_per_s": seen / max(time.monotonic() - t0, 1e-9)}
     if dd.world > 1:
         dist.barrier()
         dist.destroy_process_group()

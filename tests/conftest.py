@@ -33,6 +33,7 @@ def ilgnet_home(tmp_path, monkeypatch):
     """Every test gets an empty weights store and no network access to real hosts."""
     home = tmp_path / "ilgnet-home"
     monkeypatch.setenv("ILGNET_HOME", str(home))
+    monkeypatch.setenv("ILGNET_DATA", str(tmp_path / "ilgnet-data"))
     monkeypatch.delenv("ILGNET_OFFLINE", raising=False)
     monkeypatch.delenv("ILGNET_REGISTRY", raising=False)
     return home
@@ -102,4 +103,4 @@ def weights_file(tmp_path_factory):
     for name, _, (w, b) in layers:
         key = name.replace("/", ".")
         state[f"{key}.weight"], state[f"{key}.bias"] = w, b
-    return save_weights(tmp_path_factory.mktemp("weights") / "random.safetensors", state, (91.0018, 99.4639, 107.8456))
+    return save_weights(tmp_path_factory.mktemp("weights") / "random.safetensors", state, "ava1")

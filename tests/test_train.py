@@ -27,7 +27,6 @@ from ilgnet_cli.cli import app
 from ilgnet_cli.evaluate import predict
 from ilgnet_cli.metrics import roc_auc
 from ilgnet_cli.model import ILGNet
-from ilgnet_cli.preprocess import MEANS_BGR
 from ilgnet_cli.train import RECIPES, CaffeSGD, TrainConfig, lr_at, param_groups, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -47,7 +46,7 @@ def small_task(tmp_path_factory):
 def test_learns_sharp_vs_blurred_from_random_init(blur_task, tmp_path):
     cfg = TrainConfig(partition=blur_task, out=tmp_path / "run", images=blur_task / "images", init="random",
                       recipe="fast", lr=1e-3, iters=20, batch_size=8, dropout=0.0, workers=0, device="cpu",
-                      checkpoint_every=10, val_max=None, seed=0)
+                      checkpoint_every=10, seed=0)
     summary = train(cfg)
     assert summary["steps"] == 20 and summary["best_val_accuracy"] is not None
     losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
@@ -56,13 +55,13 @@ def test_learns_sharp_vs_blurred_from_random_init(blur_task, tmp_path):
     # 32 held-out crops from 4 photos never seen in training; chance is AUC 0.5 (measured: 0.82).
     lw = store.load_model(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
     items = read_label_list(blur_task / "test.txt")
-    p = predict(lw.model, items, blur_task / "images", lw.mean_bgr, device=torch.device("cpu"))
+    p = predict(lw.model, items, blur_task / "images", lw.mean, device=torch.device("cpu"))
     auc = roc_auc(np.array([label for _, label in items]), p)
     assert auc >= 0.72, auc
     # The best checkpoint installs into the store and scores.
     result = CliRunner().invoke(app, ["weights", "add", str(tmp_path / "run" / "best.safetensors"), "--name", "blur"])
     assert result.exit_code == 0, result.output
-    assert store.load_model("blur").mean_bgr == MEANS_BGR["ava1"]
+    assert store.load_model("blur").mean.name == "ava1"  # the protocol's mean image travels with the weights
 
 
 def _train_cmd(task: Path, out: Path, *extra: str) -> list[str]:
@@ -102,7 +101,7 @@ def test_ddp_two_processes_match_single_process(small_task, tmp_path):
 
 
 def test_resume_after_kill_matches_uninterrupted_run(small_task, tmp_path):
-    args = ("--recipe", "fast", "--iters", "4", "--batch-size", "4", "--checkpoint-every", "2", "--val-max", "4")
+    args = ("--recipe", "fast", "--iters", "4", "--batch-size", "4", "--checkpoint-every", "2", "--val-size", "4")
     full = subprocess.run([sys.executable, *_train_cmd(small_task, tmp_path / "full", *args)], env=ENV,
                           capture_output=True, text=True, timeout=900)
     assert full.returncode == 0, full.stderr

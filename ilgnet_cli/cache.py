@@ -9,6 +9,7 @@ worst the last uncommitted batch is scored again.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -86,12 +87,16 @@ class ScoreCache:
             return None
         if row is None or row[0] != key.size or row[1] != key.mtime_ns:
             return None
-        return Cached(score=row[2], error=row[3], meta=json.loads(row[4]))
+        return _cached(row[2], row[3], row[4])
 
     def put_many(self, items: list[tuple[FileKey, float | None, str | None, dict[str, Any]]]) -> None:
         if not items or self.problem:
             return
         now = time.time()
+        # A non-finite score (NaN is stored as NULL) would be a result no later run can use.
+        items = [item for item in items if item[2] is not None or _finite(item[1])]
+        if not items:
+            return
         rows = [(db_text(k.path), k.size, k.mtime_ns, self.weights, self.prep, self.mode, score, error,
                  json.dumps(meta, default=str), now) for k, score, error, meta in items]
         try:
@@ -109,6 +114,27 @@ class ScoreCache:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _finite(score: object) -> bool:
+    return isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
+
+
+def _cached(score: object, error: object, meta: object) -> Cached | None:
+    """A row as a hit, or None (a miss, scored again) for anything a run could not use: a
+    failure without its message, a score that is NULL/NaN/inf/text, meta that is not a JSON
+    object (rows from older versions or edited by hand)."""
+    if error is not None and not isinstance(error, str):
+        return None
+    if error is None and not _finite(score):
+        return None
+    try:
+        info = json.loads(meta) if isinstance(meta, (str, bytes)) else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    return Cached(score=float(score) if _finite(score) else None, error=error, meta=info)
 
 
 def open_cache(db_path: str | Path, weights_sha256: str, prep_version: int,

@@ -32,7 +32,10 @@ from ilgnet_cli.preprocess import load_mean_file, parse_mean
 
 ARCH_FULL = "ilgnet"
 ARCH_TRUNK = "ilgnet-trunk"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Always used with fullmatch: "$" would also accept a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a registry download's file name
+MAX_REGISTRY_BYTES = 16 << 20
 
 NO_WEIGHTS_HELP = (
     "no ILGNet weights installed. Get them one of three ways: "
@@ -90,8 +93,59 @@ class Registry:
         try:
             return self.weights[name]
         except KeyError:
-            known = ", ".join(sorted(self.weights))
-            raise WeightsError(f"unknown weights {name!r}; known: {known}") from None
+            known = _cut(", ".join(sorted(self.weights)), 160)
+            raise WeightsError(f"unknown weights {_cut_name(name)}; known: {known}") from None
+
+
+def _cut(value: object, limit: int = 80) -> str:
+    """``value`` for a one-line message: printable, at most ``limit`` characters."""
+    text = value if isinstance(value, str) else repr(value)
+    head = "".join(c if c.isprintable() else "?" for c in text[:limit + 1])
+    return head if len(head) <= limit else head[:limit - 3] + "..."
+
+
+def _cut_name(name: object) -> str:
+    return repr(name) if isinstance(name, str) and len(name) <= 80 and name.isprintable() else _cut(repr(name))
+
+
+# WeightSpec fields as the registry JSON spells them: (types, required).
+_SPEC_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "description": ((str,), True), "kind": ((str,), True), "architecture": ((str,), True),
+    "file": ((str,), True), "sources": ((list,), True), "checksum": ((str, type(None)), False),
+    "size": ((int, type(None)), False), "size_note": ((str,), False), "mean": ((str,), False),
+    "paper_accuracy": ((str,), False),
+}
+
+
+def _spec_from_json(name: object, entry: object) -> WeightSpec:
+    """One registry entry, checked: the registry file is input, never trusted."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ValueError(f"invalid weights name {_cut_name(name)}")
+    if not isinstance(entry, dict):
+        raise ValueError(f"entry {name!r} is not an object")
+    for key, value in entry.items():
+        if key not in _SPEC_FIELDS:
+            raise ValueError(f"entry {name!r} has an unknown field {_cut_name(key)}")
+        types, _ = _SPEC_FIELDS[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise ValueError(f"entry {name!r}: {key!r} has the wrong type ({type(value).__name__})")
+    absent = [k for k, (_, required) in _SPEC_FIELDS.items() if required and k not in entry]
+    if absent:
+        raise ValueError(f"entry {name!r} lacks {', '.join(absent)}")
+    if entry["kind"] not in ("caffemodel", "safetensors"):
+        raise ValueError(f"entry {name!r}: unknown kind {_cut_name(entry['kind'])}")
+    if entry["architecture"] not in (ARCH_FULL, ARCH_TRUNK):
+        raise ValueError(f"entry {name!r}: unknown architecture {_cut_name(entry['architecture'])}")
+    if not FILE_RE.fullmatch(entry["file"]):
+        raise ValueError(f"entry {name!r}: 'file' must be a plain file name, not {_cut_name(entry['file'])}")
+    sources = entry["sources"]
+    if not sources or not all(isinstance(u, str) and u.startswith(("http://", "https://")) for u in sources):
+        raise ValueError(f"entry {name!r}: 'sources' must be a non-empty list of http(s) URLs")
+    if entry.get("size") is not None and entry["size"] < 0:
+        raise ValueError(f"entry {name!r}: negative size")
+    if entry.get("checksum") is not None:
+        Checksum.parse(entry["checksum"])
+    return WeightSpec(name=name, **entry)
 
 
 def registry_path() -> Path:
@@ -107,11 +161,19 @@ def registry_path() -> Path:
 def load_registry(path: str | Path | None = None) -> Registry:
     path = Path(path) if path else registry_path()
     try:
+        if path.stat().st_size > MAX_REGISTRY_BYTES:
+            raise ValueError(f"larger than {MAX_REGISTRY_BYTES >> 20} MB")
         raw = json.loads(path.read_text(encoding="utf-8"))
-        specs = {name: WeightSpec(name=name, **entry) for name, entry in raw["weights"].items()}
-        return Registry(default=raw.get("default", "ilgnet-ava1"), weights=specs)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"cannot read weights registry {path}: {exc}") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("weights"), dict):
+            raise ValueError("expected an object with a 'weights' object")
+        default = raw.get("default", "ilgnet-ava1")
+        if not isinstance(default, str) or not NAME_RE.fullmatch(default):
+            raise ValueError(f"invalid default {_cut_name(default)}")
+        specs = {name: _spec_from_json(name, entry) for name, entry in raw["weights"].items()}
+        return Registry(default=default, weights=specs)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(f"cannot read weights registry {_cut(str(path))}: {_cut(detail, 160)}") from None
 
 
 # --------------------------------------------------------------------------- records
@@ -136,20 +198,42 @@ class Installed:
         return d
 
 
+def _store_file(name: str, suffix: str) -> Path:
+    """``weights/NAME<suffix>`` for a valid name; a link there that leads out of the store is refused."""
+    _check_name(name)
+    folder = weights_dir()
+    path = folder / f"{name}{suffix}"
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise WeightsError(f"{name}{suffix} in the weights store is a link to outside the weights store "
+                           f"({_cut(str(path.resolve()))}); refusing to use it")
+    return path
+
+
 def _record_path(name: str) -> Path:
-    return weights_dir() / f"{name}.json"
+    return _store_file(name, ".json")
 
 
 def installed(name: str) -> Installed | None:
+    """The install record of ``name``, or None (not installed, invalid name, unreadable record).
+
+    The record is only a note: its ``name`` must be its file's, and the weights are always
+    ``weights/NAME.safetensors`` whatever ``path`` it holds, so an edited record cannot make the
+    store read or delete anything else. Raises WeightsError for a store file linked outside.
+    """
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return None
     rec = _record_path(name)
     if not rec.exists():
         return None
+    target = _store_file(name, ".safetensors")
     try:
         d = json.loads(rec.read_text(encoding="utf-8"))
-        d["path"] = Path(d["path"])
-        d["mean_bgr"] = tuple(d["mean_bgr"])
+        if not isinstance(d, dict) or d.get("name") != name:
+            return None
+        d["path"] = target
+        d["mean_bgr"] = tuple(float(v) for v in d["mean_bgr"])
         return Installed(**d)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
@@ -157,13 +241,18 @@ def installed_all() -> list[Installed]:
     folder = weights_dir()
     if not folder.is_dir():
         return []
-    found = (installed(p.stem) for p in sorted(folder.glob("*.json")))
+    found = []
+    for p in sorted(folder.glob("*.json")):
+        try:
+            found.append(installed(p.stem))
+        except WeightsError:  # a planted link: not an installed set (verify/remove NAME still work)
+            continue
     return [i for i in found if i is not None]
 
 
 def _check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise WeightsError(f"invalid weights name {name!r} (letters, digits, '.', '_', '-'; max 64)")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise WeightsError(f"invalid weights name {_cut_name(name)} (letters, digits, '.', '_', '-'; max 64)")
     return name
 
 
@@ -190,8 +279,9 @@ def save_weights(path: str | Path, state: dict[str, np.ndarray | torch.Tensor], 
 
 def _install(name: str, state: dict[str, np.ndarray], mean_bgr: tuple[float, float, float], *, architecture: str,
              source: str, source_sha256: str, metadata: dict[str, str]) -> Installed:
-    _check_name(name)
-    target = save_weights(weights_dir() / f"{name}.safetensors", state, mean_bgr, architecture=architecture,
+    if architecture not in (ARCH_FULL, ARCH_TRUNK):
+        raise WeightsError(f"unknown architecture {_cut_name(architecture)} (expected {ARCH_FULL} or {ARCH_TRUNK})")
+    target = save_weights(_store_file(name, ".safetensors"), state, mean_bgr, architecture=architecture,
                           metadata={**metadata, "source_sha256": source_sha256})
     record = Installed(
         name=name, path=target, sha256=file_digest(target), size=target.stat().st_size,
@@ -234,7 +324,7 @@ def import_caffemodel(path: str | Path, name: str | None = None, mean: str | Non
 
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"no such file: {path}")
+        raise WeightsError(f"no such file: {_cut(str(path))}")
     try:
         layers = read_caffemodel(path)
     except CaffeModelError as exc:
@@ -246,7 +336,7 @@ def import_caffemodel(path: str | Path, name: str | None = None, mean: str | Non
     try:
         state, ignored = caffe_to_state_dict(layers, trunk_only=trunk)
     except LayerMismatchError as exc:
-        raise WeightsError(f"{path.name}: {exc}") from None
+        raise WeightsError(f"{_cut(path.name)}: {exc}") from None
     del layers
     name = _check_name(name or re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lower())
     mean_bgr = resolve_mean(mean, "imagenet" if trunk else "ava1")
@@ -279,14 +369,20 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
 
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
+        raise WeightsError(f"weights file not found: {_cut(str(path))}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
         state = load_file(str(path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own untyped errors
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"{path.name} is not a valid safetensors file (corrupt or truncated?): {first}") from None
+        raise WeightsError(f"{_cut(path.name)} is not a valid safetensors file (corrupt or truncated?): "
+                           f"{_cut(first, 160)}") from None
+    # Half precision (a training run's fp16/bf16 checkpoint) is widened to the fp32 the model
+    # runs in; check_state refuses what is still not finite fp32 (ints, bools, inf from fp64).
+    for key, value in state.items():
+        if value.is_floating_point() and value.dtype != torch.float32:
+            state[key] = value.float()
     return state, meta
 
 
@@ -300,7 +396,14 @@ def check_state(state: dict[str, torch.Tensor], *, full: bool) -> None:
     if missing or wrong or extra:
         parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
                  for label, keys in (("missing", missing), ("wrong shape", wrong), ("unexpected", extra)) if keys]
-        raise WeightsError("weights do not fit ILGNet (" + "; ".join(parts) + ")")
+        raise WeightsError(_cut("weights do not fit ILGNet (" + "; ".join(parts) + ")", 400))
+    for key, value in state.items():
+        if value.dtype != torch.float32:
+            raise WeightsError(f"weights tensor {key} is {str(value.dtype).removeprefix('torch.')}, "
+                               "not floating point; refusing it")
+        if not bool(torch.isfinite(value).all()):
+            raise WeightsError(f"weights tensor {key} has non-finite values (NaN or inf); "
+                               "these weights would score every photo NaN")
 
 
 def _meta_mean(meta: dict[str, str], path: Path) -> tuple[float, float, float]:
@@ -328,7 +431,7 @@ def resolve(name_or_path: str) -> tuple[str, Path]:
         return candidate.stem, candidate
     rec = installed(name_or_path)
     if rec is None:
-        raise WeightsError(f"weights {name_or_path!r} are not installed (see 'ilgnet weights list')")
+        raise WeightsError(f"weights {_cut_name(name_or_path)} are not installed (see 'ilgnet weights list')")
     return rec.name, rec.path
 
 
@@ -337,7 +440,8 @@ def load_model(name_or_path: str, device: torch.device | str = "cpu") -> LoadedW
     name, path = resolve(name_or_path)
     state, meta = read_weights(path)
     if meta.get("architecture", ARCH_FULL) != ARCH_FULL:
-        raise WeightsError(f"{name} holds only the {meta['architecture']} (for training), not a scoring model")
+        raise WeightsError(f"{_cut(name)} holds only the {_cut(meta['architecture'], 40)} (for training), "
+                           "not a scoring model")
     check_state(state, full=True)
     model = ILGNet()
     model.load_state_dict(state)
@@ -383,7 +487,10 @@ class VerifyResult:
 
 
 def verify(name: str) -> VerifyResult:
-    rec = installed(name)
+    try:
+        rec = installed(_check_name(name))
+    except WeightsError as exc:
+        return VerifyResult(_cut(name), False, str(exc))
     if rec is None:
         return VerifyResult(name, False, "not installed")
     if not rec.path.is_file():
@@ -422,13 +529,16 @@ def _one_line(exc: BaseException) -> str:
 
 
 def remove(name: str) -> bool:
-    rec = installed(name)
-    paths = [weights_dir() / f"{name}.safetensors", _record_path(name)]
-    if rec is not None:
-        paths.append(rec.path)
+    """Delete ``weights/NAME.*``; False if there was nothing (an invalid name is never installed).
+
+    Only the two store files are unlinked (a link itself, never what it points to): neither the
+    name nor the record's ``path`` can reach outside the store.
+    """
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        return False
     removed = False
-    for p in paths:
-        if p.exists():
+    for p in (weights_dir() / f"{name}.safetensors", weights_dir() / f"{name}.json"):
+        if p.is_symlink() or p.exists():
             p.unlink()
             removed = True
     return removed

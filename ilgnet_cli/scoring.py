@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import math
 import os
 import signal
 import threading
@@ -355,6 +356,10 @@ def run_score(
                              max_pixels=max_pixels)
         for (i, key), result in zip(todo, stream, strict=False):
             stats.decoded += 1
+            if result.ok and not (isinstance(result.score, (int, float)) and math.isfinite(result.score)):
+                # NaN is no score: it would sort anywhere, print as bare NaN and be cached as NULL.
+                result = ScoreResult(path=result.path, error="the model gave a non-finite score (broken weights?)",
+                                     width=result.width, height=result.height, format=result.format, info=result.info)
             done[i] = result
             meta = {"width": result.width, "height": result.height, "format": result.format, **result.info}
             pending.append((key, result.score, result.error, meta))

@@ -360,3 +360,23 @@ def test_nan_in_cache_is_a_miss_and_never_stored(tmp_path):
         cache.put_many([(key, 0.25, None, {})])
         hit = cache.get(key)
         assert hit is not None and math.isclose(hit.score, 0.25)
+
+
+def test_nan_scores_are_errors_never_cached(weights_file, tmp_path):
+    from PIL import Image
+
+    from ilgnet_cli.cache import open_cache
+    from ilgnet_cli.scoring import run_score
+
+    photo = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (120, 30, 200)).save(photo)
+    loaded = store.load_model(str(weights_file))
+    with torch.no_grad():  # weights that pass every check but overflow to NaN logits
+        loaded.model.loss1["classifier_cjy"].weight.fill_(3e38)
+    cache, _ = open_cache(tmp_path / "cache.sqlite", loaded.sha256, 1, "draft")
+    for _ in range(2):  # the second run reads whatever the first one cached
+        run = run_score([str(photo)], loaded, cache=cache, extra=None)
+        assert [r.ok for r in run.results] == [False]
+        assert "non-finite" in run.results[0].error
+        assert run.scored == []
+    cache.close()

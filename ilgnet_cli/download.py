@@ -5,16 +5,25 @@
 * transient failures (connection drops, timeouts, 5xx, 429) are retried with exponential
   backoff; permanent ones (404, 403, 410) move straight to the next mirror;
 * a checksum or size mismatch discards the data and tries the next mirror;
-* Google Drive's "can't scan this file for viruses" confirmation page is followed.
+* Google Drive's "can't scan this file for viruses" confirmation page is followed (a few hops at most).
+
+Servers are not trusted. Every attempt is bounded: it stops at the expected size (a longer
+body fails that source) or, when the size is unknown, at ``max_bytes``; it fails when the
+transfer is slower than ``min_rate`` over any ``rate_window`` or outlives ``deadline``. A
+resume is kept only on a 206 whose Content-Range starts at our offset; a 416 starts over.
+Only http(s) URLs are fetched, redirects included. ``.part`` files are never followed through
+a symlink. Every failure ends as one ``DownloadError`` line naming each source and why.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import html
 import http.client
 import os
 import re
+import stat
 import time
 import urllib.error
 import urllib.parse
@@ -27,11 +36,33 @@ USER_AGENT = "ilgnet-cli (+https://github.com/ilgnet/ilgnet-cli)"
 CHUNK = 1 << 20
 PERMANENT_HTTP = {400, 401, 403, 404, 410, 451}
 
+# Caps on a download whose size is not known in advance (``max_bytes``), per kind of file.
+MAX_METADATA_BYTES = 16 << 20  # lists, manifests, AVA.txt: a few MiB at most
+MAX_WEIGHTS_BYTES = 2 << 30  # caffemodels / safetensors: ILGNet is ~0.6 GB
+MAX_ARCHIVE_BYTES = 64 << 30  # dataset archives (AVA is ~32 GB)
+DEFAULT_MAX_BYTES = MAX_ARCHIVE_BYTES  # callers that know their kind pass a tighter cap
+# Liveness: an attempt moving fewer than MIN_RATE bytes/s over a RATE_WINDOW fails (a drip),
+# and no attempt outlives DEADLINE seconds (an interrupted download resumes on the next try).
+MIN_RATE = 1024
+RATE_WINDOW = 30.0
+DEADLINE = 6 * 3600.0
+MAX_BACKOFF = 60.0  # seconds between retries, however many retries were asked for
+MAX_CONFIRM_HOPS = 3  # Google Drive confirmation pages followed per attempt
+HTML_PAGE_CAP = 64 << 10  # bytes of an HTML page read when looking for a confirmation link
+MAX_REDIRECTS = 10
+ALLOWED_SCHEMES = ("http", "https")
+
 ProgressFn = Callable[[int, int | None], None]  # (bytes done, total or None)
 
 
 class DownloadError(Exception):
     """All sources failed; ``str()`` names each source and why."""
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    """One line of at most ``limit`` characters: server-chosen text goes into our messages."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -41,11 +72,15 @@ class Checksum:
 
     @classmethod
     def parse(cls, text: str) -> Checksum:
-        """``sha256:abc...`` -> Checksum."""
-        algo, _, digest = text.partition(":")
-        if not digest or algo not in hashlib.algorithms_available:
-            raise ValueError(f"checksum must look like sha256:<hex>, got {text!r}")
-        return cls(algo.lower(), digest.lower())
+        """``sha256:abc...`` -> Checksum; the digest must be hex of the algorithm's length."""
+        algo, _, digest = str(text).partition(":")
+        algo, digest = algo.lower(), digest.lower()
+        # shake_* digests have no fixed length (hexdigest() would need one): not usable here.
+        if algo not in hashlib.algorithms_available or algo.startswith("shake"):
+            raise ValueError(f"checksum must look like sha256:<hex>, got {_cut(repr(text))}")
+        if len(digest) != 2 * hashlib.new(algo).digest_size or not re.fullmatch(r"[0-9a-f]+", digest):
+            raise ValueError(f"checksum {_cut(repr(text))} is not a {algo} hex digest")
+        return cls(algo, digest)
 
     def __str__(self) -> str:
         return f"{self.algorithm}:{self.hexdigest}"
@@ -69,75 +104,249 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return h.hexdigest()
 
 
+# Bounded tag and attribute patterns: every match attempt scans at most a few KB, so a hostile
+# page costs linear time (an unbounded ``[^>]*...(.*?)`` pattern went quadratic on one).
+_TAG = re.compile(r"<(/?)(form|input|a)\b([^<>]{0,4000})>", re.I)
+_ATTR = re.compile(r"""([\w-]{1,64})\s*=\s*(?:"([^"]*)"|'([^']*)')""")
+
+
+def _attrs(text: str) -> dict[str, str]:
+    return {m.group(1).lower(): html.unescape(m.group(2) if m.group(2) is not None else m.group(3))
+            for m in _ATTR.finditer(text)}
+
+
 def _gdrive_confirm_url(page: str, base_url: str) -> str | None:
     """URL behind Google Drive's large-file warning page, or None if this is not one."""
-    form = re.search(r'<form[^>]*id="download-form"[^>]*action="([^"]+)"(.*?)</form>', page, re.S)
-    if form:
-        action = html.unescape(form.group(1))
-        inputs = re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', form.group(2))
-        query = urllib.parse.urlencode([(k, html.unescape(v)) for k, v in inputs])
+    action: str | None = None
+    inputs: list[tuple[str, str]] = []
+    link: str | None = None
+    in_form = False
+    for m in _TAG.finditer(page[:HTML_PAGE_CAP]):
+        closing, tag = m.group(1), m.group(2).lower()
+        if tag == "form":
+            if closing:
+                if in_form:
+                    break
+                continue
+            a = _attrs(m.group(3))
+            if a.get("id") == "download-form" and a.get("action"):
+                action, in_form = a["action"], True
+        elif tag == "input" and in_form and not closing:
+            a = _attrs(m.group(3))
+            if "name" in a and "value" in a:
+                inputs.append((a["name"], a["value"]))
+        elif tag == "a" and link is None and not closing:
+            href = _attrs(m.group(3)).get("href", "")
+            if "confirm=" in href:
+                link = href
+    if action is not None:
+        query = urllib.parse.urlencode(inputs)
         return urllib.parse.urljoin(base_url, action) + ("&" if "?" in action else "?") + query
     # Older pages: a link carrying confirm=TOKEN.
-    link = re.search(r'href="([^"]*confirm=[^"]+)"', page)
-    if link:
-        return urllib.parse.urljoin(base_url, html.unescape(link.group(1)))
+    if link is not None:
+        return urllib.parse.urljoin(base_url, link)
     return None
 
 
 class _Permanent(Exception):
-    pass
+    """This source cannot give the file: move on to the next one without retrying."""
+
+
+class _Transient(Exception):
+    """This attempt failed but another may work (the caller retries with backoff)."""
+
+
+def _check_scheme(url: str) -> None:
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise _Permanent(f"not an http(s) URL ({_cut(scheme or 'no scheme', 20)})")
+
+
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, limited to http(s) (it would follow ftp://) and MAX_REDIRECTS."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib API
+        newurl = urllib.parse.urljoin(req.full_url, newurl)
+        if urllib.parse.urlsplit(newurl).scheme.lower() not in ALLOWED_SCHEMES:
+            raise _Permanent(f"redirect to a non-http(s) URL ({_cut(newurl, 40)})")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_RedirectHandler)
+
+
+@dataclass
+class _Limits:
+    """What bounds one attempt."""
+
+    expected_size: int | None
+    max_bytes: int
+    deadline_at: float  # time.monotonic() value
+    min_rate: float
+    rate_window: float
+    timeout: float
+
+    def cap(self) -> int:
+        return self.expected_size if self.expected_size is not None else self.max_bytes
+
+    def socket_timeout(self) -> float:
+        left = self.deadline_at - time.monotonic()
+        if left <= 0:
+            raise _Transient("deadline passed")
+        return max(0.01, min(self.timeout, left))
 
 
 def _open(url: str, offset: int, timeout: float):
-    headers = {"User-Agent": USER_AGENT}
+    _check_scheme(url)
+    # identity: we store exactly the bytes sent, never inflate them (no gzip bomb).
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    return _OPENER.open(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
-def _fetch_once(url: str, part: Path, timeout: float, progress: ProgressFn | None,
-                stats: DownloadStats, expected_size: int | None) -> None:
-    """One HTTP attempt, appending to ``part``. Raises on any failure (caller retries)."""
-    offset = part.stat().st_size if part.exists() else 0
-    if expected_size is not None and offset == expected_size:
-        return
+def _part_size(part: Path) -> int:
+    """Bytes in a resumable ``.part``; anything that is not our regular file is removed first."""
     try:
-        resp = _open(url, offset, timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:  # we already have everything the server has
-            return
-        if exc.code in PERMANENT_HTTP:
-            raise _Permanent(f"HTTP {exc.code}") from None
+        st = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    if stat.S_ISDIR(st.st_mode):
+        raise _Permanent(f"{part.name} is a directory")
+    if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        part.unlink()  # a symlink, fifo or someone else's file: never write through it
+        return 0
+    return st.st_size
+
+
+def _open_part(part: Path, offset: int):
+    """``part`` for writing at ``offset`` (0: a new file), never through a symlink; umask applies."""
+    flags = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    if offset:
+        flags |= os.O_APPEND
+    else:
+        part.unlink(missing_ok=True)
+        flags |= os.O_CREAT | os.O_EXCL
+    fd = os.open(part, flags, 0o666)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != offset:
+            raise _Transient(f"{part.name} changed under us")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
         raise
-    with resp:
-        ctype = resp.headers.get("Content-Type", "")
-        if ctype.startswith("text/html"):
-            page = resp.read(2 << 20).decode("utf-8", "replace")
-            confirm = _gdrive_confirm_url(page, resp.geturl())
-            if confirm is None or confirm == url:
-                raise _Permanent("server sent an HTML page instead of the file (quota or login page?)")
-            _fetch_once(confirm, part, timeout, progress, stats, expected_size)
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
+
+
+def _content_length(resp) -> int | None:
+    value = (resp.headers.get("Content-Length") or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _resume_start(resp, offset: int, limits: _Limits) -> None:
+    """Accept a 206 only when its Content-Range starts at ``offset`` (else the bytes would not line up)."""
+    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
+    if not m or int(m.group(1)) != offset:
+        raise _Restart(f"206 with Content-Range {_cut(repr(resp.headers.get('Content-Range')), 40)} "
+                       f"for offset {offset}")
+    total = m.group(3)
+    if total != "*" and limits.expected_size is not None and int(total) != limits.expected_size:
+        raise _Permanent(f"server has {total} bytes, expected {limits.expected_size}")
+
+
+class _Restart(Exception):
+    """The partial file cannot be continued: discard it and start from byte 0."""
+
+
+def _fetch_once(url: str, part: Path, limits: _Limits, progress: ProgressFn | None,
+                stats: DownloadStats) -> None:
+    """One HTTP attempt (following a few confirmation pages), writing ``part``. Raises on failure."""
+    for _ in range(MAX_CONFIRM_HOPS + 1):
+        offset = _part_size(part)
+        if offset > limits.cap():
+            part.unlink()
+            offset = 0
+        if limits.expected_size is not None and offset == limits.expected_size:
             return
-        status = resp.status
-        if offset and status == 206:
+        try:
+            resp = _open(url, offset, limits.socket_timeout())
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 416 and offset:
+                # The server has no bytes past our offset: the part may be truncated or stale.
+                # Only a verified part counts as complete; otherwise start over.
+                raise _Restart("server refused the resume range (HTTP 416)") from None
+            if exc.code in PERMANENT_HTTP or 300 <= exc.code < 400:
+                raise _Permanent(f"HTTP {exc.code} {_cut(exc.reason, 40)}") from None
+            raise _Transient(f"HTTP {exc.code} {_cut(exc.reason, 40)}") from None
+        with resp:
+            ctype = (resp.headers.get("Content-Type") or "").lower()
+            if "html" in ctype.split(";")[0]:
+                page = resp.read(HTML_PAGE_CAP).decode("utf-8", "replace")
+                confirm = _gdrive_confirm_url(page, resp.geturl())
+                if confirm is None or confirm == url:
+                    raise _Permanent("server sent an HTML page instead of the file (quota or login page?)")
+                _check_scheme(confirm)
+                url = confirm
+                continue
+            _receive(resp, part, offset, limits, progress, stats)
+            return
+    raise _Permanent(f"more than {MAX_CONFIRM_HOPS} confirmation pages in a row")
+
+
+def _receive(resp, part: Path, offset: int, limits: _Limits, progress: ProgressFn | None,
+             stats: DownloadStats) -> None:
+    status = resp.status
+    if status == 206:
+        _resume_start(resp, offset, limits)
+        if offset:
             stats.resumed_from.append(offset)
-            mode = "ab"
-        else:
-            offset, mode = 0, "wb"  # server ignored the Range header: start over
-        length = resp.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else expected_size
-        done = offset
-        with part.open(mode) as out:
-            while True:
-                block = resp.read(CHUNK)
-                if not block:
-                    break
-                out.write(block)
-                done += len(block)
-                if progress:
-                    progress(done, total)
-        if total is not None and done < total:
-            raise http.client.IncompleteRead(b"", total - done)
+    elif status == 200:
+        offset = 0  # server ignored the Range header: start over
+    else:
+        raise _Permanent(f"HTTP {status} instead of the file")
+    cap = limits.cap()
+    length = _content_length(resp)
+    if length is not None and offset + length > cap:
+        kind = "longer than the expected" if limits.expected_size is not None else "more than"
+        raise _Permanent(f"file is {kind} {cap} bytes (Content-Length {offset + length})")
+    total = offset + length if length is not None else limits.expected_size
+    done = offset
+    window_start, window_done = time.monotonic(), done
+    with _open_part(part, offset) as out:
+        while True:
+            block = resp.read1(min(CHUNK, cap - done)) if done < cap else resp.read1(1)
+            if not block:
+                break
+            if done >= cap:
+                part.unlink(missing_ok=True)
+                kind = "longer than the expected" if limits.expected_size is not None else "more than"
+                raise _Permanent(f"file is {kind} {cap} bytes")
+            out.write(block)
+            done += len(block)
+            if progress:
+                progress(done, total)
+            now = time.monotonic()
+            if now > limits.deadline_at:
+                raise _Transient(f"deadline passed after {done} bytes")
+            if now - window_start >= limits.rate_window:
+                if (done - window_done) / (now - window_start) < limits.min_rate:
+                    raise _Transient(f"too slow (under {limits.min_rate:.0f} bytes/s)")
+                window_start, window_done = now, done
+    if total is not None and done < total:
+        raise _Transient(f"connection closed after {done} of {total} bytes")
+
+
+def _check_size_arg(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise DownloadError(f"{name} must be a whole number of bytes, got {_cut(repr(value), 40)}")
 
 
 def download(
@@ -151,48 +360,89 @@ def download(
     timeout: float = 60.0,
     progress: ProgressFn | None = None,
     stats: DownloadStats | None = None,
+    max_bytes: int | None = None,
+    deadline: float | None = None,
+    min_rate: float | None = None,
+    rate_window: float | None = None,
+    validate: Callable[[Path], str | None] | None = None,
 ) -> Path:
     """Download the first source that yields a verified file to ``dest``; returns ``dest``.
 
     ``retries`` is per source. A partial ``dest.part`` left by a killed run is resumed.
+    ``max_bytes`` caps a download of unknown size (default ``DEFAULT_MAX_BYTES``; see the
+    ``MAX_*_BYTES`` per kind); ``deadline`` (seconds, default ``DEADLINE``) bounds each
+    attempt, ``min_rate`` bytes/s over each ``rate_window`` seconds keeps it moving.
+    ``validate(dest)``, when given, runs after the size/checksum check: a returned message
+    means this source gave an unusable file (it is removed and the next source is tried).
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     stats = stats if stats is not None else DownloadStats()
+    if isinstance(urls, str) or not all(isinstance(u, str) for u in urls or []):
+        raise DownloadError(f"sources for {dest.name} must be a list of URLs")
     if not urls:
         raise DownloadError(f"no source known for {dest.name}")
+    _check_size_arg("expected_size", expected_size)
+    _check_size_arg("max_bytes", max_bytes)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
     for url in urls:
         for attempt in range(retries + 1):
             stats.attempts += 1
+            limits = _Limits(expected_size, DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
+                             time.monotonic() + (DEADLINE if deadline is None else deadline),
+                             MIN_RATE if min_rate is None else min_rate,
+                             RATE_WINDOW if rate_window is None else rate_window, timeout)
             try:
-                _fetch_once(url, part, timeout, progress, stats, expected_size)
+                try:
+                    _fetch_once(url, part, limits, progress, stats)
+                except _Restart as exc:
+                    part.unlink(missing_ok=True)
+                    raise _Transient(f"{exc}; starting over") from None
             except _Permanent as exc:
-                stats.failures.append(f"{url}: {exc}")
+                stats.failures.append(f"{_cut(url)}: {_cut(exc, 160)}")
                 break
-            except (OSError, http.client.HTTPException, urllib.error.URLError) as exc:
-                if isinstance(exc, urllib.error.HTTPError):
-                    reason = f"HTTP {exc.code} {exc.reason}"
-                else:
-                    reason = f"{type(exc).__name__}: {getattr(exc, 'reason', None) or exc}"
-                stats.failures.append(f"{url}: {reason}")
+            except (_Transient, OSError, http.client.HTTPException, ValueError) as exc:
+                # OSError covers URLError, socket timeouts, ssl errors, RemoteDisconnected;
+                # ValueError a URL urllib cannot parse (that one will not get better).
+                stats.failures.append(f"{_cut(url)}: {_reason(exc)}")
+                if isinstance(exc, ValueError) or _is_bad_url(exc):
+                    break
                 if attempt < retries:
-                    time.sleep(backoff * 2 ** attempt)
+                    time.sleep(min(MAX_BACKOFF, backoff * 2 ** min(attempt, 30)))
                     continue
                 break
             problem = _verify(part, checksum, expected_size)
             if problem:
-                stats.failures.append(f"{url}: {problem}")
+                stats.failures.append(f"{_cut(url)}: {problem}")
                 part.unlink(missing_ok=True)
                 break
             os.replace(part, dest)
             stats.url = url
+            problem = validate(dest) if validate else None
+            if problem:
+                stats.url = None
+                stats.failures.append(f"{_cut(url)}: {_cut(problem, 160)}")
+                dest.unlink(missing_ok=True)
+                break
             return dest
-    raise DownloadError(f"could not download {dest.name}: " + "; ".join(stats.failures[-len(urls) * 2:]))
+    raise DownloadError(f"could not download {_cut(dest.name)}: " + "; ".join(stats.failures[-len(urls) * 2:]))
+
+
+def _is_bad_url(exc: BaseException) -> bool:
+    return isinstance(exc, http.client.InvalidURL) or isinstance(getattr(exc, "reason", None), ValueError)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, _Transient):
+        return _cut(exc, 160)
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "no space left on device"
+    detail = getattr(exc, "reason", None) or exc
+    return _cut(f"{type(exc).__name__}: {detail}", 160)
 
 
 def _verify(part: Path, checksum: Checksum | None, expected_size: int | None) -> str | None:
-    size = part.stat().st_size if part.exists() else 0
+    size = _part_size(part)
     if expected_size is not None and size != expected_size:
         return f"size mismatch (expected {expected_size} bytes, got {size})"
     if checksum is not None:

@@ -98,6 +98,6 @@ def test_unreachable_host_fails_with_reason(tmp_path):
 
 
 def test_checksum_parse():
-    assert Checksum.parse("sha1:ABC").hexdigest == "abc"
+    assert Checksum.parse("SHA1:" + "AB" * 20) == Checksum("sha1", "ab" * 20)
     with pytest.raises(ValueError):
         Checksum.parse("nonsense")

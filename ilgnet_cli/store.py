@@ -459,24 +459,46 @@ def fetch(name: str, *, registry: Registry | None = None, progress: ProgressFn |
     """Download a registry entry (mirrors, resume, checksum) and convert it into the store."""
     if offline():
         raise WeightsError("ILGNET_OFFLINE is set: not downloading. " + NO_WEIGHTS_HELP.split(". ", 1)[1])
+    from ilgnet_cli.download import MAX_WEIGHTS_BYTES
+
     registry = registry or load_registry()
     spec = registry.get(name)
-    checksum = Checksum.parse(spec.checksum) if spec.checksum else None
-    dest = home() / "downloads" / spec.file
-    stats = stats if stats is not None else DownloadStats()
-    download(spec.sources, dest, checksum=checksum, expected_size=spec.size, progress=progress,
-             stats=stats, retries=retries, backoff=backoff)
+    # The registry may come from ILGNET_REGISTRY: its fields decide paths and sizes, so check them.
+    file = spec.file if isinstance(spec.file, str) else ""
+    if not file or file.startswith(".") or Path(file).name != file or "\\" in file or "\0" in file:
+        raise WeightsError(f"registry entry {name}: 'file' must be a plain file name, got {str(spec.file)[:80]!r}")
+    if not isinstance(spec.sources, list) or not all(isinstance(u, str) for u in spec.sources):
+        raise WeightsError(f"registry entry {name}: 'sources' must be a list of URLs")
+    if spec.size is not None and (isinstance(spec.size, bool) or not isinstance(spec.size, int) or spec.size < 0):
+        raise WeightsError(f"registry entry {name}: 'size' must be a number of bytes or null")
+    if spec.kind not in ("caffemodel", "safetensors"):
+        raise WeightsError(f"registry entry {name} has unknown kind {str(spec.kind)[:40]!r}")
     try:
-        if spec.kind == "caffemodel":
-            rec = import_caffemodel(dest, name, spec.mean, trunk=spec.architecture == ARCH_TRUNK,
-                                    source=stats.url or spec.sources[0])
-        elif spec.kind == "safetensors":
-            rec = add_safetensors(dest, name, spec.mean)
-        else:
-            raise WeightsError(f"registry entry {name} has unknown kind {spec.kind!r}")
-    finally:
-        dest.unlink(missing_ok=True)
-    return rec
+        checksum = Checksum.parse(spec.checksum) if spec.checksum else None
+    except ValueError as exc:
+        raise WeightsError(f"registry entry {name}: {exc}") from None
+    dest = home() / "downloads" / file
+    stats = stats if stats is not None else DownloadStats()
+    done: list[Installed] = []
+
+    def convert(path: Path) -> str | None:
+        # Runs on each verified download: a file that does not parse fails that source (the
+        # next mirror is tried) and installs nothing.
+        try:
+            if spec.kind == "caffemodel":
+                done.append(import_caffemodel(path, name, spec.mean, trunk=spec.architecture == ARCH_TRUNK,
+                                              source=stats.url or path.name))
+            else:
+                done.append(add_safetensors(path, name, spec.mean))
+        except WeightsError as exc:
+            return str(exc)
+        finally:
+            path.unlink(missing_ok=True)
+        return None
+
+    download(spec.sources, dest, checksum=checksum, expected_size=spec.size, progress=progress,
+             stats=stats, retries=retries, backoff=backoff, max_bytes=MAX_WEIGHTS_BYTES, validate=convert)
+    return done[-1]
 
 
 @dataclass

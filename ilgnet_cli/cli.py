@@ -371,7 +371,7 @@ def weights_fetch(
 def weights_import(
     caffemodel: Annotated[Path, typer.Argument(help="A .caffemodel file (ILGNet or bvlc_googlenet).")],
     name: Annotated[str | None, typer.Option(help="Name in the store (default: from the file name).")] = None,
-    mean: Annotated[str | None, typer.Option(help="ava1, ava2, imagenet, B,G,R or a mean .npy (default ava1; imagenet for GoogLeNet).")] = None,
+    mean: Annotated[str | None, typer.Option(help="ava1 or ava2 (the authors' mean images), imagenet, B,G,R, or a mean image as .npy or Caffe .binaryproto (default ava1; imagenet for GoogLeNet).")] = None,
 ) -> None:
     """Convert a Caffe model into the weights store (safetensors), checking every layer."""
     from ilgnet_cli import store

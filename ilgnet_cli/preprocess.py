@@ -226,9 +226,10 @@ def parse_mean(value: str | Mean | tuple[float, float, float] | np.ndarray) -> M
     if len(parts) != 3:
         raise MeanError(f"mean must be ava1, ava2, imagenet, B,G,R or a .npy/.binaryproto file (got {text[:80]!r})")
     try:
-        return channel_mean([float(p) for p in parts])
+        values = [float(p) for p in parts]
     except ValueError:
         raise MeanError(f"mean B,G,R values must be numbers (got {text[:80]!r})") from None
+    return channel_mean(values)
 
 
 def to_blob(resized: np.ndarray, mean: Mean, top: int, left: int, mirror: bool = False) -> np.ndarray:

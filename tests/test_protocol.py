@@ -251,3 +251,59 @@ def test_one_decode_mode_per_run(tmp_path):
     result = runner.invoke(app, ["prepare", "--dataset", str(folder), "--images", str(images), "--out", str(prepared),
                                  "--jobs", "1"])
     assert result.exit_code == 2 and "draft" in result.output  # a resumed prepare keeps its mode
+
+
+# --------------------------------------------------------------------------- weights carry their mean
+
+
+def _mean_files(tmp_path: Path) -> dict[str, Path]:
+    from caffe_schema import MESSAGES
+
+    image = np.load(shared_path("ilgnet", "mean", "AVA2_mean.npy"), allow_pickle=False,
+                    encoding="latin1").astype(np.float32)
+    blob = MESSAGES["BlobProto"](num=1, channels=3, height=256, width=256)
+    blob.data.extend(image.reshape(-1).tolist())
+    proto = tmp_path / "mean.binaryproto"
+    proto.write_bytes(blob.SerializeToString())  # Caffe's compute_image_mean output format
+    npy = tmp_path / "mean.npy"
+    np.save(npy, image[:, ::-1].copy())  # a different image: mirrored
+    return {"binaryproto": proto, "npy": npy, "image": image}
+
+
+def test_import_takes_every_kind_of_mean(tmp_path, caffemodels):
+    files = _mean_files(tmp_path)
+    cases = {"ava1": "ava1 mean image", "ava2": "ava2 mean image", "imagenet": "per-channel 104,117,123 (imagenet)",
+             "1.5,2,3": "per-channel 1.5,2,3", str(files["binaryproto"]): "mean image (from a file)",
+             str(files["npy"]): "mean image (from a file)"}
+    for n, (mean, described) in enumerate(cases.items()):
+        result = runner.invoke(app, ["weights", "import", str(caffemodels["v2"]), "--name", f"m{n}", "--mean", mean])
+        assert result.exit_code == 0, result.output
+        loaded = store.load_model(f"m{n}")
+        assert loaded.mean.describe() == described
+        assert store.installed(f"m{n}").mean == described
+    # A mean image read from a file travels inside the weights file, exactly.
+    np.testing.assert_array_equal(store.load_model("m4").mean.image, files["image"])
+    np.testing.assert_array_equal(store.load_model("m5").mean.image, files["image"][:, ::-1])
+    # ... and survives 'weights add' of that file under another name.
+    assert runner.invoke(app, ["weights", "add", str(store.installed("m5").path), "--name", "copy"]).exit_code == 0
+    np.testing.assert_array_equal(store.load_model("copy").mean.image, files["image"][:, ::-1])
+
+
+@pytest.mark.parametrize("content", [b"", b"\x0a\x05hello", b"\x08\x01" * 10, b"not a mean at all" * 100])
+def test_unusable_mean_file_is_one_line_error(tmp_path, caffemodels, content):
+    for suffix in (".binaryproto", ".npy"):
+        path = tmp_path / f"bad{suffix}"
+        path.write_bytes(content)
+        result = runner.invoke(app, ["weights", "import", str(caffemodels["v2"]), "--name", "bad", "--mean", str(path)])
+        assert result.exit_code == 1, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert store.installed("bad") is None
+
+
+def test_non_finite_or_absurd_mean_is_refused(tmp_path, caffemodels):
+    image = np.full((3, 256, 256), 100, np.float32)
+    image[1, 5, 5] = np.nan
+    np.save(tmp_path / "nan.npy", image)
+    for mean in (str(tmp_path / "nan.npy"), "nan,1,2", "1e9,1,2"):
+        result = runner.invoke(app, ["weights", "import", str(caffemodels["v2"]), "--name", "bad", "--mean", mean])
+        assert result.exit_code == 1 and "finite" in result.output, (mean, result.output)

@@ -338,3 +338,8 @@ def caffe_to_state_dict(
     if missing or mismatched or (extra and not trunk_only):
         raise LayerMismatchError(missing, [] if trunk_only else extra, mismatched)
     return state, extra if trunk_only else []
+
+
+def parse_blobproto(data: bytes) -> Blob:
+    """A serialised BlobProto (a Caffe ``mean.binaryproto``), with the same checks as a caffemodel's blobs."""
+    return _parse_blob(data, 0, len(data))

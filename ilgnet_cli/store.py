@@ -28,7 +28,7 @@ from ilgnet_cli.caffe_import import CaffeModelError, caffe_to_state_dict, read_c
 from ilgnet_cli.download import Checksum, DownloadStats, ProgressFn, download, file_digest
 from ilgnet_cli.fsutil import atomic_write_bytes
 from ilgnet_cli.model import INPUT_SIZE, LABELS, ILGNet
-from ilgnet_cli.preprocess import load_mean_file, parse_mean
+from ilgnet_cli.preprocess import MEAN_IMAGES, MEANS_BGR, Mean, MeanError, channel_mean, mean_from_image, parse_mean
 
 ARCH_FULL = "ilgnet"
 ARCH_TRUNK = "ilgnet-trunk"
@@ -188,6 +188,7 @@ class Installed:
     architecture: str
     mean_bgr: tuple[float, float, float]
     source: str = ""
+    mean: str = ""  # what is subtracted, in words (e.g. "ava1 mean image")
     source_sha256: str = ""
     installed_at: str = ""
     extra: dict = field(default_factory=dict)
@@ -256,18 +257,29 @@ def _check_name(name: str) -> str:
     return name
 
 
-def save_weights(path: str | Path, state: dict[str, np.ndarray | torch.Tensor], mean_bgr: tuple[float, float, float],
+MEAN_TENSOR = "_mean.image"  # a mean image from a file travels inside the weights file
+
+
+def save_weights(path: str | Path, state: dict[str, np.ndarray | torch.Tensor], mean: Mean | str,
                  *, architecture: str = ARCH_FULL, metadata: dict[str, str] | None = None) -> Path:
-    """Write ILGNet tensors + metadata as safetensors, atomically (temp file, then rename)."""
+    """Write ILGNet tensors + metadata as safetensors, atomically (temp file, then rename).
+
+    The metadata says which mean the weights expect: ``mean`` is ``ava1``/``ava2`` (the authors'
+    mean images, shipped with ilgnet), ``image`` (a mean image stored in the file as
+    ``_mean.image``) or ``channels`` (the per-channel values in ``mean_bgr``).
+    """
     from safetensors.numpy import save_file
 
+    mean = parse_mean(mean)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": "pt", "architecture": architecture, "input_size": str(INPUT_SIZE),
-            "mean_bgr": _format_mean(mean_bgr), "labels": ",".join(LABELS), "imported_at": _now(),
-            "ilgnet_version": __version__, **(metadata or {})}
+            "mean": _mean_key(mean), "mean_bgr": _format_mean(mean.bgr), "labels": ",".join(LABELS),
+            "imported_at": _now(), "ilgnet_version": __version__, **(metadata or {})}
     arrays = {k: np.ascontiguousarray(v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v, dtype=np.float32)
               for k, v in state.items()}
+    if meta["mean"] == "image":
+        arrays[MEAN_TENSOR] = np.ascontiguousarray(mean.image, dtype=np.float32)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(arrays, str(tmp), metadata=meta)
@@ -277,15 +289,15 @@ def save_weights(path: str | Path, state: dict[str, np.ndarray | torch.Tensor], 
     return path
 
 
-def _install(name: str, state: dict[str, np.ndarray], mean_bgr: tuple[float, float, float], *, architecture: str,
+def _install(name: str, state: dict[str, np.ndarray], mean: Mean, *, architecture: str,
              source: str, source_sha256: str, metadata: dict[str, str]) -> Installed:
     if architecture not in (ARCH_FULL, ARCH_TRUNK):
         raise WeightsError(f"unknown architecture {_cut_name(architecture)} (expected {ARCH_FULL} or {ARCH_TRUNK})")
-    target = save_weights(_store_file(name, ".safetensors"), state, mean_bgr, architecture=architecture,
+    target = save_weights(_store_file(name, ".safetensors"), state, mean, architecture=architecture,
                           metadata={**metadata, "source_sha256": source_sha256})
     record = Installed(
         name=name, path=target, sha256=file_digest(target), size=target.stat().st_size,
-        architecture=architecture, mean_bgr=mean_bgr, source=source,
+        architecture=architecture, mean_bgr=mean.bgr, source=source, mean=mean.describe(),
         source_sha256=source_sha256, installed_at=_now(),
     )
     atomic_write_bytes(_record_path(name), json.dumps(record.to_json(), indent=2).encode())
@@ -296,20 +308,21 @@ def _format_mean(mean_bgr: tuple[float, float, float]) -> str:
     return ",".join(repr(float(v)) for v in mean_bgr)
 
 
+def _mean_key(mean: Mean) -> str:
+    if mean.name in MEAN_IMAGES:
+        return mean.name
+    return "image" if mean.image is not None else "channels"
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def resolve_mean(mean: str | None, default: str = "ava1") -> tuple[float, float, float]:
-    value = mean or default
-    if value.endswith(".npy"):
-        try:
-            return load_mean_file(value)
-        except (OSError, ValueError) as exc:
-            raise WeightsError(f"cannot read mean file {value}: {exc}") from None
+def resolve_mean(mean: str | Mean | None, default: str = "ava1") -> Mean:
+    """``ava1|ava2|imagenet|FILE.npy|FILE.binaryproto|B,G,R`` -> Mean (a one-line WeightsError if unusable)."""
     try:
-        return parse_mean(value)
-    except ValueError as exc:
+        return parse_mean(mean or default)
+    except MeanError as exc:
         raise WeightsError(str(exc)) from None
 
 
@@ -339,10 +352,10 @@ def import_caffemodel(path: str | Path, name: str | None = None, mean: str | Non
         raise WeightsError(f"{_cut(path.name)}: {exc}") from None
     del layers
     name = _check_name(name or re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lower())
-    mean_bgr = resolve_mean(mean, "imagenet" if trunk else "ava1")
+    mean_value = resolve_mean(mean, "imagenet" if trunk else "ava1")
     src_sha = file_digest(path)
     meta = {"source_file": path.name, "ignored_layers": str(len(ignored))}
-    return _install(name, state, mean_bgr, architecture=ARCH_TRUNK if trunk else ARCH_FULL,
+    return _install(name, state, mean_value, architecture=ARCH_TRUNK if trunk else ARCH_FULL,
                     source=source or str(path), source_sha256=src_sha, metadata=meta)
 
 
@@ -351,10 +364,10 @@ def add_safetensors(path: str | Path, name: str, mean: str | None = None) -> Ins
     path = Path(path)
     state, meta = read_weights(path)
     check_state(state, full=meta.get("architecture", ARCH_FULL) == ARCH_FULL)
-    mean_bgr = resolve_mean(mean) if mean else _meta_mean(meta, path)
-    keep = {k: v for k, v in meta.items() if k not in ("format", "mean_bgr", "imported_at", "source_sha256")}
+    mean_value = resolve_mean(mean) if mean else _meta_mean(meta, path)
+    keep = {k: v for k, v in meta.items() if k not in ("format", "mean", "mean_bgr", "imported_at", "source_sha256")}
     keep["source_file"] = path.name
-    return _install(_check_name(name), {k: v.numpy() for k, v in state.items()}, mean_bgr,
+    return _install(_check_name(name), {k: v.numpy() for k, v in state.items()}, mean_value,
                     architecture=meta.get("architecture", ARCH_FULL), source=str(path),
                     source_sha256=file_digest(path), metadata=keep)
 
@@ -374,6 +387,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         with safe_open(str(path), framework="pt") as fh:
             meta = dict(fh.metadata() or {})
         state = load_file(str(path))
+        state.pop(MEAN_TENSOR, None)  # the mean, not a model tensor (see _meta_mean)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own untyped errors
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise WeightsError(f"{_cut(path.name)} is not a valid safetensors file (corrupt or truncated?): "
@@ -406,17 +420,35 @@ def check_state(state: dict[str, torch.Tensor], *, full: bool) -> None:
                                "these weights would score every photo NaN")
 
 
-def _meta_mean(meta: dict[str, str], path: Path) -> tuple[float, float, float]:
+def _meta_mean(meta: dict[str, str], path: Path) -> Mean:
+    """The mean a weights file says it was trained with.
+
+    Files written before ilgnet knew mean images carry only ``mean_bgr``: they get those
+    per-channel values, exactly what they were scored with before.
+    """
+    key = meta.get("mean", "channels")
     try:
-        return parse_mean(meta["mean_bgr"])
-    except (KeyError, ValueError):
-        raise WeightsError(f"{path.name} has no usable 'mean_bgr' metadata; pass --mean") from None
+        if key in MEAN_IMAGES:
+            return parse_mean(key)
+        if key == "image":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="np") as fh:
+                return mean_from_image(fh.get_tensor(MEAN_TENSOR))
+        if key == "channels":
+            values = [float(v) for v in meta["mean_bgr"].split(",")]
+            return channel_mean(values, "imagenet" if tuple(values) == MEANS_BGR["imagenet"] else None)
+    except (KeyError, ValueError, OSError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+        raise WeightsError(f"{path.name} has no usable mean in its metadata ({first}); "
+                           "give the mean explicitly") from None
+    raise WeightsError(f"{path.name}: unknown mean {key[:40]!r} in its metadata; give the mean explicitly")
 
 
 @dataclass
 class LoadedWeights:
     model: ILGNet
-    mean_bgr: tuple[float, float, float]
+    mean: Mean
     sha256: str
     name: str
     path: Path
@@ -448,7 +480,7 @@ def load_model(name_or_path: str, device: torch.device | str = "cpu") -> LoadedW
     model.eval().to(device)
     rec = installed(name)
     sha = rec.sha256 if rec is not None and rec.path == path else file_digest(path)
-    return LoadedWeights(model=model, mean_bgr=_meta_mean(meta, path), sha256=sha, name=name, path=path)
+    return LoadedWeights(model=model, mean=_meta_mean(meta, path), sha256=sha, name=name, path=path)
 
 
 # --------------------------------------------------------------------------- fetch / verify

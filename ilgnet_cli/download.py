@@ -191,6 +191,22 @@ class _Limits:
     def cap(self) -> int:
         return self.expected_size if self.expected_size is not None else self.max_bytes
 
+    def pace(self) -> Callable[[int], None]:
+        """A check to call with the byte count after each read: fails a drip or a late attempt."""
+        window_start, window_done = time.monotonic(), 0
+
+        def check(done: int) -> None:
+            nonlocal window_start, window_done
+            now = time.monotonic()
+            if now > self.deadline_at:
+                raise _Transient(f"deadline passed after {done} bytes")
+            if now - window_start >= self.rate_window:
+                if (done - window_done) / (now - window_start) < self.min_rate:
+                    raise _Transient(f"too slow (under {self.min_rate:.0f} bytes/s)")
+                window_start, window_done = now, done
+
+        return check
+
     def socket_timeout(self) -> float:
         left = self.deadline_at - time.monotonic()
         if left <= 0:
@@ -289,7 +305,7 @@ def _fetch_once(url: str, part: Path, limits: _Limits, progress: ProgressFn | No
         with resp:
             ctype = (resp.headers.get("Content-Type") or "").lower()
             if "html" in ctype.split(";")[0]:
-                page = resp.read(HTML_PAGE_CAP).decode("utf-8", "replace")
+                page = _read_page(resp, limits).decode("utf-8", "replace")
                 confirm = _gdrive_confirm_url(page, resp.geturl())
                 if confirm is None or confirm == url:
                     raise _Permanent("server sent an HTML page instead of the file (quota or login page?)")
@@ -299,6 +315,19 @@ def _fetch_once(url: str, part: Path, limits: _Limits, progress: ProgressFn | No
             _receive(resp, part, offset, limits, progress, stats)
             return
     raise _Permanent(f"more than {MAX_CONFIRM_HOPS} confirmation pages in a row")
+
+
+def _read_page(resp, limits: _Limits) -> bytes:
+    """At most HTML_PAGE_CAP bytes of a page, at the same pace as a file."""
+    check, chunks, done = limits.pace(), [], 0
+    while done < HTML_PAGE_CAP:
+        block = resp.read1(HTML_PAGE_CAP - done)
+        if not block:
+            break
+        chunks.append(block)
+        done += len(block)
+        check(done)
+    return b"".join(chunks)
 
 
 def _receive(resp, part: Path, offset: int, limits: _Limits, progress: ProgressFn | None,
@@ -319,7 +348,7 @@ def _receive(resp, part: Path, offset: int, limits: _Limits, progress: ProgressF
         raise _Permanent(f"file is {kind} {cap} bytes (Content-Length {offset + length})")
     total = offset + length if length is not None else limits.expected_size
     done = offset
-    window_start, window_done = time.monotonic(), done
+    check = limits.pace()
     with _open_part(part, offset) as out:
         while True:
             block = resp.read1(min(CHUNK, cap - done)) if done < cap else resp.read1(1)
@@ -333,13 +362,7 @@ def _receive(resp, part: Path, offset: int, limits: _Limits, progress: ProgressF
             done += len(block)
             if progress:
                 progress(done, total)
-            now = time.monotonic()
-            if now > limits.deadline_at:
-                raise _Transient(f"deadline passed after {done} bytes")
-            if now - window_start >= limits.rate_window:
-                if (done - window_done) / (now - window_start) < limits.min_rate:
-                    raise _Transient(f"too slow (under {limits.min_rate:.0f} bytes/s)")
-                window_start, window_done = now, done
+            check(done - offset)
     if total is not None and done < total:
         raise _Transient(f"connection closed after {done} of {total} bytes")
 

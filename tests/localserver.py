@@ -81,7 +81,14 @@ class LocalServer:
                     self.send_header("Content-Type", "text/html; charset=utf-8")
                     self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
-                    self.wfile.write(body)
+                    try:
+                        for i in range(0, len(body), 1 if route.drip is not None else max(1, len(body))):
+                            if route.drip is not None:
+                                time.sleep(route.drip)
+                            self.wfile.write(body[i:i + (1 if route.drip is not None else len(body))])
+                            self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
                     return
                 size = route.size()
                 start = 0

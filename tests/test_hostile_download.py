@@ -81,6 +81,14 @@ def test_dripping_server_fails_on_minimum_rate(server, tmp_path):
     assert time.monotonic() - start < 10
 
 
+def test_dripping_html_page_fails_on_minimum_rate(server, tmp_path):
+    server.add("/uc", html="<html>" + "x" * 20_000, drip=0.05)
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match="too slow"):
+        download([server.url("/uc")], tmp_path / "f.bin", retries=0, min_rate=1000, rate_window=0.5)
+    assert time.monotonic() - start < 10
+
+
 def test_deadline_bounds_a_whole_attempt(server, tmp_path):
     server.add("/drip.bin", data=PAYLOAD, drip=0.01)
     with pytest.raises(DownloadError, match="deadline"):

@@ -71,20 +71,35 @@ def _orientation(img: Image.Image) -> int:
     return value if value in range(1, 9) else 1
 
 
+def _grey8(arr: np.ndarray, is_float: bool) -> np.ndarray:
+    """One-channel float or wide-integer pixels -> uint8, visible as an image viewer shows them.
+
+    Floats inside 0..1 and non-negative integers keep their meaning (x255, /257 for 16 bit);
+    anything else (phase maps in -pi..pi, signed data, HDR) is stretched min..max -> 0..255.
+    NaN is 0; +-inf sit at the ends; the finite pixels set the range."""
+    finite = np.isfinite(arr)
+    values = arr[finite]  # float32 keeps a 120 MP frame affordable; an overflow to inf still clips right
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if is_float and 0.0 <= lo and hi <= 1.0:
+        scaled = arr * 255.0  # the usual 0..1 floats: without this they turn black
+    elif not is_float and lo >= 0.0:
+        scaled = arr / (1.0 if hi <= 255.0 else 257.0 if hi <= 65535.0 else hi / 255.0)
+    elif hi > lo:
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = (arr - np.float32(lo)) * np.float32(255.0 / (hi - lo))
+    else:  # a constant outside 0..1: saturated, as a 0..1 float would be
+        scaled = np.full(arr.shape, 255.0 if lo > 0 else 0.0)
+    scaled = np.where(np.isposinf(arr), 255.0, np.where(finite, scaled, 0.0))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB, keeping the picture visible (alpha over white, HDR scaled)."""
     mode = img.mode
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        peak = float(arr.max()) if arr.size else 0.0
-        if mode == "F" and peak <= 1.0:
-            arr = arr * 255.0  # float images are usually 0..1: without this they turn black
-        elif peak > 255.0:
-            arr = arr / (257.0 if peak <= 65535.0 else peak / 255.0)
-        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray, "L").convert("RGB")
+        return Image.fromarray(_grey8(np.asarray(img, dtype=np.float32), mode == "F"), "L").convert("RGB")
     if mode == "LAB" or (mode == "CMYK" and img.info.get("icc_profile")):
         try:
             src = (ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))

@@ -51,6 +51,7 @@ ARCHIVES = ("zip", "tar", "tar.gz", "tar.bz2", "tar.xz", "7z")
 # AVA's images are all under ~10 MB and AVA.txt is ~17 MB, so 64 MiB per member is generous; the
 # whole dataset is ~33 GB; JPEGs barely compress, text ~5x, so 100x only catches bombs. The ratio
 # is only judged past 1 MiB, where a bomb starts to cost something.
+# The same caps bound what is downloaded when a manifest gives no size: an archive, a plain file or image.
 MAX_MEMBER_BYTES = 64 << 20
 MAX_TOTAL_BYTES = 64 << 30
 MAX_RATIO = 100
@@ -763,6 +764,7 @@ def fetch_manifest(manifest: Manifest, dest: Path, *, jobs: int = 4, retries: in
         _unplant(download_to)
         path = download(f.urls, download_to, checksum=Checksum.parse(f.checksum) if f.checksum else None,
                         expected_size=f.size, retries=retries, backoff=backoff,
+                        max_bytes=MAX_TOTAL_BYTES if f.archive else MAX_MEMBER_BYTES,
                         progress=(lambda d, t, n=f.name: progress(n, d, t)) if progress else None)
         if f.archive:
             _import_archive(path, f.archive, dest, report)
@@ -798,7 +800,7 @@ def fetch_images(spec: dict, dest: Path, *, jobs: int, retries: int, backoff: fl
         try:
             _unplant(images / f"{image_id}.jpg")
             download(urls, images / f"{image_id}.jpg", checksum=Checksum("sha256", digest) if digest else None,
-                     retries=retries, backoff=backoff)
+                     retries=retries, backoff=backoff, max_bytes=MAX_MEMBER_BYTES)
             return image_id, None
         except DownloadError as exc:
             return image_id, str(exc)

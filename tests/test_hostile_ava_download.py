@@ -20,6 +20,7 @@ from ilgnet_cli import ava_download
 from ilgnet_cli.ava import AVARecord, write_ava
 from ilgnet_cli.ava_download import AVADownloadError, Manifest, Report, download_ava, extract_archive, import_from
 from ilgnet_cli.cli import app
+from ilgnet_cli.download import DownloadError
 
 runner = CliRunner()
 AVA_LINE = "1 {id} 0 0 1 2 5 9 5 2 1 0 0 0 0\n"
@@ -500,3 +501,13 @@ def test_member_under_the_size_cap_that_expands_1000x_is_refused_by_the_ratio(tm
     with pytest.raises(AVADownloadError, match="ratio"):
         import_from(archive, dest, Report())
     _assert_refused_cleanly(dest)
+
+
+def test_plain_file_of_unknown_size_is_capped_while_downloading(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(ava_download, "MAX_MEMBER_BYTES", 1 << 20, raising=False)
+    server.add("/AVA.txt", data=AVA_LINE.format(id=1).encode() * 60_000)  # ~2.5 MB, no size in the manifest
+    manifest = _manifest(tmp_path, {"name": "m", "files": [{"name": "AVA.txt", "urls": [server.url("/AVA.txt")]}]})
+    dest = tmp_path / "AVA"
+    with pytest.raises(DownloadError, match="AVA.txt"):
+        download_ava(dest, manifest=manifest, retries=0, backoff=0)
+    assert not (dest / "AVA.txt").exists()

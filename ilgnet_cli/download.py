@@ -23,7 +23,9 @@ import html
 import http.client
 import os
 import re
+import socket
 import stat
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -174,7 +176,63 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-_OPENER = urllib.request.build_opener(_RedirectHandler)
+class _Watchdog:
+    """Shuts a connection's socket at the attempt's deadline, whatever http.client is reading.
+
+    Socket timeouts only catch silence; a server dripping header or body bytes would keep a
+    blocking read alive for ever. Shutting the socket down makes that read fail at once.
+    """
+
+    def __init__(self, deadline_at: float) -> None:
+        self.deadline_at = deadline_at
+        self.timers: list[threading.Timer] = []
+
+    def connection(self, base: type[http.client.HTTPConnection]) -> Callable[..., http.client.HTTPConnection]:
+        watchdog = self
+
+        class Connection(base):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                super().connect()
+                sock = self.sock
+                timer = threading.Timer(max(0.0, watchdog.deadline_at - time.monotonic()), _shut, (sock,))
+                timer.daemon = True
+                watchdog.timers.append(timer)
+                timer.start()
+
+        return Connection
+
+    def cancel(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self.watchdog = watchdog
+
+    def http_open(self, req):  # noqa: ANN001 - urllib API
+        return self.do_open(self.watchdog.connection(http.client.HTTPConnection), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watchdog: _Watchdog) -> None:
+        super().__init__()
+        self.watchdog = watchdog
+
+    def https_open(self, req):  # noqa: ANN001 - urllib API
+        return self.do_open(self.watchdog.connection(http.client.HTTPSConnection), req, context=self._context)
+
+
+def _opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_RedirectHandler, _HTTPHandler(watchdog), _HTTPSHandler(watchdog))
 
 
 @dataclass
@@ -187,6 +245,7 @@ class _Limits:
     min_rate: float
     rate_window: float
     timeout: float
+    watchdog: _Watchdog | None = None
 
     def cap(self) -> int:
         return self.expected_size if self.expected_size is not None else self.max_bytes
@@ -210,17 +269,18 @@ class _Limits:
     def socket_timeout(self) -> float:
         left = self.deadline_at - time.monotonic()
         if left <= 0:
-            raise _Transient("deadline passed")
+            raise _Transient("deadline for the attempt passed")
         return max(0.01, min(self.timeout, left))
 
 
-def _open(url: str, offset: int, timeout: float):
+def _open(url: str, offset: int, timeout: float, watchdog: _Watchdog | None = None):
     _check_scheme(url)
     # identity: we store exactly the bytes sent, never inflate them (no gzip bomb).
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    return _OPENER.open(urllib.request.Request(url, headers=headers), timeout=timeout)
+    opener = _opener(watchdog) if watchdog else urllib.request.build_opener(_RedirectHandler)
+    return opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
 def _part_size(part: Path) -> int:
@@ -292,7 +352,7 @@ def _fetch_once(url: str, part: Path, limits: _Limits, progress: ProgressFn | No
         if limits.expected_size is not None and offset == limits.expected_size:
             return
         try:
-            resp = _open(url, offset, limits.socket_timeout())
+            resp = _open(url, offset, limits.socket_timeout(), limits.watchdog)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 416 and offset:
@@ -303,6 +363,7 @@ def _fetch_once(url: str, part: Path, limits: _Limits, progress: ProgressFn | No
                 raise _Permanent(f"HTTP {exc.code} {_cut(exc.reason, 40)}") from None
             raise _Transient(f"HTTP {exc.code} {_cut(exc.reason, 40)}") from None
         with resp:
+            limits.socket_timeout()  # the watchdog may have cut the headers short: that is no reply
             ctype = (resp.headers.get("Content-Type") or "").lower()
             if "html" in ctype.split(";")[0]:
                 page = _read_page(resp, limits).decode("utf-8", "replace")
@@ -327,6 +388,7 @@ def _read_page(resp, limits: _Limits) -> bytes:
         chunks.append(block)
         done += len(block)
         check(done)
+    limits.socket_timeout()
     return b"".join(chunks)
 
 
@@ -363,6 +425,7 @@ def _receive(resp, part: Path, offset: int, limits: _Limits, progress: ProgressF
             if progress:
                 progress(done, total)
             check(done - offset)
+    limits.socket_timeout()  # a body cut short by the watchdog is not the whole file
     if total is not None and done < total:
         raise _Transient(f"connection closed after {done} of {total} bytes")
 
@@ -411,23 +474,26 @@ def download(
     for url in urls:
         for attempt in range(retries + 1):
             stats.attempts += 1
-            limits = _Limits(expected_size, DEFAULT_MAX_BYTES if max_bytes is None else max_bytes,
-                             time.monotonic() + (DEADLINE if deadline is None else deadline),
+            deadline_at = time.monotonic() + (DEADLINE if deadline is None else deadline)
+            limits = _Limits(expected_size, DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, deadline_at,
                              MIN_RATE if min_rate is None else min_rate,
-                             RATE_WINDOW if rate_window is None else rate_window, timeout)
+                             RATE_WINDOW if rate_window is None else rate_window, timeout, _Watchdog(deadline_at))
             try:
                 try:
                     _fetch_once(url, part, limits, progress, stats)
                 except _Restart as exc:
                     part.unlink(missing_ok=True)
                     raise _Transient(f"{exc}; starting over") from None
+                finally:
+                    limits.watchdog.cancel()
             except _Permanent as exc:
                 stats.failures.append(f"{_cut(url)}: {_cut(exc, 160)}")
                 break
             except (_Transient, OSError, http.client.HTTPException, ValueError) as exc:
                 # OSError covers URLError, socket timeouts, ssl errors, RemoteDisconnected;
                 # ValueError a URL urllib cannot parse (that one will not get better).
-                stats.failures.append(f"{_cut(url)}: {_reason(exc)}")
+                late = time.monotonic() > deadline_at  # the watchdog cut the connection
+                stats.failures.append(f"{_cut(url)}: " + ("deadline for the attempt passed" if late else _reason(exc)))
                 if isinstance(exc, ValueError) or _is_bad_url(exc):
                     break
                 if attempt < retries:

@@ -30,6 +30,7 @@ class Route:
     # Hostile behaviours, for tests/test_hostile_download.py:
     html_fn: Callable[[str], str] | None = None  # page built from the request path (nested confirmations)
     drip: float | None = None  # seconds between single bytes of the body
+    drip_headers: float | None = None  # seconds between single bytes of an endless header
     content_length: str | None = None  # a Content-Length that lies ("" = none sent)
     content_range: str | None = None  # a Content-Range that lies (206 replies)
     content_range_start: int | None = None  # 206 replies start here, whatever was asked (header agrees)
@@ -65,6 +66,16 @@ class LocalServer:
                     self.send_error(404)
                     return
                 route.requests.append({"path": path, "range": self.headers.get("Range")})
+                if route.drip_headers is not None:
+                    try:
+                        self.wfile.write(b"HTTP/1.0 200 OK\r\nX-Pad: ")
+                        for _ in range(10_000):
+                            self.wfile.write(b"a")
+                            self.wfile.flush()
+                            time.sleep(route.drip_headers)
+                    except OSError:
+                        pass
+                    return
                 if 300 <= route.status < 400:
                     self.send_response(route.status)
                     for key, value in route.headers.items():

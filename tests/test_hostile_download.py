@@ -95,6 +95,14 @@ def test_deadline_bounds_a_whole_attempt(server, tmp_path):
         download([server.url("/drip.bin")], tmp_path / "f.bin", retries=0, min_rate=1, deadline=1.0)
 
 
+def test_deadline_also_bounds_dripping_headers(server, tmp_path):
+    server.add("/f.bin", data=PAYLOAD, drip_headers=0.05)
+    start = time.monotonic()
+    with pytest.raises(DownloadError):
+        download([server.url("/f.bin")], tmp_path / "f.bin", retries=0, deadline=1.0, timeout=5)
+    assert time.monotonic() - start < 8
+
+
 # --------------------------------------------------------------------------- B: resume
 
 

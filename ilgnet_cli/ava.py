@@ -177,18 +177,18 @@ def resized_image(image_id: int, images: str | Path, cache: object | None = None
 
 
 class PartitionDataset:
-    """A torch Dataset over (id, label) items of a partition and an image folder.
+    """A torch Dataset over (id, label) items (or a ``train.txt``-style list file) and an image folder.
 
     Items are (input tensor, label). ``train=True`` uses the random crop + mirror of Caffe's
     data layer; otherwise the deterministic centre crop. Images may be full-size JPEGs in
     ``images/`` or the 256x256 cache made by ``ilgnet prepare``.
     """
 
-    def __init__(self, items: list[tuple[int, int]], images: str | Path, mean: object, *, train: bool = False,
-                 seed: int = 0, cache: object | None = None, draft: bool = False) -> None:
+    def __init__(self, items: list[tuple[int, int]] | str | Path, images: str | Path, mean: object, *,
+                 train: bool = False, seed: int = 0, cache: object | None = None, draft: bool = False) -> None:
         from ilgnet_cli.preprocess import parse_mean
 
-        self.items = list(items)
+        self.items = read_label_list(items) if isinstance(items, str | Path) else list(items)
         self.images = Path(images)
         self.mean, self.train, self.seed, self.cache, self.draft = parse_mean(mean), train, seed, cache, draft
         self.epoch = 0

@@ -1,9 +1,10 @@
 """Score cache: SQLite (WAL) keyed by what determines a score.
 
-Key: absolute path, file size, mtime_ns, weights sha256, preprocessing version and decode
-mode (draft or exact). A changed file, other weights or a preprocessing change therefore
-misses. Writes are small transactions, so two overlapping runs and a kill -9 are safe: at
-worst the last uncommitted batch is scored again.
+Key: absolute path, file size, mtime_ns, weights sha256, preprocessing version and mode:
+the decode mode (draft or exact), with ``+bf16`` for scores computed in bf16. A changed file,
+other weights or a preprocessing change therefore misses. Writes are small transactions, so
+two overlapping runs and a kill -9 are safe: at worst the last uncommitted batch is scored
+again.
 """
 
 from __future__ import annotations
@@ -73,14 +74,15 @@ class ScoreCache:
     def _failed(self, exc: Exception) -> None:
         self.problem = f"score cache stopped working ({exc}); the rest of the run was not cached"
 
-    def get(self, key: FileKey) -> Cached | None:
+    def get(self, key: FileKey, mode: str | None = None) -> Cached | None:
+        """The cached result for ``key`` under ``mode`` (default: this cache's mode)."""
         if self.problem:
             return None
         try:
             row = self.conn.execute(
                 "SELECT size, mtime_ns, score, error, meta FROM scores"
                 " WHERE path=? AND weights=? AND prep=? AND mode=?",
-                (db_text(key.path), self.weights, self.prep, self.mode),
+                (db_text(key.path), self.weights, self.prep, mode or self.mode),
             ).fetchone()
         except sqlite3.Error as exc:
             self._failed(exc)

@@ -126,6 +126,17 @@ def _default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+class ScorePrecision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+def _say_verdict(verdict) -> None:
+    """One line, the first time the bf16 guard runs for these weights on this device."""
+    err.print(f"precision: {escape(verdict.describe())}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def score(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders to score.", show_default=False)],
@@ -137,7 +148,8 @@ def score(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes (default: one per CPU core, at most 8; 0 = decode in this process).")] = None,
-    exact: Annotated[bool, typer.Option("--exact", help="Full-resolution JPEG decode (default: DCT-domain downscale to >= 256 px, much faster).")] = False,
+    exact: Annotated[bool, typer.Option("--exact", help="The authors' pipeline: full-resolution JPEG decode and fp32 (default: DCT-domain downscale to >= 256 px, much faster).")] = False,
+    precision: Annotated[ScorePrecision, typer.Option(help="auto: bf16 where the device computes it natively and a check on the first batch shows it keeps the scores (within 0.005) and their order; else fp32.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not update the score cache.")] = False,
     min_score: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Only report files scoring at least this.")] = None,
     include: Annotated[list[str] | None, typer.Option("--include", "-i", help="Only files matching this glob (name or relative path); repeatable.")] = None,
@@ -167,6 +179,7 @@ def score(
     from ilgnet_cli.cache import open_cache
     from ilgnet_cli.discover import Selection, find_images, holds_image, unusable_reason
     from ilgnet_cli.fsutil import check_writable_file, check_writable_folder
+    from ilgnet_cli.precision import VerdictStore, plan
     from ilgnet_cli.preprocess import PREPROCESS_VERSION
     from ilgnet_cli.scoring import pick_device, run_score
 
@@ -204,6 +217,7 @@ def score(
             progress, update = download_progress()
             with progress:
                 weights = store.ensure_default(allow_download=not offline, progress=update)
+        mode, _ = plan((precision or ScorePrecision.auto).value, dev, exact=exact)
         loaded = store.load_model(weights, dev)
         cache, cache_note = (None, None) if no_cache else open_cache(
             store.home() / "scores.sqlite", loaded.sha256, PREPROCESS_VERSION, "exact" if exact else "draft")
@@ -217,7 +231,9 @@ def score(
                 run = run_score(shard.take(files), loaded, device=shard.device, batch_size=batch_size,
                                 workers=_default_workers() if workers is None else workers, exact=exact,
                                 cache=cache, max_pixels=max_pixels, progress=on_progress,
-                                missing=missing if shard.main else [])
+                                missing=missing if shard.main else [], precision=mode,
+                                verdicts=VerdictStore(store.home() / "precision.json"),
+                                on_verdict=None if quiet or not shard.main else _say_verdict)
         finally:
             if cache is not None:
                 cache.close()
@@ -665,7 +681,7 @@ def eval_cmd(
     prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare'.")] = None,
     tta: Annotated[TTAMode, typer.Option(help="Test-time augmentation.")] = TTAMode.none,
     draft: Annotated[bool, typer.Option("--draft/--exact", help="JPEG draft decoding, or full decoding as the authors (default).")] = False,
-    precision: Annotated[EvalPrecision, typer.Option(help="fp32 as Caffe (default), or bf16 autocast.")] = EvalPrecision.fp32,
+    precision: Annotated[EvalPrecision, typer.Option(help="fp32 as Caffe (default), or bf16 (a bf16 copy of the weights; faster where bf16 is native).")] = EvalPrecision.fp32,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     workers: Annotated[int, typer.Option(min=0)] = 4,

@@ -85,8 +85,11 @@ class CaffeLRN(nn.Module):
         return band
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = F.conv2d(x.square(), self._band(x.shape[1], x))
-        return x * scale.add_(self.k).pow_(-self.beta)
+        # In fp32 whatever the input: squares of activations near 100 and a power of a sum
+        # close to 1 lose most of their digits in bf16 (3 significant digits).
+        xf = x.float()
+        scale = F.conv2d(xf.square(), self._band(x.shape[1], xf))
+        return (xf * scale.add_(self.k).pow_(-self.beta)).to(x.dtype)
 
 
 class _Scope(nn.Module):

@@ -55,6 +55,7 @@ def record(result: ScoreResult, rank: int | None) -> dict[str, Any]:
         "has_gps": exif.has_gps,
         "exif_error": exif.error,
         "sharpness": result.info.get("sharpness"),
+        "precision": result.info.get("precision"),
         "burst": result.info.get("burst"),
         "keeper": result.info.get("keeper"),
     }

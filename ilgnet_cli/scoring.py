@@ -168,13 +168,17 @@ def score_paths(
     exact: bool = False,
     extra: Callable[[str, Any], dict[str, Any]] | None = None,
     max_pixels: int | None = None,
+    precision: str = "fp32",
+    on_verdict: Callable[[Any], None] | None = None,
 ) -> Iterator[ScoreResult]:
     """Yield one :class:`ScoreResult` per path, in input order, as batches finish.
 
     ``extra(path, decoded)`` runs in the worker and adds fields to ``result.info``
     (EXIF, sharpness...). ``exact`` disables JPEG draft decoding. With ``workers > 0`` a file
     whose decoder kills its worker process, or takes longer than :data:`DECODE_TIMEOUT_S`, gets
-    :data:`CRASH_REASON` and the run continues.
+    :data:`CRASH_REASON` and the run continues. ``precision``: ``fp32``, ``bf16``, or ``guard``
+    (the first batch in both; ``on_verdict`` gets the :class:`ilgnet_cli.precision.Verdict` and
+    the run goes on in the precision it chose). ``result.info["precision"]`` says which.
     """
     device = torch.device(device)
     files = [str(p) for p in paths]
@@ -182,7 +186,7 @@ def score_paths(
         return
     model.eval()
     # channels_last is faster for these convolutions on CPU (oneDNN) and on CUDA (cuDNN).
-    model = model.to(memory_format=torch.channels_last)
+    forward = _Forward(model.to(memory_format=torch.channels_last), precision, on_verdict)
     dataset = _Images(files, mean, exact, extra, max_pixels)
     batch_size = max(1, batch_size)
     workers = max(0, workers)
@@ -190,23 +194,55 @@ def score_paths(
     with torch.inference_mode():
         while done < len(files):
             try:
-                for result in _infer(model, dataset, range(done, len(files)), device, batch_size, workers):
+                for result in _infer(forward, dataset, range(done, len(files)), device, batch_size, workers):
                     done += 1
                     yield result
             except _WorkerDied:
                 # The culprit is among the batches that were in flight. Re-decode those files one
                 # at a time in a single worker: the next crash then names the file exactly.
                 suspects = range(done, min(len(files), done + batch_size * workers * (_PREFETCH + 1)))
-                for result in _isolate(model, dataset, suspects, device):
+                for result in _isolate(forward, dataset, suspects, device):
                     done += 1
                     yield result
 
 
-def _isolate(model: torch.nn.Module, dataset: _Images, indices: range, device: torch.device) -> Iterator[ScoreResult]:
+class _Forward:
+    """The model as a run uses it: fp32, a bf16 copy fed bf16 inputs, or the guard that scores
+    the first batch both ways and goes on in the precision it chose."""
+
+    def __init__(self, model: torch.nn.Module, precision: str, on_verdict: Callable[[Any], None] | None) -> None:
+        from ilgnet_cli.precision import bf16_model
+
+        if precision not in ("fp32", "bf16", "guard"):
+            raise ValueError(f"unknown precision {precision!r}")
+        self.fp32 = model
+        self.bf16 = bf16_model(model) if precision != "fp32" else None
+        self.precision, self.on_verdict = precision, on_verdict
+
+    def _run(self, batch: torch.Tensor, bf16: bool) -> list[float]:
+        model = self.bf16 if bf16 else self.fp32
+        return score_from_logits(model(batch.to(torch.bfloat16) if bf16 else batch)).cpu().tolist()
+
+    def __call__(self, batch: torch.Tensor) -> list[float]:
+        if self.precision == "guard":
+            from ilgnet_cli.precision import judge
+
+            p32, p16 = self._run(batch, False), self._run(batch, True)
+            verdict = judge(p32, p16)
+            self.precision = "bf16" if verdict.bf16 else "fp32"
+            if not verdict.bf16:
+                self.bf16 = None
+            if self.on_verdict:
+                self.on_verdict(verdict)
+            return p16 if verdict.bf16 else p32
+        return self._run(batch, self.precision == "bf16")
+
+
+def _isolate(forward: _Forward, dataset: _Images, indices: range, device: torch.device) -> Iterator[ScoreResult]:
     start = indices.start
     while start < indices.stop:
         try:
-            for result in _infer(model, dataset, range(start, indices.stop), device, 1, 1):
+            for result in _infer(forward, dataset, range(start, indices.stop), device, 1, 1):
                 start += 1
                 yield result
         except _WorkerDied:
@@ -214,7 +250,7 @@ def _isolate(model: torch.nn.Module, dataset: _Images, indices: range, device: t
             start += 1
 
 
-def _infer(model: torch.nn.Module, dataset: _Images, indices: range, device: torch.device, batch_size: int,
+def _infer(forward: _Forward, dataset: _Images, indices: range, device: torch.device, batch_size: int,
            workers: int) -> Iterator[ScoreResult]:
     """Results for ``dataset[indices]`` in order; raises :class:`_WorkerDied` if a worker dies."""
     cuda = device.type == "cuda"
@@ -232,26 +268,26 @@ def _infer(model: torch.nn.Module, dataset: _Images, indices: range, device: tor
     try:
         it = iter(loader)  # installs torch's SIGCHLD handler the first time
         with _worker_deaths_via_next():
-            yield from _infer_batches(model, dataset, it, device)
+            yield from _infer_batches(forward, dataset, it, device)
     except RuntimeError as exc:
         if workers and _worker_died(exc):
             raise _WorkerDied from None
         raise
 
 
-def _infer_batches(model: torch.nn.Module, dataset: _Images, batches: Iterator, device: torch.device,
+def _infer_batches(forward: _Forward, dataset: _Images, batches: Iterator, device: torch.device,
                    ) -> Iterator[ScoreResult]:
     cuda = device.type == "cuda"
     for indices_ok, batch, metas in batches:
         scores: dict[int, float] = {}
         if batch is not None:
             batch = batch.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
-                logits = model(batch)
-            scores = dict(zip(indices_ok, score_from_logits(logits).cpu().tolist(), strict=True))
+            scores = dict(zip(indices_ok, forward(batch), strict=True))
         for i, meta in metas:
             meta = dict(meta)
             error = meta.pop("error", None)
+            if i in scores:
+                meta["precision"] = forward.precision
             yield ScoreResult(
                 path=dataset.paths[i], score=scores.get(i), error=error,
                 width=meta.pop("width", None), height=meta.pop("height", None),
@@ -315,14 +351,43 @@ def run_score(
     extra: Callable[[str, Any], dict[str, Any]] | None = exif_extra,
     progress: ProgressCallback | None = None,
     missing: list[str] | None = None,
+    precision: str = "fp32",
+    verdicts: Any = None,
+    on_verdict: Callable[[Any], None] | None = None,
 ) -> ScoreRun:
     """Score ``files`` with cache lookups first; finished work is cached batch by batch.
 
     ``loaded`` is a :class:`ilgnet_cli.store.LoadedWeights`. Ctrl-C stops the run and returns
-    what finished (``stats.interrupted``); nothing already scored is lost.
+    what finished (``stats.interrupted``); nothing already scored is lost. ``precision`` is
+    ``fp32``, ``bf16`` or ``guard`` (see :mod:`ilgnet_cli.precision`): a guard verdict already
+    in ``verdicts`` (a :class:`~ilgnet_cli.precision.VerdictStore`) is reused, a new one stored
+    there and passed to ``on_verdict``. A cache's mode gets ``+bf16`` for bf16 scores; fp32
+    scores in the cache are always reused (they are the exact ones).
     """
     from ilgnet_cli.cache import FileKey
     from ilgnet_cli.discover import unusable_reason
+    from ilgnet_cli.precision import MIN_GUARD, device_kind
+
+    device = torch.device(device)
+    fp32_mode = cache.mode if cache is not None else None
+    kind = device_kind(device)
+    if precision == "guard" and verdicts is not None:
+        known = verdicts.get(loaded.sha256, kind)
+        if known is not None:
+            precision = "bf16" if known.bf16 else "fp32"
+
+    def use(chosen: str) -> None:
+        if cache is not None:
+            cache.mode = fp32_mode + ("+bf16" if chosen == "bf16" else "")
+
+    def verdict_reached(verdict: Any) -> None:
+        use("bf16" if verdict.bf16 else "fp32")
+        if verdicts is not None and verdict.n >= MIN_GUARD:
+            verdicts.put(loaded.sha256, kind, verdict)
+        if on_verdict:
+            on_verdict(verdict)
+
+    use(precision)
 
     stats = RunStats(files=len(files) + len(missing or []))
     done: dict[int, ScoreResult] = {}
@@ -334,6 +399,8 @@ def run_score(
             done[i] = ScoreResult(path=path, error=f"cannot read file: {exc.strerror or exc}")
             continue
         hit = cache.get(key) if cache is not None else None
+        if hit is None and cache is not None and cache.mode != fp32_mode:
+            hit = cache.get(key, fp32_mode)
         if hit is None:
             todo.append((i, key))
             continue
@@ -353,7 +420,7 @@ def run_score(
     try:
         stream = score_paths([files[i] for i, _ in todo], loaded.model, loaded.mean, device=device,
                              batch_size=batch_size, workers=workers, exact=exact, extra=extra,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, precision=precision, on_verdict=verdict_reached)
         for (i, key), result in zip(todo, stream, strict=False):
             stats.decoded += 1
             if result.ok and not (isinstance(result.score, (int, float)) and math.isfinite(result.score)):

@@ -326,15 +326,20 @@ def _content_length(resp) -> int | None:
     return int(value) if value.isascii() and value.isdigit() else None
 
 
-def _resume_start(resp, offset: int, limits: _Limits) -> None:
-    """Accept a 206 only when its Content-Range starts at ``offset`` (else the bytes would not line up)."""
-    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
-    if not m or int(m.group(1)) != offset:
-        raise _Restart(f"206 with Content-Range {_cut(repr(resp.headers.get('Content-Range')), 40)} "
-                       f"for offset {offset}")
-    total = m.group(3)
-    if total != "*" and limits.expected_size is not None and int(total) != limits.expected_size:
+def _resume_start(resp, offset: int, limits: _Limits) -> int | None:
+    """Accept a 206 only when its Content-Range runs from ``offset`` to the end; returns the full size.
+
+    Any other range would not line up with what we have (or would leave a hole at the end).
+    """
+    header = resp.headers.get("Content-Range") or ""
+    m = _CONTENT_RANGE.match(header)
+    start, end = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
+    total = int(m.group(3)) if m and m.group(3) != "*" else None
+    if start != offset or end < start or (total is not None and end + 1 != total):
+        raise _Restart(f"206 with Content-Range {_cut(repr(header), 40)} for offset {offset}")
+    if total is not None and limits.expected_size is not None and total != limits.expected_size:
         raise _Permanent(f"server has {total} bytes, expected {limits.expected_size}")
+    return end + 1
 
 
 class _Restart(Exception):
@@ -395,8 +400,9 @@ def _read_page(resp, limits: _Limits) -> bytes:
 def _receive(resp, part: Path, offset: int, limits: _Limits, progress: ProgressFn | None,
              stats: DownloadStats) -> None:
     status = resp.status
+    range_end = None
     if status == 206:
-        _resume_start(resp, offset, limits)
+        range_end = _resume_start(resp, offset, limits)
         if offset:
             stats.resumed_from.append(offset)
     elif status == 200:
@@ -408,7 +414,9 @@ def _receive(resp, part: Path, offset: int, limits: _Limits, progress: ProgressF
     if length is not None and offset + length > cap:
         kind = "longer than the expected" if limits.expected_size is not None else "more than"
         raise _Permanent(f"file is {kind} {cap} bytes (Content-Length {offset + length})")
-    total = offset + length if length is not None else limits.expected_size
+    total = range_end or (offset + length if length is not None else limits.expected_size)
+    if range_end is not None and range_end > cap:
+        raise _Permanent(f"file is more than {cap} bytes (Content-Range)")
     done = offset
     check = limits.pace()
     with _open_part(part, offset) as out:

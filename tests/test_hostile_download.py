@@ -114,6 +114,15 @@ def test_206_that_does_not_start_at_the_offset_is_not_appended(server, tmp_path)
     assert route.requests[-1]["range"] is None  # started over
 
 
+def test_206_that_stops_short_of_the_end_is_not_complete(server, tmp_path):
+    route = server.add("/f.bin", data=PAYLOAD, content_range=f"bytes 1000-1099/{len(PAYLOAD)}", content_length="100")
+    (tmp_path / "f.bin.part").write_bytes(PAYLOAD[:1000])
+    download([server.url("/f.bin")], tmp_path / "f.bin", backoff=0)
+    # Not the 1100-byte splice: the part was discarded and fetched again from byte 0.
+    assert (tmp_path / "f.bin").read_bytes() != PAYLOAD[:1100]
+    assert [r["range"] for r in route.requests] == ["bytes=1000-", None]
+
+
 def test_truncated_transfer_then_416_is_refetched_not_installed(server, tmp_path):
     route = server.add("/f.bin", data=PAYLOAD, drop_after=1000, drop_times=1, range_status=416)
     download([server.url("/f.bin")], tmp_path / "f.bin", backoff=0)

@@ -479,6 +479,11 @@ def download(
     _check_size_arg("max_bytes", max_bytes)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    try:
+        if expected_size is not None and _part_size(part) == expected_size and _verify(part, checksum, expected_size):
+            part.unlink()  # a stale part of the right size would otherwise cost the first source its turn
+    except _Permanent as exc:
+        raise DownloadError(f"could not download {_cut(dest.name)}: {exc}") from None
     for url in urls:
         for attempt in range(retries + 1):
             stats.attempts += 1

@@ -137,6 +137,20 @@ def test_416_with_size_but_no_checksum_is_not_complete(server, tmp_path):
     assert (tmp_path / "f.bin").read_bytes() == PAYLOAD
 
 
+def test_stale_part_of_the_right_size_is_fetched_again(server, tmp_path):
+    server.add("/f.bin", data=PAYLOAD)
+    (tmp_path / "f.bin.part").write_bytes(b"x" * len(PAYLOAD))
+    download([server.url("/f.bin")], tmp_path / "f.bin", checksum=SHA, expected_size=len(PAYLOAD), retries=0)
+    assert (tmp_path / "f.bin").read_bytes() == PAYLOAD
+
+
+def test_part_that_is_a_directory_is_one_line(server, tmp_path):
+    (tmp_path / "f.bin.part").mkdir()
+    server.add("/f.bin", data=PAYLOAD)
+    with pytest.raises(DownloadError, match="directory"):
+        download([server.url("/f.bin")], tmp_path / "f.bin", retries=0)
+
+
 # --------------------------------------------------------------------------- C: confirmation pages, redirects
 
 

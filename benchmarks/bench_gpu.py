@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ilgnet_cli.model import ILGNet  # noqa: E402
+from ilgnet_cli.preprocess import parse_mean  # noqa: E402
 from ilgnet_cli.scoring import run_score  # noqa: E402
 from ilgnet_cli.store import LoadedWeights  # noqa: E402
 from ilgnet_cli.train import TrainConfig, train  # noqa: E402
@@ -63,7 +64,7 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats()
         cfg = TrainConfig(partition=tmp / "train", out=tmp / f"run{batch}", images=tmp / "train" / "images",
                           init="random", recipe="paper", iters=args.iters, batch_size=batch, workers=args.workers,
-                          device="cuda" if cuda else "cpu", checkpoint_every=10**9, val_max=None)
+                          device="cuda" if cuda else "cpu", checkpoint_every=10**9, val_size=0, amp=True)
         t = time.perf_counter()
         summary = train(cfg)
         wall = time.perf_counter() - t
@@ -76,7 +77,7 @@ def main() -> None:
         print(f"| {batch} | {ips:.1f} | {share:.1%} | {peak:.1f} |")
     files = synthetic_jpegs(tmp / "score", args.jpegs, (4000, 3000), seed=1)
     model = ILGNet().eval().to("cuda" if cuda else "cpu")
-    lw = LoadedWeights(model=model, mean_bgr=(91.0, 99.5, 107.8), sha256="bench", name="random", path=Path("-"))
+    lw = LoadedWeights(model=model, mean=parse_mean("ava1"), sha256="bench", name="random", path=Path("-"))
     t = time.perf_counter()
     run = run_score([str(f) for f in files], lw, device="cuda" if cuda else "cpu", batch_size=128,
                     workers=args.workers)

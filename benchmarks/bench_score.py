@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ilgnet_cli.model import ILGNet  # noqa: E402
-from ilgnet_cli.preprocess import MEANS_BGR  # noqa: E402
+from ilgnet_cli.preprocess import MEANS_BGR, parse_mean  # noqa: E402
 from ilgnet_cli.scoring import _collate, _Images, exif_extra, run_score  # noqa: E402
 from ilgnet_cli.store import LoadedWeights  # noqa: E402
 
-MEAN = MEANS_BGR["ava1"]
+MEAN = parse_mean("ava1")  # the authors' AVA1 mean image
 
 
 def make_images(folder: Path, count: int) -> list[Path]:
@@ -66,7 +66,7 @@ def make_images(folder: Path, count: int) -> list[Path]:
 
 def loaded_model() -> LoadedWeights:
     model = ILGNet().eval()
-    return LoadedWeights(model=model, mean_bgr=MEAN, sha256="bench", name="random", path=Path("-"))
+    return LoadedWeights(model=model, mean=MEAN, sha256="bench", name="random", path=Path("-"))
 
 
 def bench_pipeline(files, lw, workers, batch, device) -> float:
@@ -81,7 +81,7 @@ def bench_naive(files, model, device) -> float:
     from torchvision import transforms
 
     tf = transforms.Compose([transforms.Resize((256, 256)), transforms.CenterCrop(227), transforms.PILToTensor()])
-    mean = torch.tensor(MEAN).view(3, 1, 1)
+    mean = torch.tensor(MEANS_BGR["ava1"]).view(3, 1, 1)  # naive: per-channel
     t = time.perf_counter()
     with torch.no_grad():
         for f in files:

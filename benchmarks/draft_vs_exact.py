@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from ilgnet_cli.decode import decode  # noqa: E402
 from ilgnet_cli.model import ILGNet, score_from_logits  # noqa: E402
-from ilgnet_cli.preprocess import MEANS_BGR, RESIZE, preprocess  # noqa: E402
+from ilgnet_cli.preprocess import RESIZE, parse_mean, preprocess  # noqa: E402
 
 
 def main() -> None:
@@ -33,13 +33,13 @@ def main() -> None:
         from ilgnet_cli.store import load_model
 
         lw = load_model(args.weights)
-        model, mean = lw.model, lw.mean_bgr
+        model, mean = lw.model, lw.mean
     else:
         sys.path.insert(0, str(ROOT / "tests"))
         from conftest import random_ilgnet_layers
 
         torch.manual_seed(0)
-        model, mean = ILGNet().eval(), MEANS_BGR["ava1"]
+        model, mean = ILGNet().eval(), parse_mean("ava1")
         state = {}
         for name, _, (w, b) in random_ilgnet_layers(seed=1):
             key = name.replace("/", ".")

@@ -593,7 +593,7 @@ def train(
     dataset: Annotated[str, typer.Option("--dataset", "--partition", help=DATASET_HELP)] = "ava1",
     ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (default: $ILGNET_DATA/ava).")] = None,
     images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg images (default: AVA/images).")] = None,
-    prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare' (fast).")] = None,
+    prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare' (default: AVA/prepared/PARTITION when it exists).")] = None,
     init: Annotated[str, typer.Option(help="bvlc-googlenet (ImageNet trunk, fetched if needed), random, or ILGNet weights (name or file).")] = "bvlc-googlenet",
     recipe: Annotated[RecipeName, typer.Option(help="paper: the authors' Caffe solver of the dataset (AVA1 or AVA2). fast: AdamW + cosine.")] = RecipeName.paper,
     iters: Annotated[int | None, typer.Option(min=1, help="Iterations (default: paper: the solver's max_iter; fast: --epochs).")] = None,
@@ -641,6 +641,8 @@ def train(
 
     with errors_as_messages():
         folder = resolve_partition(dataset, ava)
+        if prepared is None and images is None and (ava / "prepared" / folder.name / "index.json").exists():
+            prepared = ava / "prepared" / folder.name  # what 'ilgnet prepare' made for this dataset
         cfg = TrainConfig(partition=folder, out=out_dir, images=images or (None if prepared else ava / "images"),
                           prepared=prepared, init=init, recipe=recipe.value, iters=iters, epochs=epochs,
                           batch_size=batch_size, lr=lr, dropout=dropout, device=device, amp=amp, workers=workers,

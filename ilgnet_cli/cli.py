@@ -248,7 +248,8 @@ def score(
 
             run.bursts = make_bursts(run.results, group_bursts)
         if output is not None and fmt != "table":
-            reports.write_report(run, fmt, output, top=top, min_score=min_score, max_pixels=max_pixels)
+            reports.write_report(run, fmt, output, top=top, min_score=min_score, max_pixels=max_pixels,
+                                 stars=stars if xmp else None)
         if fmt == "json" and output is None:
             print(reports.to_json(run, min_score))
         elif not (quiet and output is not None):
@@ -260,7 +261,8 @@ def score(
     if xmp:
         _write_xmp(run, loaded.name, xmp_style, stars, overwrite_ratings, dry_run)
     if not quiet:
-        _summary(run, elapsed, output if fmt != "table" else None, exported)
+        _summary(run, elapsed, output if fmt != "table" else None, exported,
+                 reports.distribution(run, top, min_score, stars if xmp else None).line())
     if run.stats.interrupted:
         raise typer.Exit(130)
     if run.stats.scored == 0:
@@ -307,7 +309,7 @@ def score_progress(total: int, quiet: bool):
     return progress, update
 
 
-def _summary(run, elapsed: float, output: Path | None, exported: list[Path]) -> None:
+def _summary(run, elapsed: float, output: Path | None, exported: list[Path], scores_line: str | None = None) -> None:
     s = run.stats
     rate = f", {s.decoded / elapsed:.1f} img/s" if s.decoded and elapsed > 0 else ""
     line = (f"scored {s.scored} of {s.files} files ({s.cache_hits} from cache, {s.decoded} decoded) "
@@ -315,6 +317,8 @@ def _summary(run, elapsed: float, output: Path | None, exported: list[Path]) -> 
     if s.errors:
         line += f"; [yellow]{s.errors} warning(s): not scored[/] (reasons in the report)"
     err.print(line, highlight=False)
+    if scores_line and s.scored:
+        err.print(escape(scores_line), highlight=False)
     for r in run.errors[:10]:
         err.print(f"  [yellow]skipped[/] {escape(display(r.path))}: {escape(display(r.error))}", highlight=False)
     if len(run.errors) > 10:

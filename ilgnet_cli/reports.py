@@ -13,10 +13,14 @@ import datetime as _dt
 import html
 import io
 import json
+import math
 import os
+import statistics
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 from rich.table import Table
 
@@ -27,7 +31,20 @@ from ilgnet_cli.scoring import ScoreResult, ScoreRun
 
 FORMATS = ("table", "csv", "json", "html")
 CSV_FIELDS = ("rank", "score", "path", "status", "error", "width", "height", "format", "captured", "camera",
-              "lens", "exposure", "aperture", "iso", "focal_length", "has_gps", "sharpness", "burst", "keeper")
+              "lens", "exposure", "aperture", "iso", "focal_length", "has_gps", "sharpness", "burst", "keeper", "note")
+
+# Below this short side (in stored pixels) the model sees mostly upscaling blur, and its score
+# means little: such photos are scored but marked in every report.
+TINY_SIDE = 64
+
+
+def note_for(result: ScoreResult) -> str | None:
+    """A warning that goes with the score ("tiny: 1x1, upscaled"), or None."""
+    notes = [str(result.info["note"])] if isinstance(result.info.get("note"), str) else []
+    w, h = result.width, result.height
+    if result.ok and isinstance(w, int) and isinstance(h, int) and min(w, h) < TINY_SIDE:
+        notes.append(f"tiny: {w}x{h}, upscaled")
+    return "; ".join(notes) or None
 
 
 def exif_of(result: ScoreResult) -> ExifInfo:
@@ -58,6 +75,7 @@ def record(result: ScoreResult, rank: int | None) -> dict[str, Any]:
         "precision": result.info.get("precision"),
         "burst": result.info.get("burst"),
         "keeper": result.info.get("keeper"),
+        "note": note_for(result),
     }
 
 
@@ -133,13 +151,18 @@ def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> T
     table.add_column("camera", overflow="fold")
     if run.bursts is not None:
         table.add_column("burst", justify="right")
-    for i, r in enumerate(rows, 1):
+    notes = [note_for(r) for r in rows]
+    if any(notes):
+        table.add_column("note", style="yellow", overflow="fold")
+    for i, (r, note) in enumerate(zip(rows, notes, strict=True), 1):
         exif = exif_of(r)
         date = (exif.captured or "")[:19].replace("T", " ")
         # Rich markup in file names and EXIF must print literally, terminal controls escaped.
         cells = [str(i), f"{r.score:.4f}", _plain(display(r.path)), _plain(display(date)), _plain(display(exif.camera))]
         if run.bursts is not None:
             cells.append(f"keeper of {r.info.get('burst_size', 1)}")
+        if any(notes):
+            cells.append(_plain(display(note)))
         table.add_row(*cells)
     return table
 
@@ -148,6 +171,112 @@ def _plain(text: str | None) -> str:
     from rich.markup import escape
 
     return escape(text or "")
+
+
+# --------------------------------------------------------------------------- distribution
+
+
+def star_thresholds(scores: list[float], spec: str) -> list[tuple[int, float]]:
+    """Where the XMP stars begin: ``(stars, lowest score rated that many or more)`` for 2..5
+    stars, as :func:`ilgnet_cli.xmp.stars_for` rates these ``scores``. ``fixed:`` thresholds
+    are the spec's own; quantile ones come from the run (a level no score reaches is left out).
+    Raises ValueError (one line) for a bad spec, as ``stars_for`` does."""
+    from ilgnet_cli.xmp import stars_for
+
+    stars = stars_for(list(scores), spec)  # also validates the spec
+    if spec.startswith("fixed:"):
+        return [(k, float(t)) for k, t in zip(range(2, 6), spec[6:].split(","), strict=True)]
+    return [(k, min(s for s, n in zip(scores, stars, strict=True) if n >= k))
+            for k in range(2, 6) if any(n >= k for n in stars)]
+
+
+@dataclass
+class Distribution:
+    """The run's scores at a glance, with where the report's cuts fall."""
+
+    scores: list[float]  # every scored file of the run, ascending
+    top: int | None = None
+    top_at: float | None = None  # lowest score (of a keeper, with bursts) inside --top; None: nothing cut
+    min_score: float | None = None
+    stars: list[tuple[int, float]] = field(default_factory=list)
+
+    def line(self) -> str:
+        """One terminal line: ``scores: min 0.12 · median 0.55 · max 0.91 · top 50 ≥ 0.71 · ...``."""
+        if not self.scores:
+            return "scores: none"
+        parts = [f"min {self.scores[0]:.2f}", f"median {statistics.median(self.scores):.2f}",
+                 f"max {self.scores[-1]:.2f}"]
+        if self.top_at is not None:
+            parts.append(f"top {self.top} ≥ {self.top_at:.2f}")
+        if self.min_score is not None:
+            parts.append(f"min-score {self.min_score:g}")
+        parts += [f"{'★' * k} ≥ {t:.2f}" for k, t in self.stars]
+        return "scores: " + " · ".join(parts)
+
+
+def distribution(run: ScoreRun, top: int | None = None, min_score: float | None = None,
+                 stars: str | None = None) -> Distribution:
+    """``stars``: the ``--stars`` spec when XMP ratings are written (None: no star thresholds)."""
+    scores = sorted(r.score for r in run.results if r.ok and isinstance(r.score, (int, float))
+                    and math.isfinite(r.score))
+    top_at = None
+    if top:
+        keepers = ([b.keeper for b in run.bursts if min_score is None or b.keeper.score >= min_score]
+                   if run.bursts is not None else selected(run, min_score))
+        if len(keepers) > top:
+            top_at = keepers[top - 1].score
+    return Distribution(scores=scores, top=top, top_at=top_at, min_score=min_score,
+                        stars=star_thresholds(scores, stars) if stars else [])
+
+
+def histogram_svg(dist: Distribution, bins: int = 20, width: int = 640, height: int = 130) -> str:
+    """An inline SVG histogram of the scores on 0..1 with the --top, --min-score and star
+    thresholds as marked lines. Only numbers go into it: nothing to escape."""
+    pad_l, pad_r, top_m, bottom_m = 8, 8, 30, 20
+    plot_w, plot_h = width - pad_l - pad_r, height - top_m - bottom_m
+    counts = [0] * bins
+    for sc in dist.scores:
+        counts[min(bins - 1, max(0, int(sc * bins)))] += 1
+    peak = max(counts) or 1
+    bar_w = plot_w / bins
+
+    def x(v: float) -> float:
+        return pad_l + min(1.0, max(0.0, v)) * plot_w
+
+    # Inline SVG in HTML needs no xmlns (and the sheet names no http: URL at all).
+    out = [f'<svg class="hist" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="histogram of {len(dist.scores)} scores">']
+    for i, c in enumerate(counts):
+        if c:
+            h = max(1.0, c / peak * plot_h)
+            out.append(f'<rect x="{pad_l + i * bar_w + 1:.1f}" y="{top_m + plot_h - h:.1f}" '
+                       f'width="{bar_w - 2:.1f}" height="{h:.1f}" fill="#6b8fb3">'
+                       f'<title>{i / bins:.2f}–{(i + 1) / bins:.2f}: {c}</title></rect>')
+    base = top_m + plot_h
+    out.append(f'<line x1="{pad_l}" y1="{base}" x2="{pad_l + plot_w}" y2="{base}" stroke="#667"/>')
+    for t in (0.0, 0.25, 0.5, 0.75, 1.0):
+        anchor = "start" if t == 0 else "end" if t == 1 else "middle"
+        out.append(f'<text x="{x(t):.1f}" y="{height - 5}" fill="#9aa" font-size="11" '
+                   f'text-anchor="{anchor}">{t:g}</text>')
+
+    def mark(v: float, label: str, colour: str, dash: str, y: float) -> None:
+        anchor = "end" if v > 0.85 else "start"
+        dx = -3 if anchor == "end" else 3
+        y1 = y - 9 if y < top_m else top_m  # star lines reach up to their label
+        out.append(f'<line x1="{x(v):.1f}" y1="{y1}" x2="{x(v):.1f}" y2="{base}" stroke="{colour}" '
+                   f'stroke-width="1.5" stroke-dasharray="{dash}"/>')
+        # A dark outline keeps a label readable where it crosses a bar.
+        out.append(f'<text x="{x(v) + dx:.1f}" y="{y}" fill="{colour}" font-size="11" text-anchor="{anchor}" '
+                   f'stroke="#15171a" stroke-width="3" paint-order="stroke">{label}</text>')
+
+    for k, t in dist.stars:  # two label rows: neighbouring thresholds are often close
+        mark(t, "★" * k, "#c9a227", "3 3", 11 if k % 2 else 23)
+    if dist.min_score is not None:
+        mark(dist.min_score, f"min-score {dist.min_score:g}", "#e07a5f", "", top_m + 14)
+    if dist.top_at is not None:
+        mark(dist.top_at, f"top {dist.top}", "#8fd694", "", top_m + 30)
+    out.append("</svg>")
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------- HTML
@@ -172,13 +301,26 @@ def thumbnail_data_uri(path: str, size: int = 240, max_pixels: int | None = None
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:1.5rem;background:#15171a;color:#e8e8e8}
-h1{font-size:1.3rem;margin:0 0 .3rem}p.meta{color:#9aa;margin:.2rem 0 1rem;font-size:.85rem}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:14px}
+h1{font-size:1.3rem;margin:0 0 .3rem}p.meta{color:#9aa;margin:.2rem 0 .6rem;font-size:.85rem}
+.dist{margin:0 0 1rem}.dist p{color:#aab;font-size:.8rem;margin:.1rem 0 0}
+.hist{display:block;max-width:100%;height:auto}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:14px;grid-auto-flow:row dense}
 figure{margin:0;background:#22262b;border-radius:8px;padding:8px;overflow:hidden}
+figure a{display:block;position:relative}
 figure img{display:block;width:100%;height:200px;object-fit:contain;background:#0d0e10;border-radius:4px}
 .noimg{height:200px;display:flex;align-items:center;justify-content:center;color:#777;background:#0d0e10}
 figcaption{font-size:.8rem;line-height:1.35;margin-top:6px;word-break:break-all}
-.burst{margin-bottom:14px;padding-bottom:14px;border-bottom:1px solid #333}
+.strip{grid-column:span 2;background:#2a2e34;box-shadow:inset 0 0 0 1px #ffd36b55}
+.frames{display:flex;gap:8px}.frames>a{flex:1 1 0;min-width:0}
+.keeper img{box-shadow:0 0 0 2px #ffd36b}
+.mark{position:absolute;left:6px;top:6px;background:#ffd36b;color:#15171a;font-size:.7rem;font-weight:700;
+padding:1px 6px;border-radius:9px}
+.others{flex:1 1 0;min-width:0;display:grid;grid-template-columns:1fr 1fr;gap:6px;align-content:start;
+max-height:200px;overflow-y:auto}
+.others img,.others .noimg{height:97px}
+.others span{position:absolute;left:3px;bottom:3px;background:#000a;font-size:.7rem;padding:0 4px;border-radius:3px}
+.count{color:#ffd36b}.note{color:#f4a259}
+@media (max-width:600px){.strip{grid-column:auto}.frames{flex-direction:column}}
 .rank{color:#9aa}.score{font-weight:700;font-size:1rem;color:#ffd36b}.exif{color:#aab}
 table{border-collapse:collapse;margin-top:1.5rem;font-size:.8rem}
 td,th{border:1px solid #333;padding:3px 6px;text-align:left}
@@ -195,31 +337,77 @@ def _caption(exif: ExifInfo) -> str:
     return " · ".join(p for p in parts if p)
 
 
+def file_href(path: str, base: str | Path | None = None) -> str:
+    """A link to the original photo: relative to the report's folder ``base`` when there is
+    one (the sheet and its photos can move together), else an absolute ``file:`` URL.
+
+    Every byte but letters, digits, ``_.-~`` and ``/`` is percent-encoded (undecodable name
+    bytes included, as they are on disk), so a name holding ``"#?%:`` or looking like
+    ``javascript:...`` stays one plain path: never a scheme, a query or a fragment."""
+    target = os.path.abspath(path)
+    if base is not None:
+        try:
+            rel = os.path.relpath(target, os.path.abspath(base))
+        except ValueError:  # another drive (Windows): no relative path exists
+            rel = None
+        if rel is not None:
+            return quote_from_bytes(os.fsencode(rel.replace(os.sep, "/")), safe="/")
+    return Path(target).as_uri()
+
+
+def _groups(run: ScoreRun, rows: list[ScoreResult]) -> list[list[ScoreResult]]:
+    """Report rows as sheet cells: one per single shot, one per burst of 2+ (keeper first)."""
+    if run.bursts is None:
+        return [[r] for r in rows]
+    cells: list[list[ScoreResult]] = []
+    for r in rows:
+        if r.info.get("keeper") or not cells:
+            cells.append([r])
+        else:
+            cells[-1].append(r)
+    return cells
+
+
 def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = None,
-            thumbnails: bool = True, max_pixels: int | None = None) -> str:
-    """A contact sheet that works offline: inline CSS, thumbnails as data URIs, no scripts."""
+            thumbnails: bool = True, max_pixels: int | None = None, base: str | Path | None = None,
+            stars: str | None = None) -> str:
+    """A contact sheet that works offline: inline CSS, thumbnails as data URIs, no scripts.
+
+    ``base``: the folder the sheet is written to (thumbnails link there relatively); ``stars``:
+    the ``--stars`` spec when XMP ratings are written, marked on the score histogram."""
     def esc(text: str) -> str:  # untrusted text: markup escaped, controls and bidi overrides visible
         return html.escape(display(text))
 
-    rows = selected(run, min_score, top)
-    figures = []
-    rank = 0
-    for r in rows:
-        if run.bursts is not None and r.info.get("keeper") and figures:
-            figures.append('</div><div class="grid burst">')  # one row per burst, keeper first
-        rank += 1 if run.bursts is None or r.info.get("keeper") else 0
-        uri = thumbnail_data_uri(r.path, max_pixels=max_pixels) if thumbnails else None
+    def picture(r: ScoreResult, size: int, inner: str = "") -> str:
+        uri = thumbnail_data_uri(r.path, size=size, max_pixels=max_pixels) if thumbnails else None
         name = os.path.basename(r.path)
         img = (f'<img src="{esc(uri)}" alt="{esc(name)}" loading="lazy">' if uri
                else '<div class="noimg">no preview</div>')
-        label = f"#{rank}"
-        if run.bursts is not None and r.info.get("burst_size", 1) > 1:
-            label += " keeper" if r.info.get("keeper") else " burst frame"
+        return f'<a href="{html.escape(file_href(r.path, base))}" title="{esc(r.path)}">{img}{inner}</a>'
+
+    def caption(label: str, r: ScoreResult, extra: str = "") -> str:
+        note = note_for(r)
+        return (f'<figcaption><span class="rank">{esc(label)}</span> <span class="score">{r.score:.4f}</span>{extra}'
+                + (f'<br><span class="note">{esc(note)}</span>' if note else "")
+                + f'<br><span class="name" title="{esc(r.path)}">{esc(os.path.basename(r.path))}</span>'
+                f'<br><span class="exif">{esc(_caption(exif_of(r)))}</span></figcaption>')
+
+    rows = selected(run, min_score, top)
+    figures = []
+    for rank, cell in enumerate(_groups(run, rows), 1):
+        first = cell[0]
+        if len(cell) == 1 and first.info.get("burst_size", 1) <= 1:
+            figures.append(f'<figure class="shot">{picture(first, 240)}{caption(f"#{rank}", first)}</figure>')
+            continue
+        size = max(len(cell), int(first.info.get("burst_size") or 1))
+        others = "".join(
+            picture(m, 160, f'<span class="score">{m.score:.4f}</span>'
+                    + (f' <span class="note">{esc(note_for(m) or "")}</span>' if note_for(m) else ""))
+            for m in cell[1:])
+        keeper = picture(first, 240, '<span class="mark">★ keeper</span>').replace("<a ", '<a class="keeper" ', 1)
         figures.append(
-            f'<figure>{img}<figcaption><span class="rank">{esc(label)}</span> '
-            f'<span class="score">{r.score:.4f}</span><br><span class="name" title="{esc(r.path)}">{esc(name)}</span>'
-            f'<br><span class="exif">{esc(_caption(exif_of(r)))}</span></figcaption></figure>'
-        )
+            f'<figure class="strip"><div class="frames">{keeper}<div class="others">{others}</div></div>'
+            f'{caption(f"#{rank}", first, f" <span class=count>burst of {size} frames</span>")}</figure>')
     errors = "".join(f"<tr><td>{esc(r.path)}</td><td>{esc(r.error or '')}</td></tr>" for r in run.errors)
     error_table = (f"<h2>Not scored ({len(run.errors)})</h2><table><tr><th>file</th><th>reason</th></tr>"
                    f"{errors}</table>") if run.errors else ""
@@ -228,24 +416,28 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
                f"(sha256 {esc(run.weights_sha256[:12])}…) · {run.stats.errors} not scored · ilgnet {__version__}")
     if run.stats.interrupted:
         summary += " · run interrupted: partial report"
+    dist = distribution(run, top, min_score, stars)
+    histogram = (f'<div class="dist">{histogram_svg(dist)}<p>{esc(dist.line())}</p></div>' if dist.scores else "")
     return printable(f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>ILGNet contact sheet</title><style>{CSS}</style></head>
-<body><h1>ILGNet contact sheet</h1><p class="meta">{summary}</p>
-<div class="grid{' burst' if run.bursts is not None else ''}">{''.join(figures)}</div>{error_table}</body></html>
+<body><h1>ILGNet contact sheet</h1><p class="meta">{summary}</p>{histogram}
+<div class="grid">{''.join(figures)}</div>{error_table}</body></html>
 """)
 
 
 def write_report(run: ScoreRun, fmt: str, output: str | Path, *, top: int | None = None,
-                 min_score: float | None = None, max_pixels: int | None = None) -> Path:
+                 min_score: float | None = None, max_pixels: int | None = None, stars: str | None = None) -> Path:
+    """``stars``: the ``--stars`` spec when XMP ratings are written (marked on the HTML histogram)."""
     if fmt == "json":
         text = to_json(run, min_score)
     elif fmt == "csv":
         text = to_csv(run, min_score)
     elif fmt == "html":
-        text = to_html(run, top=top, min_score=min_score, max_pixels=max_pixels)
+        text = to_html(run, top=top, min_score=min_score, max_pixels=max_pixels,
+                       base=os.path.dirname(os.path.abspath(output)), stars=stars)
     else:
         raise ValueError(f"cannot write format {fmt!r} to a file (choose csv, json or html)")
     # CSV keeps undecodable file-name bytes as they are on disk, so every path in it opens.

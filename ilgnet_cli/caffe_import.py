@@ -161,7 +161,7 @@ def _parse_blob(buf: mmap.mmap | bytes, pos: int, end: int) -> Blob:
             width, dtype = (4, "<f4") if key == 0x2D else (8, "<f8")
             n = _unpacked_run(buf, pos, end, key, width)
             if n:
-                chunks.append(_records(buf, pos, n, width, dtype).astype(np.float32, copy=False))
+                chunks.append(_as_float32(_records(buf, pos, n, width, dtype), copy=False))
                 pos += n * (width + 1)
                 continue
         num, wt, a, b, pos = _next_field(buf, pos, end)
@@ -173,7 +173,7 @@ def _parse_blob(buf: mmap.mmap | bytes, pos: int, end: int) -> Blob:
                 raise CaffeModelError(f"corrupt blob (field {num} has wire type {wt})")
             if (b - a) % width:
                 raise CaffeModelError("corrupt blob (packed data length not a multiple of the item size)")
-            chunks.append(np.frombuffer(buf, dtype=dtype, count=(b - a) // width, offset=a).astype(np.float32))
+            chunks.append(_as_float32(np.frombuffer(buf, dtype=dtype, count=(b - a) // width, offset=a)))
         elif num == 7 and wt == _LEN:
             dims = _parse_shape(buf, a, b)
     if len(chunks) == 1:
@@ -183,6 +183,14 @@ def _parse_blob(buf: mmap.mmap | bytes, pos: int, end: int) -> Blob:
     if dims is not None:
         return Blob(data=data, shape=_check_shape(dims, data.size, legacy=False), legacy_shape=False)
     return Blob(data=data, shape=_check_shape(legacy, data.size, legacy=True), legacy_shape=True)
+
+
+def _as_float32(values: np.ndarray, *, copy: bool = True) -> np.ndarray:
+    """float32 values, a copy unless ``copy=False`` (views into the map must not outlive it).
+
+    A double beyond float32's range becomes inf, quietly: the store refuses non-finite weights."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return values.astype(np.float32, copy=copy)
 
 
 def _check_shape(dims: list[int], size: int, *, legacy: bool) -> tuple[int, ...]:

@@ -351,6 +351,10 @@ def import_caffemodel(path: str | Path, name: str | None = None, mean: str | Non
     except LayerMismatchError as exc:
         raise WeightsError(f"{_cut(path.name)}: {exc}") from None
     del layers
+    try:
+        check_values(state)
+    except WeightsError as exc:
+        raise WeightsError(f"{_cut(path.name)}: {exc}") from None
     name = _check_name(name or re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lower())
     mean_value = resolve_mean(mean, "imagenet" if trunk else "ava1")
     src_sha = file_digest(path)
@@ -411,12 +415,18 @@ def check_state(state: dict[str, torch.Tensor], *, full: bool) -> None:
         parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
                  for label, keys in (("missing", missing), ("wrong shape", wrong), ("unexpected", extra)) if keys]
         raise WeightsError(_cut("weights do not fit ILGNet (" + "; ".join(parts) + ")", 400))
+    check_values(state)
+
+
+def check_values(state: dict[str, torch.Tensor] | dict[str, np.ndarray]) -> None:
+    """Every tensor fp32 and finite: a NaN or inf weight makes every score NaN."""
     for key, value in state.items():
-        if value.dtype != torch.float32:
-            raise WeightsError(f"weights tensor {key} is {str(value.dtype).removeprefix('torch.')}, "
+        tensor = torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+        if tensor.dtype != torch.float32:
+            raise WeightsError(f"weights tensor {_cut(key)} is {str(tensor.dtype).removeprefix('torch.')}, "
                                "not floating point; refusing it")
-        if not bool(torch.isfinite(value).all()):
-            raise WeightsError(f"weights tensor {key} has non-finite values (NaN or inf); "
+        if not bool(torch.isfinite(tensor).all()):
+            raise WeightsError(f"weights tensor {_cut(key)} has non-finite values (NaN or inf); "
                                "these weights would score every photo NaN")
 
 

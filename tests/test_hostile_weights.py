@@ -42,9 +42,9 @@ def ld(field: int, payload: bytes) -> bytes:
     return varint(field << 3 | 2) + varint(len(payload)) + payload
 
 
-def run_limited(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+def run_limited(args: list[str], timeout: float = 60, data_limit: int = DATA_LIMIT) -> subprocess.CompletedProcess:
     def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_DATA, (DATA_LIMIT, DATA_LIMIT))
+        resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
 
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, preexec_fn=limit,
                           env={**os.environ})
@@ -73,8 +73,9 @@ def read_in_subprocess(path) -> tuple[str, int]:
     return "\n".join(lines[:-1]), growth * 1024
 
 
-def cli_import(path, *extra: str) -> subprocess.CompletedProcess:
-    return run_limited([sys.executable, "-m", "ilgnet_cli", "weights", "import", str(path), *extra])
+def cli_import(path, *extra: str, data_limit: int = DATA_LIMIT) -> subprocess.CompletedProcess:
+    return run_limited([sys.executable, "-m", "ilgnet_cli", "weights", "import", str(path), *extra],
+                       timeout=300, data_limit=data_limit)
 
 
 def assert_one_line(text: str, *needles: str, limit: int = 400) -> None:
@@ -380,3 +381,28 @@ def test_nan_scores_are_errors_never_cached(weights_file, tmp_path):
         assert "non-finite" in run.results[0].error
         assert run.scored == []
     cache.close()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), 1e300])  # 1e300 as double_data: inf in fp32
+def test_caffemodel_with_non_finite_weights_is_refused(caffemodels, tmp_path, bad):
+    from caffe_schema import write_caffemodel
+
+    layers = [(n, t, [a.copy() for a in arrays]) for n, t, arrays in caffemodels["layers"]]
+    layers[-1][2][1][0] = bad  # the last layer's bias
+    path = tmp_path / "bad.caffemodel"
+    if bad == 1e300:  # only double_data can hold it; keep the file small: every other layer as float
+        write_caffemodel(path, layers, double=False)
+        from caffe_schema import NetParameter
+
+        net = NetParameter()
+        net.ParseFromString(path.read_bytes())
+        b = net.layer[-1].blobs[1]
+        values = list(b.data)
+        del b.data[:]
+        b.double_data.extend([float(v) for v in values[:0]] + [1e300] + values[1:])
+        path.write_bytes(net.SerializeToString())
+    else:
+        write_caffemodel(path, layers)
+    proc = cli_import(path, "--name", "bad", data_limit=resource.RLIM_INFINITY)  # a whole ILGNet: 2x 600 MB
+    assert_cli_one_line(proc, "non-finite")
+    assert store.installed_all() == []

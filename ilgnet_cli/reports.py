@@ -139,7 +139,9 @@ def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> T
     if run.bursts is not None:  # one row per burst: its keeper
         rows = [r for r in rows if r.info.get("keeper")]
         total = len([b for b in run.bursts if min_score is None or b.keeper.score >= min_score])
-        title = f"ILGNet scores — best {len(rows)} of {total} bursts ({run.weights_name})"
+        real = sum(len(b.members) > 1 for b in run.bursts)
+        title = (f"ILGNet scores — best {len(rows)} of {total} shots and bursts "
+                 f"({real} burst{'s' if real != 1 else ''} of 2+ frames; {run.weights_name})")
     else:
         total = len(selected(run, min_score))
         title = f"ILGNet scores — top {len(rows)} of {total} ({run.weights_name})"
@@ -160,7 +162,8 @@ def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> T
         # Rich markup in file names and EXIF must print literally, terminal controls escaped.
         cells = [str(i), f"{r.score:.4f}", _plain(display(r.path)), _plain(display(date)), _plain(display(exif.camera))]
         if run.bursts is not None:
-            cells.append(f"keeper of {r.info.get('burst_size', 1)}")
+            size = r.info.get("burst_size", 1)  # a single shot is no burst
+            cells.append(f"keeper of {size}" if isinstance(size, int) and size > 1 else "")
         if any(notes):
             cells.append(_plain(display(note)))
         table.add_row(*cells)

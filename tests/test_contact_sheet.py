@@ -426,3 +426,12 @@ def test_clicking_a_thumbnail_opens_the_photo_in_chromium(tmp_path):
             pipe.close()
     assert opened == Path(path).as_uri() and unquote_to_bytes(urlsplit(opened).path) == os.fsencode(path)
     assert shown == 320  # the full photo, not the thumbnail
+
+
+def test_terminal_table_calls_only_real_bursts_bursts(tmp_path):
+    run = _ten_and_a_burst(tmp_path)
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(reports.terminal_table(run, 20))
+    text = console.export_text()
+    assert text.count("keeper of 3") == 1 and "keeper of 1" not in text
+    assert "11 shots and bursts" in text or "of 11" in text

@@ -170,12 +170,15 @@ def test_burst_keeper_is_the_sharp_frame(tmp_path, weights_file):
     blurred = next(r for r in burst if "blurred" in r["path"])
     assert blurred["sharpness"] < 0.5 * keeper["sharpness"]
     assert len(bursts) == 2 and sum(len(b) for b in bursts.values()) == 4
-    assert "keeper of" in result.output and result.output.count("keeper of") == 1  # --top 1 counts bursts
+    assert "best 1 of 2 shots and bursts" in result.output  # --top 1 counts bursts
+    assert result.output.count("keeper of") <= 1 and "keeper of 1" not in result.output  # a single is no burst
     html = tmp_path / "r.html"
     assert runner.invoke(app, ["score", str(folder), "--weights", str(weights_file), "--device", "cpu",
                                "--workers", "0", "--group-bursts", "1", "-o", str(html)]).exit_code == 0
     page = html.read_text()
-    assert page.count('class="grid burst"') == 2 and page.index("keeper") < page.index("burst frame")
+    # The burst is one strip (keeper first), the single shot an ordinary grid cell.
+    assert page.count('<figure class="strip"') == 1 and page.count('<figure class="shot"') == 1
+    assert "burst of 3 frames" in page and page.index("a_sharp.jpg") < page.index("b_blurred.jpg")
 
 
 def test_bursts_on_real_camera_photos_are_singletons(tmp_path, weights_file):

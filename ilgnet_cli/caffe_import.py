@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,8 @@ MAX_LAYERS = 10_000
 MAX_BLOBS = 64  # per layer
 MAX_CHUNKS = 4096  # separate data fields in one blob (writers emit one run)
 MAX_NAME = 256  # bytes of a layer name or type kept; longer ones cannot be ILGNet's
+MAX_FIELDS = 1_000_000  # fields decoded one by one in a file (ILGNet: ~3000); bounds the time
+_FIELDS_LEFT: ContextVar[list[int] | None] = ContextVar("_FIELDS_LEFT", default=None)
 _INT32_MAX = 2**31 - 1
 
 # V1LayerParameter.LayerType values that carry parameters (caffe.proto).
@@ -100,6 +103,11 @@ def _varint(buf: mmap.mmap | bytes, pos: int, end: int) -> tuple[int, int]:
 
 def _next_field(buf: mmap.mmap | bytes, pos: int, end: int) -> tuple[int, int, int, int, int]:
     """Decode one field at ``pos``: (number, wire type, value or payload start, payload end, next pos)."""
+    left = _FIELDS_LEFT.get()
+    if left is not None:
+        left[0] -= 1
+        if left[0] < 0:
+            raise CaffeModelError(f"not a caffemodel (more than {MAX_FIELDS} fields)")
     key, pos = _varint(buf, pos, end)
     num, wt = key >> 3, key & 7
     if num == 0:
@@ -273,6 +281,7 @@ def read_caffemodel(path: str | Path) -> list[CaffeLayer]:
         if head[:5] in (b"name:", b"layer", b"input") or head[:1] == b"#":
             raise CaffeModelError(f"{shown}: a text prototxt, not a binary caffemodel")
         buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    budget = _FIELDS_LEFT.set([MAX_FIELDS])
     try:
         layers = []
         for num, wt, a, b in _fields(buf, 0, size):
@@ -285,6 +294,7 @@ def read_caffemodel(path: str | Path) -> list[CaffeLayer]:
     except (CaffeModelError, struct.error, IndexError) as exc:
         raise CaffeModelError(f"{shown}: {_cut(str(exc), 200)}") from None
     finally:
+        _FIELDS_LEFT.reset(budget)
         # numpy views into the map were copied, so closing is safe.
         buf.close()
     if not layers:

@@ -406,3 +406,12 @@ def test_caffemodel_with_non_finite_weights_is_refused(caffemodels, tmp_path, ba
     proc = cli_import(path, "--name", "bad", data_limit=resource.RLIM_INFINITY)  # a whole ILGNet: 2x 600 MB
     assert_cli_one_line(proc, "non-finite")
     assert store.installed_all() == []
+
+
+def test_millions_of_junk_fields_are_refused(tmp_path):
+    from ilgnet_cli.caffe_import import MAX_FIELDS, CaffeModelError, read_caffemodel
+
+    path = tmp_path / "junk.caffemodel"
+    path.write_bytes(ld(100, b"\x08\x00" * 10) + b"\x08\x00" * MAX_FIELDS)  # a real file has a few thousand
+    with pytest.raises(CaffeModelError, match="fields"):
+        read_caffemodel(path)

@@ -323,7 +323,8 @@ max-height:200px;overflow-y:auto}
 .others img,.others .noimg{height:97px}
 .others span{position:absolute;left:3px;bottom:3px;background:#000a;font-size:.7rem;padding:0 4px;border-radius:3px}
 .count{color:#ffd36b}.note{color:#f4a259}
-@media (max-width:600px){.strip{grid-column:auto}.frames{flex-direction:column}}
+@media (max-width:561px){.strip{grid-column:auto}.frames{flex-direction:column}.frames>a,.others{flex:none}
+.others{grid-template-columns:repeat(3,1fr)}}
 .rank{color:#9aa}.score{font-weight:700;font-size:1rem;color:#ffd36b}.exif{color:#aab}
 table{border-collapse:collapse;margin-top:1.5rem;font-size:.8rem}
 td,th{border:1px solid #333;padding:3px 6px;text-align:left}

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import string
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -18,6 +19,8 @@ import numpy as np
 import pytest
 import tifffile
 from conftest import camera_photos
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from rich.console import Console
 
@@ -156,6 +159,8 @@ def test_single_shots_flow_as_a_grid_and_only_real_bursts_get_a_strip(tmp_path):
     strip = page[page.index('<figure class="strip"'):]
     strip = strip[:strip.index("</figure>", strip.index("<figcaption"))]
     assert strip.count("<img") == 3 and "burst of 3 frames" in strip and "keeper" in strip
+    burst = next(b for b in run.bursts if len(b.members) == 3)
+    assert [a["href"] for t, a in _parse(strip).tags if t == "a"] == [Path(m.path).as_uri() for m in burst.members]
     assert strip.index("burst_a.jpg") < strip.index("burst_b.jpg") < strip.index("burst_c.jpg")  # keeper first
     assert "keeper of 1" not in page and "burst of 1" not in page
 
@@ -197,6 +202,18 @@ def test_every_thumbnail_links_to_its_original_file(tmp_path, relative):
     targets = sorted(_href_target(h, sheet.as_uri()) for h in links)
     assert targets == sorted(os.fsencode(p) for p in paths)
     assert all(os.path.exists(t) for t in targets)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.binary(min_size=1, max_size=40).filter(lambda b: b"/" not in b and b"\0" not in b
+                                                      and b not in (b".", b"..")),
+       depth=st.integers(0, 3))
+def test_file_href_is_always_one_plain_path(name, depth):
+    base = "/tmp/reports/" + "sub/" * depth
+    path = os.fsdecode(b"/tmp/shoot/" + name)
+    for href in (reports.file_href(path, base), reports.file_href(path)):
+        assert set(href) <= set(string.ascii_letters + string.digits + "_.-~/%:") and '"' not in href
+        assert _href_target(href, Path(base, "sheet.html").as_uri()) == os.fsencode(path)
 
 
 def test_link_falls_back_to_a_file_url_without_a_relative_path(monkeypatch, tmp_path):

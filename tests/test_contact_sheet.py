@@ -360,6 +360,25 @@ def test_sheet_with_single_shots_and_a_burst_is_laid_out_as_a_grid(tmp_path):
     assert all(abs(w - single) <= 2 for w in widths[:-1]) and abs(widths[-1] - (2 * single + 14)) <= 3, widths
 
 
+@needs_chromium
+def test_burst_strip_keeps_its_frames_on_a_phone_sized_sheet(tmp_path):
+    run = _ten_and_a_burst(tmp_path)
+    burst = next(b for b in run.bursts if len(b.members) == 3)
+    run.bursts = run.bursts[:2] + [burst]  # two single shots and the burst
+    run.results = [m for b in run.bursts for m in b.members]
+    sheet = reports.write_report(run, "html", tmp_path / "sheet.html")
+    shot_png = tmp_path / "sheet.png"
+    subprocess.run([CHROMIUM, *_chromium_flags(tmp_path, 480, 1800), f"--screenshot={shot_png}", sheet.as_uri()],
+                   capture_output=True, timeout=120)
+    shot = np.asarray(Image.open(shot_png).convert("RGB"))
+    is_card = (shot == CARD).all(axis=2) | (shot == STRIP).all(axis=2)
+    # One card a row: beside a thumbnail only the card's padding shows (less, by the keeper's outline).
+    ys = np.flatnonzero(is_card.sum(axis=1) > 6)
+    heights = sorted(len(b) for b in np.split(ys, np.flatnonzero(np.diff(ys) > 1) + 1) if len(b) > 40)
+    assert len(heights) == 3, heights  # one column: two single shots and the strip
+    assert heights[-1] > heights[0] + 80, heights  # the strip shows its other frames below the keeper
+
+
 def _cdp(tmp_path: Path):
     """Chromium driven over --remote-debugging-pipe (fd 3 in, fd 4 out; NUL-framed JSON)."""
     to_chrome_r, to_chrome_w = os.pipe()

@@ -362,6 +362,23 @@ def _as_rating(value: str | None) -> float | None:
     return rating if math.isfinite(rating) and (rating == -1 or 0 <= rating <= 5) else None
 
 
+def read_ratings(path: str | Path, data: bytes | None = None) -> tuple[float | None, float | None]:
+    """(``xmp:Rating``, ``ilgnet:Rating``) of the sidecar at ``path``, or of the XMP packet ``data``
+    (embedded in an image; ``path`` then only names it in messages); None where absent or not a
+    rating. Read with the same defused, capped parser as merging: raises XmpError (one line)
+    for what it refuses, OSError for a file it cannot read. No sidecar: (None, None)."""
+    path = Path(path)
+    if data is None:
+        data = _read_existing(path)
+        if data is None:
+            return None, None
+    elif len(data) > MAX_SIDECAR_BYTES:
+        raise XmpError(f"{path}: XMP packet too large (more than {MAX_SIDECAR_BYTES} bytes)")
+    text, _ = _decode(data, path)
+    descs = _descriptions(_parse(text, path).root)
+    return _as_rating(_get(descs, _q("xmp", "Rating"))), _as_rating(_get(descs, _q("ilgnet", "Rating")))
+
+
 @dataclass
 class SidecarChange:
     path: Path

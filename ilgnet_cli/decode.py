@@ -77,15 +77,17 @@ def _grey8(arr: np.ndarray, is_float: bool) -> np.ndarray:
     Floats inside 0..1 and non-negative integers keep their meaning (x255, /257 for 16 bit);
     anything else (phase maps in -pi..pi, signed data, HDR) is stretched min..max -> 0..255.
     NaN is 0; +-inf sit at the ends; the finite pixels set the range."""
+    # float32 and no copy of the finite pixels keep a 120 MP frame affordable.
     finite = np.isfinite(arr)
-    values = arr[finite]  # float32 keeps a 120 MP frame affordable; an overflow to inf still clips right
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    lo, hi = (float(np.min(arr, where=finite, initial=np.inf)), float(np.max(arr, where=finite, initial=-np.inf)))
+    if lo > hi:  # no finite pixel at all
+        lo = hi = 0.0
     if is_float and 0.0 <= lo and hi <= 1.0:
         scaled = arr * 255.0  # the usual 0..1 floats: without this they turn black
     elif not is_float and lo >= 0.0:
         scaled = arr / (1.0 if hi <= 255.0 else 257.0 if hi <= 65535.0 else hi / 255.0)
     elif hi > lo:
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow to inf still clips right
             scaled = (arr - np.float32(lo)) * np.float32(255.0 / (hi - lo))
     else:  # a constant outside 0..1: saturated, as a 0..1 float would be
         scaled = np.full(arr.shape, 255.0 if lo > 0 else 0.0)

@@ -400,18 +400,18 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
     figures = []
     for rank, cell in enumerate(_groups(run, rows), 1):
         first = cell[0]
-        if len(cell) == 1 and first.info.get("burst_size", 1) <= 1:
+        if len(cell) == 1:  # a single shot, or a burst of one: an ordinary cell
             figures.append(f'<figure class="shot">{picture(first, 240)}{caption(f"#{rank}", first)}</figure>')
             continue
-        size = max(len(cell), int(first.info.get("burst_size") or 1))
         others = "".join(
             picture(m, 160, f'<span class="score">{m.score:.4f}</span>'
                     + (f' <span class="note">{esc(note_for(m) or "")}</span>' if note_for(m) else ""))
             for m in cell[1:])
+        count = f' <span class="count">burst of {len(cell)} frames</span>'
         keeper = picture(first, 240, '<span class="mark">★ keeper</span>').replace("<a ", '<a class="keeper" ', 1)
         figures.append(
             f'<figure class="strip"><div class="frames">{keeper}<div class="others">{others}</div></div>'
-            f'{caption(f"#{rank}", first, f" <span class=count>burst of {size} frames</span>")}</figure>')
+            f'{caption(f"#{rank}", first, count)}</figure>')
     errors = "".join(f"<tr><td>{esc(r.path)}</td><td>{esc(r.error or '')}</td></tr>" for r in run.errors)
     error_table = (f"<h2>Not scored ({len(run.errors)})</h2><table><tr><th>file</th><th>reason</th></tr>"
                    f"{errors}</table>") if run.errors else ""

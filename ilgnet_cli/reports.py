@@ -382,12 +382,14 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
     def esc(text: str) -> str:  # untrusted text: markup escaped, controls and bidi overrides visible
         return html.escape(display(text))
 
-    def picture(r: ScoreResult, size: int, inner: str = "") -> str:
+    def picture(r: ScoreResult, size: int, inner: str = "", css: str = "") -> str:
         uri = thumbnail_data_uri(r.path, size=size, max_pixels=max_pixels) if thumbnails else None
         name = os.path.basename(r.path)
         img = (f'<img src="{esc(uri)}" alt="{esc(name)}" loading="lazy">' if uri
                else '<div class="noimg">no preview</div>')
-        return f'<a href="{html.escape(file_href(r.path, base))}" title="{esc(r.path)}">{img}{inner}</a>'
+        title = r.path + (f" ({note_for(r)})" if note_for(r) else "")
+        attrs = f' class="{css}"' if css else ""
+        return f'<a{attrs} href="{html.escape(file_href(r.path, base))}" title="{esc(title)}">{img}{inner}</a>'
 
     def caption(label: str, r: ScoreResult, extra: str = "") -> str:
         note = note_for(r)
@@ -403,12 +405,11 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
         if len(cell) == 1:  # a single shot, or a burst of one: an ordinary cell
             figures.append(f'<figure class="shot">{picture(first, 240)}{caption(f"#{rank}", first)}</figure>')
             continue
-        others = "".join(
-            picture(m, 160, f'<span class="score">{m.score:.4f}</span>'
-                    + (f' <span class="note">{esc(note_for(m) or "")}</span>' if note_for(m) else ""))
-            for m in cell[1:])
+        # Small frames have room for the score only; a note shows as a mark (and in full on hover).
+        others = "".join(picture(m, 160, f'<span class="score">{m.score:.4f}{" ⚠" if note_for(m) else ""}</span>')
+                         for m in cell[1:])
         count = f' <span class="count">burst of {len(cell)} frames</span>'
-        keeper = picture(first, 240, '<span class="mark">★ keeper</span>').replace("<a ", '<a class="keeper" ', 1)
+        keeper = picture(first, 240, '<span class="mark">★ keeper</span>', css="keeper")
         figures.append(
             f'<figure class="strip"><div class="frames">{keeper}<div class="others">{others}</div></div>'
             f'{caption(f"#{rank}", first, count)}</figure>')

@@ -471,3 +471,12 @@ def test_terminal_table_calls_only_real_bursts_bursts(tmp_path):
     text = console.export_text()
     assert text.count("keeper of 3") == 1 and "keeper of 1" not in text
     assert "11 shots and bursts" in text or "of 11" in text
+
+
+def test_a_tiny_frame_inside_a_burst_strip_is_marked(tmp_path):
+    keeper, small = _photo_copies(tmp_path, ["keeper.jpg", "small.jpg"])
+    run = _run([], [[(keeper, 0.8), (small, 0.9)]])
+    run.bursts[0].members[1].width = run.bursts[0].members[1].height = 32
+    titles = [a["title"] for t, a in _parse(reports.to_html(run)).tags if t == "a"]
+    assert titles == [keeper, f"{small} (tiny: 32x32, upscaled)"]
+    assert "0.9000 ⚠" in reports.to_html(run, thumbnails=False)

@@ -13,10 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ilgnet_cli.errors import DataError
+
 HIGH_THRESHOLD = 5.0  # AVA1: mean score > 5 -> high (1); verified on 48,604 real images
 
 
-class AVAFormatError(ValueError):
+class AVAFormatError(DataError, ValueError):
     """A malformed AVA.txt line; ``str()`` names the file and line number."""
 
 

@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 
 from ilgnet_cli.ava import read_ava
 from ilgnet_cli.download import Checksum, DownloadError, download
+from ilgnet_cli.errors import IlgnetError
 
 METADATA = ("AVA.txt", "tags.txt", "challenges.txt")
 # ASCII digits only: ``\d`` also matches "１２３" or "١٢", which int() would quietly turn into
@@ -61,7 +62,7 @@ MAX_MANIFEST_BYTES = 64 << 20  # room for a sha256 per image
 CHUNK = 1 << 20
 
 
-class AVADownloadError(Exception):
+class AVADownloadError(IlgnetError):
     pass
 
 

@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ilgnet_cli.errors import IlgnetError
 from ilgnet_cli.model import TRUNK_LAYERS, ILGNet, torch_module_name
 
 
-class CaffeModelError(ValueError):
+class CaffeModelError(IlgnetError, ValueError):
     """The file is not a readable caffemodel (truncated, not protobuf, no layers)."""
 
 
-class LayerMismatchError(ValueError):
+class LayerMismatchError(IlgnetError, ValueError):
     """The caffemodel is a different network than the one asked for."""
 
     def __init__(self, missing: list[str], extra: list[str], mismatched: list[str]) -> None:

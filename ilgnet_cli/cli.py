@@ -49,25 +49,18 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 @contextmanager
 def errors_as_messages():
-    """Turn the library's expected errors into one-line messages and exit codes."""
-    from ilgnet_cli.ava import AVAFormatError
-    from ilgnet_cli.ava_download import AVADownloadError
-    from ilgnet_cli.caffe_import import CaffeModelError
-    from ilgnet_cli.download import DownloadError
+    """Turn the library's errors into one-line messages and exit codes: a usage error exits 2,
+    any other :class:`~ilgnet_cli.errors.IlgnetError` (and OSError) 1; anything else is a bug and
+    keeps its traceback."""
     from ilgnet_cli.errors import IlgnetError, UsageError
-    from ilgnet_cli.partition import PartitionError
-    from ilgnet_cli.store import WeightsError
 
     try:
         yield
     # Messages quote file names: printed literally (no Rich markup, terminal controls escaped).
     except UsageError as exc:
         raise fail(escape(display(str(exc))), 2) from None
-    except (IlgnetError, WeightsError, CaffeModelError, DownloadError, AVADownloadError, PartitionError,
-            AVAFormatError) as exc:
+    except IlgnetError as exc:  # everything the library raises on purpose; anything else is a bug
         raise fail(escape(display(str(exc)))) from None
-    except ValueError as exc:
-        raise fail(escape(display(str(exc))), 2) from None
     except OSError as exc:  # disk full, permissions, a path that vanished: one line, never a traceback
         where = f"{exc.filename}: " if exc.filename else ""
         raise fail(escape(display(f"{where}{exc.strerror or exc}"))) from None
@@ -120,21 +113,10 @@ def download_progress() -> tuple[_LazyProgress, callable]:
 # --------------------------------------------------------------------------- score
 
 
-def _default_workers() -> int:
-    # One decoder per core: measured on 2 cores, 2 workers beat 1 (20.0 vs 17.2 images/s) even
-    # though the model's threads use the same cores.
-    return max(1, min(8, os.cpu_count() or 1))
-
-
 class ScorePrecision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
-
-
-def _say_verdict(verdict) -> None:
-    """One line, the first time the bf16 guard runs for these weights on this device."""
-    err.print(f"precision: {escape(verdict.describe())}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -175,13 +157,10 @@ def score(
     Exit code 0 when at least one file was scored, 1 when none could be, 2 for usage errors,
     130 when interrupted (the partial report is still written).
     """
-    from ilgnet_cli import reports, scoring, store
-    from ilgnet_cli.cache import open_cache
-    from ilgnet_cli.discover import Selection, find_images, holds_image, unusable_reason
+    from ilgnet_cli import reports
+    from ilgnet_cli.collection import score_collection
+    from ilgnet_cli.discover import holds_image
     from ilgnet_cli.fsutil import check_writable_file, check_writable_folder
-    from ilgnet_cli.precision import VerdictStore, plan
-    from ilgnet_cli.preprocess import PREPROCESS_VERSION
-    from ilgnet_cli.scoring import pick_device, run_score
 
     fmt = "json" if as_json and not fmt else reports.guess_format(output, fmt)
     if fmt not in reports.FORMATS:
@@ -197,6 +176,15 @@ def score(
             check_options(xmp_style, stars)
         except ValueError as exc:
             raise fail(str(exc), 2) from None
+    is_main = int(os.environ.get("RANK", "0")) == 0
+
+    def say(kind: str, text: str) -> None:
+        if kind == "precision":  # the first time the bf16 guard runs for these weights here
+            if not quiet and is_main:
+                err.print(f"precision: {escape(display(text))}", highlight=False, soft_wrap=True)
+        else:
+            err.print(f"[yellow]warning[/]: {escape(display(text))}", highlight=False)
+
     with errors_as_messages():
         if output is not None and fmt != "table":
             check_writable_file(output)
@@ -204,49 +192,20 @@ def score(
                 raise fail(f"will not write the report over {escape(display(str(output)))}: it is an image", 2)
         if copy_top or link_top:
             check_writable_folder(copy_top or link_top)
-        dev = pick_device(device)
-        missing: list[str] = []
         outputs = [p for p in (copy_top, link_top, output if fmt != "table" else None) if p is not None]
-        selection = Selection(recursive=recursive, hidden=hidden, include=include or [], exclude=exclude or [],
-                              skip=outputs)
-        files = list(find_images(paths, selection, missing))
-        if not files:
-            reason = "; ".join(f"{unusable_reason(m)}: {display(m)}" for m in missing) if missing else "no images found"
-            raise fail(escape(reason), 1)
-        if weights is None:
-            progress, update = download_progress()
-            with progress:
-                weights = store.ensure_default(allow_download=not offline, progress=update)
-        mode, _ = plan((precision or ScorePrecision.auto).value, dev, exact=exact)
-        loaded = store.load_model(weights, dev)
-        cache, cache_note = (None, None) if no_cache else open_cache(
-            store.home() / "scores.sqlite", loaded.sha256, PREPROCESS_VERSION, "exact" if exact else "draft")
-        if cache_note:
-            err.print(f"[yellow]warning[/]: {escape(display(cache_note))}", highlight=False)
         started = time.monotonic()
-        shard = scoring.Shard.from_env(dev)
-        progress, on_progress = score_progress(len(files), quiet or not shard.main)
-        try:
-            with progress:
-                run = run_score(shard.take(files), loaded, device=shard.device, batch_size=batch_size,
-                                workers=_default_workers() if workers is None else workers, exact=exact,
-                                cache=cache, max_pixels=max_pixels, progress=on_progress,
-                                missing=missing if shard.main else [], precision=mode,
-                                verdicts=VerdictStore(store.home() / "precision.json"),
-                                on_verdict=None if quiet or not shard.main else _say_verdict)
-        finally:
-            if cache is not None:
-                cache.close()
-                if cache.problem:
-                    err.print(f"[yellow]warning[/]: {escape(display(cache.problem))}", highlight=False)
-        run = shard.merge(run)
+        bar, on_bytes = download_progress()
+        progress = _ScoreProgress(quiet or not is_main)
+        with bar, progress:
+            run = score_collection(
+                paths, weights=weights, device=device, batch_size=batch_size, workers=workers, exact=exact,
+                precision=(precision or ScorePrecision.auto).value, cache=not no_cache, recursive=recursive,
+                hidden=hidden, include=include or [], exclude=exclude or [], skip=outputs, max_pixels=max_pixels,
+                group_bursts=group_bursts, allow_download=not offline, download_progress=on_bytes,
+                progress=progress.start, on_note=say)
         if run is None:  # not rank 0 under torchrun: rank 0 writes the report
             return
         elapsed = time.monotonic() - started
-        if group_bursts is not None:
-            from ilgnet_cli.bursts import group_bursts as make_bursts
-
-            run.bursts = make_bursts(run.results, group_bursts)
         if output is not None and fmt != "table":
             reports.write_report(run, fmt, output, top=top, min_score=min_score, max_pixels=max_pixels,
                                  stars=stars if xmp else None)
@@ -259,7 +218,7 @@ def score(
             exported = reports.export_top(reports.selected(run, min_score, top), copy_top or link_top,
                                           link=link_top is not None)
     if xmp:
-        _write_xmp(run, loaded.name, xmp_style, stars, overwrite_ratings, dry_run)
+        _write_xmp(run, run.weights_name, xmp_style, stars, overwrite_ratings, dry_run)
     if not quiet:
         _summary(run, elapsed, output if fmt != "table" else None, exported,
                  reports.distribution(run, top, min_score, stars if xmp else None).line())
@@ -290,23 +249,34 @@ def _write_xmp(run, model: str, style: str, stars: str, overwrite: bool, dry_run
         err.print(f"[yellow]XMP skipped[/] {escape(display(p))}", highlight=False)
 
 
-def score_progress(total: int, quiet: bool):
-    from rich.progress import MofNCompleteColumn, SpinnerColumn
+class _ScoreProgress:
+    """The scoring bar: it appears once the number of files is known (after discovery and any
+    first-use download), counts finished files and shows the decode rate."""
 
-    progress = Progress(SpinnerColumn(), TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=True,
-                        disable=quiet)
-    task = progress.add_task("scoring", total=total, rate="")
-    started = time.monotonic()
+    def __init__(self, quiet: bool) -> None:
+        from rich.progress import MofNCompleteColumn, SpinnerColumn
 
-    def update(stats) -> None:
-        finished = stats.scored + stats.errors
-        fresh = stats.decoded
-        elapsed = max(time.monotonic() - started, 1e-6)
-        rate = f"{fresh / elapsed:.1f} img/s" if fresh else ""
-        progress.update(task, completed=finished, rate=rate)
+        self.progress = Progress(SpinnerColumn(), TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
+                                 transient=True, disable=quiet)
 
-    return progress, update
+    def start(self, total: int):
+        task = self.progress.add_task("scoring", total=total, rate="")
+        started = time.monotonic()
+        self.progress.start()
+
+        def update(stats) -> None:
+            elapsed = max(time.monotonic() - started, 1e-6)
+            rate = f"{stats.decoded / elapsed:.1f} img/s" if stats.decoded else ""
+            self.progress.update(task, completed=stats.scored + stats.errors, rate=rate)
+
+        return update
+
+    def __enter__(self) -> _ScoreProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
 
 
 def _summary(run, elapsed: float, output: Path | None, exported: list[Path], scores_line: str | None = None) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageFile
 
+from ilgnet_cli.errors import IlgnetError
+
 try:  # HEIC/HEIF/AVIF; a regular dependency, but decoding the rest must not need it.
     import pillow_heif
 
@@ -51,7 +53,7 @@ RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".sr
 _RAW_ROT90 = {3: 2, 5: 1, 6: -1}
 
 
-class DecodeError(Exception):
+class DecodeError(IlgnetError):
     """An image that cannot be scored; ``str()`` is a one-line reason."""
 
 

@@ -34,6 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ilgnet_cli.errors import IlgnetError
+
 USER_AGENT = "ilgnet-cli (+https://github.com/ilgnet/ilgnet-cli)"
 CHUNK = 1 << 20
 PERMANENT_HTTP = {400, 401, 403, 404, 410, 451}
@@ -57,7 +59,7 @@ ALLOWED_SCHEMES = ("http", "https")
 ProgressFn = Callable[[int, int | None], None]  # (bytes done, total or None)
 
 
-class DownloadError(Exception):
+class DownloadError(IlgnetError):
     """All sources failed; ``str()`` names each source and why."""
 
 

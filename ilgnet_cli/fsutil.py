@@ -15,6 +15,8 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
+from ilgnet_cli.errors import UsageError
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where /proc allows (``os.umask`` is
@@ -190,22 +192,22 @@ def _probe_folder(folder: Path) -> str | None:
 
 
 def check_writable_file(path: str | Path) -> None:
-    """Raise ValueError (one line) unless a file can be written at ``path``.
+    """Raise UsageError (one line) unless a file can be written at ``path``.
 
     Run before long work so that a typo in ``--output`` costs seconds, not the whole run.
     Creates the parent folder, as the final write would.
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"cannot write {display(str(path))}: it is a folder (give a file name)")
+        raise UsageError(f"cannot write {display(str(path))}: it is a folder (give a file name)")
     if problem := _probe_folder(path.parent):
-        raise ValueError(f"cannot write {display(str(path))}: {problem}")
+        raise UsageError(f"cannot write {display(str(path))}: {problem}")
 
 
 def check_writable_folder(path: str | Path) -> None:
-    """Raise ValueError (one line) unless ``path`` is, or can become, a writable folder."""
+    """Raise UsageError (one line) unless ``path`` is, or can become, a writable folder."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"cannot use {display(str(path))} as a folder: a file of that name exists")
+        raise UsageError(f"cannot use {display(str(path))} as a folder: a file of that name exists")
     if problem := _probe_folder(path):
-        raise ValueError(f"cannot use {display(str(path))} as a folder: {problem}")
+        raise UsageError(f"cannot use {display(str(path))} as a folder: {problem}")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ilgnet_cli.ava import AVAData, parse_label_lines, read_ava, read_id_list, read_label_list, write_label_list
+from ilgnet_cli.errors import DataError
 from ilgnet_cli.fsutil import atomic_write_text
 
 KINDS = ("ava1", "ava2", "standard", "ilgnet-ava1", "ilgnet-ava2")
@@ -24,7 +25,7 @@ AVA1_TEST_SIZE = 20_000
 AVA2_FRACTION = 0.10
 
 
-class PartitionError(ValueError):
+class PartitionError(DataError, ValueError):
     """A partition cannot be built from the given inputs (one line)."""
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ilgnet_cli.errors import UsageError
+
 RESIZE = 256
 CROP = 227
 # Per-channel (B, G, R) averages of the authors' mean images (for reference and old weight files).
@@ -91,7 +93,7 @@ def resize_bilinear(img: np.ndarray, height: int = RESIZE, width: int = RESIZE) 
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-class MeanError(ValueError):
+class MeanError(UsageError):
     """A mean that cannot be used: unknown name, unreadable file, wrong shape, not finite."""
 
 

@@ -25,6 +25,7 @@ from urllib.parse import quote_from_bytes
 from rich.table import Table
 
 from ilgnet_cli import __version__
+from ilgnet_cli.errors import UsageError
 from ilgnet_cli.exif import ExifInfo
 from ilgnet_cli.fsutil import atomic_write_text, copy_new, display, escape_controls, json_escaped, printable
 from ilgnet_cli.scoring import ScoreResult, ScoreRun
@@ -444,7 +445,7 @@ def write_report(run: ScoreRun, fmt: str, output: str | Path, *, top: int | None
         text = to_html(run, top=top, min_score=min_score, max_pixels=max_pixels,
                        base=os.path.dirname(os.path.abspath(output)), stars=stars)
     else:
-        raise ValueError(f"cannot write format {fmt!r} to a file (choose csv, json or html)")
+        raise UsageError(f"cannot write format {fmt!r} to a file (choose csv, json or html)")
     # CSV keeps undecodable file-name bytes as they are on disk, so every path in it opens.
     atomic_write_text(output, text, errors="surrogateescape" if fmt == "csv" else "strict")
     return Path(output)

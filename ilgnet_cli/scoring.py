@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
 from ilgnet_cli.decode import DecodeError, decode
 from ilgnet_cli.distributed import Dist, init_distributed
+from ilgnet_cli.errors import UsageError
 from ilgnet_cli.model import score_from_logits
 from ilgnet_cli.preprocess import RESIZE, Mean, parse_mean, preprocess
 
@@ -40,6 +41,13 @@ class ScoreResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def exif(self) -> Any:
+        """The photo's EXIF (:class:`ilgnet_cli.exif.ExifInfo`; empty fields when it has none)."""
+        from ilgnet_cli.exif import ExifInfo
+
+        return ExifInfo.from_json(self.info.get("exif"))
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` -> CUDA, else MPS, else CPU. Asking for an absent accelerator is an error."""
@@ -51,11 +59,11 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but no CUDA device is available (try --device auto)")
+        raise UsageError("device cuda requested but no CUDA device is available (auto picks what there is)")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps requested but MPS is not available (try --device auto)")
+        raise UsageError("device mps requested but MPS is not available (auto picks what there is)")
     if name not in ("cpu", "mps") and not name.startswith("cuda"):
-        raise ValueError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)")
+        raise UsageError(f"unknown device {name[:40]!r} (auto, cpu, cuda, cuda:N, mps)")
     return torch.device(name)
 
 
@@ -388,6 +396,10 @@ def run_score(
             on_verdict(verdict)
 
     use(precision)
+    # fp32 scores are always good enough; bf16 ones unless fp32 was asked for. Under a guard that
+    # has no stored verdict yet (too few photos last time), the bf16 scores an earlier guard
+    # accepted are reused too, or a small collection would be rescored on every run.
+    lookups = [] if cache is None else [fp32_mode] if precision == "fp32" else [fp32_mode, fp32_mode + "+bf16"]
 
     stats = RunStats(files=len(files) + len(missing or []))
     done: dict[int, ScoreResult] = {}
@@ -398,9 +410,11 @@ def run_score(
         except OSError as exc:
             done[i] = ScoreResult(path=path, error=f"cannot read file: {exc.strerror or exc}")
             continue
-        hit = cache.get(key) if cache is not None else None
-        if hit is None and cache is not None and cache.mode != fp32_mode:
-            hit = cache.get(key, fp32_mode)
+        hit = None
+        for mode in lookups:
+            hit = cache.get(key, mode)
+            if hit is not None:
+                break
         if hit is None:
             todo.append((i, key))
             continue

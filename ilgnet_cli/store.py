@@ -26,6 +26,7 @@ import torch
 from ilgnet_cli import __version__
 from ilgnet_cli.caffe_import import CaffeModelError, caffe_to_state_dict, read_caffemodel
 from ilgnet_cli.download import Checksum, DownloadStats, ProgressFn, download, file_digest
+from ilgnet_cli.errors import IlgnetError
 from ilgnet_cli.fsutil import atomic_write_bytes
 from ilgnet_cli.model import INPUT_SIZE, LABELS, ILGNet
 from ilgnet_cli.preprocess import MEAN_IMAGES, MEANS_BGR, Mean, MeanError, channel_mean, mean_from_image, parse_mean
@@ -45,7 +46,7 @@ NO_WEIGHTS_HELP = (
 )
 
 
-class WeightsError(Exception):
+class WeightsError(IlgnetError):
     """A weights problem the user can act on; ``str()`` is one line."""
 
 
@@ -457,11 +458,37 @@ def _meta_mean(meta: dict[str, str], path: Path) -> Mean:
 
 @dataclass
 class LoadedWeights:
+    """ILGNet with its weights and the preprocessing that belongs to them (for your own tensors)."""
+
     model: ILGNet
     mean: Mean
     sha256: str
     name: str
     path: Path
+
+    def preprocess(self, image: str | os.PathLike[str] | np.ndarray, *, draft: bool = False) -> torch.Tensor:
+        """A photo (file path, or an HxWx3 RGB uint8 array) -> the model input (3, 227, 227).
+
+        Files are decoded as ``ilgnet score --exact`` does (EXIF orientation, any mode to RGB,
+        every pixel) unless ``draft``; then the authors' resize, centre crop and mean.
+        """
+        from ilgnet_cli.decode import decode
+        from ilgnet_cli.preprocess import RESIZE, preprocess
+
+        if not isinstance(image, np.ndarray):
+            image = decode(image, draft=RESIZE if draft else None).rgb
+        return preprocess(image, self.mean)
+
+    @torch.inference_mode()
+    def score(self, images: list[str | os.PathLike[str] | np.ndarray] | torch.Tensor, *,
+              draft: bool = False) -> list[float]:
+        """P(high quality) for photos (paths or RGB arrays) or a batch of model inputs (N, 3, 227, 227)."""
+        from ilgnet_cli.model import score_from_logits
+
+        batch = images if isinstance(images, torch.Tensor) else torch.stack(
+            [self.preprocess(im, draft=draft) for im in images])
+        device = next(self.model.parameters()).device
+        return score_from_logits(self.model.eval()(batch.to(device))).cpu().tolist()
 
 
 def resolve(name_or_path: str) -> tuple[str, Path]:
@@ -491,6 +518,14 @@ def load_model(name_or_path: str, device: torch.device | str = "cpu") -> LoadedW
     rec = installed(name)
     sha = rec.sha256 if rec is not None and rec.path == path else file_digest(path)
     return LoadedWeights(model=model, mean=_meta_mean(meta, path), sha256=sha, name=name, path=path)
+
+
+def load(weights: str | None = None, device: str = "auto", *, allow_download: bool = True) -> LoadedWeights:
+    """Weights by name or ``.safetensors`` path (None: the default weights, fetched on first use
+    unless ``allow_download`` is False) on ``device`` (auto: CUDA, MPS, else CPU)."""
+    from ilgnet_cli.scoring import pick_device
+
+    return load_model(weights or ensure_default(allow_download=allow_download), pick_device(device))
 
 
 # --------------------------------------------------------------------------- fetch / verify

@@ -48,6 +48,8 @@ from pathlib import Path
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
+from ilgnet_cli.errors import IlgnetError, UsageError
+
 NS = {
     "x": "adobe:ns:meta/",
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
@@ -73,7 +75,7 @@ TEMPLATE = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 """
 
 
-class XmpError(Exception):
+class XmpError(IlgnetError):
     """A sidecar we refuse to touch (hostile or unparseable); ``str()`` says why."""
 
 
@@ -87,7 +89,7 @@ def sidecar_paths(image: str | Path, style: str) -> list[Path]:
 def check_options(style: str, stars_spec: str) -> None:
     """Raise ValueError (one line) for an unknown sidecar style or star spec: before any scoring."""
     if style not in STYLES:
-        raise ValueError(f"--xmp-style must be one of {', '.join(STYLES)}")
+        raise UsageError(f"--xmp-style must be one of {', '.join(STYLES)}")
     stars_for([], stars_spec)
 
 
@@ -105,9 +107,9 @@ def stars_for(scores: list[float], spec: str) -> list[int]:
         except ValueError:
             bounds = []
         if len(bounds) != 4 or bounds != sorted(bounds):
-            raise ValueError("--stars fixed needs four increasing thresholds, e.g. fixed:0.3,0.45,0.6,0.75")
+            raise UsageError("--stars fixed needs four increasing thresholds, e.g. fixed:0.3,0.45,0.6,0.75")
         return [1 + sum(s >= b for b in bounds) for s in scores]
-    raise ValueError(f"--stars must be 'quantile' or 'fixed:T1,T2,T3,T4' (got {spec!r})")
+    raise UsageError(f"--stars must be 'quantile' or 'fixed:T1,T2,T3,T4' (got {spec!r})")
 
 
 def _q(prefix: str, name: str) -> str:

@@ -34,6 +34,9 @@ def ilgnet_home(tmp_path, monkeypatch):
     home = tmp_path / "ilgnet-home"
     monkeypatch.setenv("ILGNET_HOME", str(home))
     monkeypatch.setenv("ILGNET_DATA", str(tmp_path / "ilgnet-data"))
+    # Scores in tests compare across runs and code paths: fp32 everywhere unless a test asks for
+    # bf16 (tests/test_precision.py sets ILGNET_NATIVE_BF16=1 to exercise the guard).
+    monkeypatch.setenv("ILGNET_NATIVE_BF16", "0")
     monkeypatch.delenv("ILGNET_OFFLINE", raising=False)
     monkeypatch.delenv("ILGNET_REGISTRY", raising=False)
     return home

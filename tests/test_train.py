@@ -78,6 +78,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
+@pytest.mark.slow  # subprocesses, torchrun and ~1.8 GB of checkpoints: run by .ci/run
 def test_ddp_two_processes_match_single_process(small_task, tmp_path):
     args = ("--recipe", "paper", "--lr", "1e-6", "--iters", "2", "--batch-size", "4", "--dropout", "0",
             "--checkpoint-every", "100")
@@ -100,6 +101,7 @@ def test_ddp_two_processes_match_single_process(small_task, tmp_path):
     assert _max_diff(a, b) < 1e-6  # ... identically with one process and with two
 
 
+@pytest.mark.slow  # subprocesses, torchrun and ~1.8 GB of checkpoints: run by .ci/run
 def test_resume_after_kill_matches_uninterrupted_run(small_task, tmp_path):
     args = ("--recipe", "fast", "--iters", "4", "--batch-size", "4", "--checkpoint-every", "2", "--val-size", "4")
     full = subprocess.run([sys.executable, *_train_cmd(small_task, tmp_path / "full", *args)], env=ENV,
@@ -174,6 +176,7 @@ def test_eval_reports_metrics_baseline_and_missing(blur_task, weights_file, tmp_
     assert "always the majority class" in table.output and "balanced accuracy" in table.output
 
 
+@pytest.mark.slow  # subprocesses, torchrun and ~1.8 GB of checkpoints: run by .ci/run
 def test_torchrun_score_shards_files_and_merges_one_report(tmp_path, weights_file):
     photos = [str(p) for p in camera_photos(5)]
     report = tmp_path / "r.json"
@@ -187,6 +190,7 @@ def test_torchrun_score_shards_files_and_merges_one_report(tmp_path, weights_fil
     assert data["summary"]["scored"] == 5
 
 
+@pytest.mark.slow  # subprocesses, torchrun and ~1.8 GB of checkpoints: run by .ci/run
 def test_torchrun_eval_matches_single_process(blur_task, weights_file):
     args = ["-m", "ilgnet_cli", "eval", "--dataset", str(blur_task), "--weights", str(weights_file), "--images",
             str(blur_task / "images"), "--device", "cpu", "--workers", "0", "--json"]

@@ -145,8 +145,9 @@ def embedded_xmp(path: str) -> bytes | None:
                     data = img.tag_v2.get(700)
                 if isinstance(data, str):
                     data = data.encode("utf-8")
-                if isinstance(data, bytes | bytearray) and data:
-                    return bytes(data)
+                if isinstance(data, bytes | bytearray) and data.strip(b"\x00 \t\r\n"):
+                    # Phones pad or NUL-terminate the packet (iPhone HEIC): not part of the XML.
+                    return bytes(data).strip(b"\x00")
                 if hasattr(img, "tag_v2") or img.format in ("JPEG", "MPO"):
                     return None  # Pillow read the container: nothing embedded
     except Exception:  # noqa: BLE001 - a file Pillow cannot open may still hold a packet

@@ -364,3 +364,10 @@ def _tiny_state() -> dict[str, torch.Tensor]:
     from ilgnet_cli.model import ILGNet
 
     return ILGNet().state_dict()
+
+
+def test_embedded_xmp_of_real_phone_photos_is_read(shared):
+    # The iPhone's HEIC ends its XMP packet with a NUL byte: still a readable packet, not a problem.
+    folder = shared("photos", "camera")
+    report = ratings.collect([folder / "Apple_iPhone-11-Pro-Max.heic", folder / "Samsung_Galaxy-S24-FE.heic"])
+    assert report.problems == []

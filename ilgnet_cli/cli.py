@@ -60,7 +60,10 @@ def errors_as_messages():
     except UsageError as exc:
         raise fail(escape(display(str(exc))), 2) from None
     except IlgnetError as exc:  # everything the library raises on purpose; anything else is a bug
-        raise fail(escape(display(str(exc)))) from None
+        failed = fail(escape(display(str(exc))))
+        for line in getattr(exc, "details", ()):  # the one exception to "one line": the first-run help block
+            err.print(escape(display(line)), highlight=False, soft_wrap=True)
+        raise failed from None
     except OSError as exc:  # disk full, permissions, a path that vanished: one line, never a traceback
         where = f"{exc.filename}: " if exc.filename else ""
         raise fail(escape(display(f"{where}{exc.strerror or exc}"))) from None

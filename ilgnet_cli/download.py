@@ -5,7 +5,11 @@
 * transient failures (connection drops, timeouts, 5xx, 429) are retried with exponential
   backoff; permanent ones (404, 403, 410) move straight to the next mirror;
 * a checksum or size mismatch discards the data and tries the next mirror;
-* Google Drive's "can't scan this file for viruses" confirmation page is followed (a few hops at most).
+* Google Drive is fetched the way gdown fetches it today: share links become
+  ``uc?export=download&id=ID`` links, cookies set along the way are sent back, the "virus scan
+  warning" form (its action plus hidden id/export/confirm/uuid inputs) is followed a few hops at
+  most, and Drive's quota ("too many users") and other error pages end that source with Drive's
+  own one-line reason.
 
 Servers are not trusted. Every attempt is bounded: it stops at the expected size (a longer
 body fails that source) or, when the size is unknown, at ``max_bytes``; it fails when the
@@ -21,6 +25,8 @@ import errno
 import hashlib
 import html
 import http.client
+import http.cookiejar
+import json
 import os
 import re
 import socket
@@ -59,8 +65,29 @@ ALLOWED_SCHEMES = ("http", "https")
 ProgressFn = Callable[[int, int | None], None]  # (bytes done, total or None)
 
 
+@dataclass(frozen=True)
+class SourceFailure:
+    """Why one source gave no file: its last reason, and how many attempts it had."""
+
+    url: str
+    reason: str
+    attempts: int = 1
+    unreachable: bool = False  # no connection at all (no network, DNS, refused): not the server's answer
+
+    def line(self) -> str:
+        tries = f" ({self.attempts} attempts)" if self.attempts > 1 else ""
+        return f"{_cut(self.url)}: {self.reason}{tries}"
+
+
 class DownloadError(IlgnetError):
-    """All sources failed; ``str()`` names each source and why."""
+    """All sources failed; ``str()`` is one line naming each source once and why.
+
+    ``sources`` holds the same per source, for callers that show them one a line.
+    """
+
+    def __init__(self, message: str, sources: tuple[SourceFailure, ...] = ()) -> None:
+        super().__init__(message)
+        self.sources = sources
 
 
 def _cut(text: str, limit: int = 80) -> str:
@@ -119,8 +146,60 @@ def _attrs(text: str) -> dict[str, str]:
             for m in _ATTR.finditer(text)}
 
 
+DRIVE_HOSTS = ("drive.google.com", "docs.google.com")
+_DRIVE_FILE_PATH = re.compile(r"/file(?:/u/\d{1,3})?/d/([-\w]{10,200})(?:/(?:view|edit|preview))?/?")
+_DRIVE_ID = re.compile(r"[-\w]{10,200}")
+
+
+def drive_download_url(url: str) -> str:
+    """A Google Drive share or open link as its direct ``uc?export=download&id=ID`` form
+    (what gdown requests first); every other URL unchanged."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ALLOWED_SCHEMES or (parts.hostname or "").lower() not in DRIVE_HOSTS:
+        return url
+    query = urllib.parse.parse_qs(parts.query)
+    ids = query.get("id", [])
+    m = _DRIVE_FILE_PATH.fullmatch(parts.path)
+    if m:
+        file_id = m.group(1)
+    elif parts.path in ("/uc", "/open") and len(ids) == 1 and _DRIVE_ID.fullmatch(ids[0]):
+        if parts.path == "/uc" and query.get("export") == ["download"]:
+            return url  # already the download link: keep any other parameter it carries
+        file_id = ids[0]
+    else:
+        return url
+    return f"https://drive.google.com/uc?export=download&id={file_id}"
+
+
+# Drive's error pages ("Too many users have viewed or downloaded this file recently", "Quota
+# exceeded", no permission) carry the reason in this paragraph; bounded so a page costs linear time.
+_DRIVE_ERROR = re.compile(r"""<p class=["']uc-error-subcaption["']>((?:[^<]|<(?!/p>)){0,2000})</p>""", re.I)
+_TITLE = re.compile(r"<title>([^<]{0,300})</title>", re.I)
+_DOWNLOAD_URL = re.compile(r'"downloadUrl":"((?:[^"\\]|\\.){1,4000})"')
+_ANY_TAG = re.compile(r"<[^<>]{0,400}>")
+
+
+def _drive_page_error(page: str, page_url: str) -> str | None:
+    """Google's own one-line reason when ``page`` is one of Drive's error pages, else None."""
+    page = page[:HTML_PAGE_CAP]
+    if (urllib.parse.urlsplit(page_url).hostname or "").lower() == "accounts.google.com":
+        return "Google asks to sign in: the file is not shared with 'Anyone with the link'"
+    m = _DRIVE_ERROR.search(page)
+    if m:
+        return "Google Drive: " + _cut(html.unescape(_ANY_TAG.sub(" ", m.group(1))), 160)
+    title = _TITLE.search(page)
+    if title and "quota exceeded" in title.group(1).lower():
+        return "Google Drive: download quota exceeded for this file (it may take up to 24 hours)"
+    return None
+
+
 def _gdrive_confirm_url(page: str, base_url: str) -> str | None:
-    """URL behind Google Drive's large-file warning page, or None if this is not one."""
+    """URL behind Google Drive's virus scan warning page, or None if this is not one.
+
+    Today's page is a GET form (``id="download-form"``) whose action is the usercontent host's
+    ``/download``; its hidden inputs (id, export, confirm, uuid) complete the action's query.
+    Older pages had a link carrying ``confirm=TOKEN``, or a ``"downloadUrl"`` in a script.
+    """
     action: str | None = None
     inputs: list[tuple[str, str]] = []
     link: str | None = None
@@ -137,18 +216,28 @@ def _gdrive_confirm_url(page: str, base_url: str) -> str | None:
                 action, in_form = a["action"], True
         elif tag == "input" and in_form and not closing:
             a = _attrs(m.group(3))
-            if "name" in a and "value" in a:
+            # Only hidden inputs are the form's data: the "Download anyway" button is not.
+            if a.get("type", "").lower() == "hidden" and "name" in a and "value" in a:
                 inputs.append((a["name"], a["value"]))
         elif tag == "a" and link is None and not closing:
             href = _attrs(m.group(3)).get("href", "")
             if "confirm=" in href:
                 link = href
     if action is not None:
-        query = urllib.parse.urlencode(inputs)
-        return urllib.parse.urljoin(base_url, action) + ("&" if "?" in action else "?") + query
-    # Older pages: a link carrying confirm=TOKEN.
+        # A GET form replaces the action's query in a browser; gdown (and Drive's own actions,
+        # which may carry id/export) merge them, hidden inputs winning: each name once.
+        parts = urllib.parse.urlsplit(urllib.parse.urljoin(base_url, action))
+        params = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        params.update(inputs)
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(params), fragment=""))
     if link is not None:
         return urllib.parse.urljoin(base_url, link)
+    m = _DOWNLOAD_URL.search(page[:HTML_PAGE_CAP])
+    if m:
+        try:
+            return urllib.parse.urljoin(base_url, json.loads(f'"{m.group(1)}"'))
+        except ValueError:
+            return None
     return None
 
 
@@ -233,8 +322,10 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
         return self.do_open(self.watchdog.connection(http.client.HTTPSConnection), req, context=self._context)
 
 
-def _opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
-    return urllib.request.build_opener(_RedirectHandler, _HTTPHandler(watchdog), _HTTPSHandler(watchdog))
+def _opener(watchdog: _Watchdog, jar: http.cookiejar.CookieJar | None = None) -> urllib.request.OpenerDirector:
+    # Drive's warning page sets cookies the confirmed request must send back (as gdown's session does).
+    cookies = urllib.request.HTTPCookieProcessor(jar if jar is not None else http.cookiejar.CookieJar())
+    return urllib.request.build_opener(_RedirectHandler, cookies, _HTTPHandler(watchdog), _HTTPSHandler(watchdog))
 
 
 @dataclass
@@ -275,13 +366,15 @@ class _Limits:
         return max(0.01, min(self.timeout, left))
 
 
-def _open(url: str, offset: int, timeout: float, watchdog: _Watchdog | None = None):
+def _open(url: str, offset: int, timeout: float, watchdog: _Watchdog | None = None,
+          jar: http.cookiejar.CookieJar | None = None):
     _check_scheme(url)
     # identity: we store exactly the bytes sent, never inflate them (no gzip bomb).
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    opener = _opener(watchdog) if watchdog else urllib.request.build_opener(_RedirectHandler)
+    opener = (_opener(watchdog, jar) if watchdog else
+              urllib.request.build_opener(_RedirectHandler, urllib.request.HTTPCookieProcessor(jar)))
     return opener.open(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
@@ -351,6 +444,9 @@ class _Restart(Exception):
 def _fetch_once(url: str, part: Path, limits: _Limits, progress: ProgressFn | None,
                 stats: DownloadStats) -> None:
     """One HTTP attempt (following a few confirmation pages), writing ``part``. Raises on failure."""
+    url = drive_download_url(url)
+    jar = http.cookiejar.CookieJar()  # one per attempt: its hops share cookies, as in a browser
+    warning = False  # a Drive virus scan warning page was seen
     for _ in range(MAX_CONFIRM_HOPS + 1):
         offset = _part_size(part)
         if offset > limits.cap():
@@ -359,7 +455,7 @@ def _fetch_once(url: str, part: Path, limits: _Limits, progress: ProgressFn | No
         if limits.expected_size is not None and offset == limits.expected_size:
             return
         try:
-            resp = _open(url, offset, limits.socket_timeout(), limits.watchdog)
+            resp = _open(url, offset, limits.socket_timeout(), limits.watchdog, jar)
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 416 and offset:
@@ -374,15 +470,22 @@ def _fetch_once(url: str, part: Path, limits: _Limits, progress: ProgressFn | No
             ctype = (resp.headers.get("Content-Type") or "").lower()
             if "html" in ctype.split(";")[0]:
                 page = _read_page(resp, limits).decode("utf-8", "replace")
+                problem = _drive_page_error(page, resp.geturl())
+                if problem:  # a quota lasts hours: the next source, not a retry in seconds
+                    raise _Permanent(problem)
                 confirm = _gdrive_confirm_url(page, resp.geturl())
-                if confirm is None or confirm == url:
+                if confirm is not None and confirm == url:
+                    raise _Permanent("Google Drive's virus scan warning came back after confirming it")
+                if confirm is None:
                     raise _Permanent("server sent an HTML page instead of the file (quota or login page?)")
+                warning = warning or "download-form" in page[:HTML_PAGE_CAP]
                 _check_scheme(confirm)
                 url = confirm
                 continue
             _receive(resp, part, offset, limits, progress, stats)
             return
-    raise _Permanent(f"more than {MAX_CONFIRM_HOPS} confirmation pages in a row")
+    what = "Google Drive virus scan warning" if warning else "confirmation"
+    raise _Permanent(f"more than {MAX_CONFIRM_HOPS} {what} pages in a row")
 
 
 def _read_page(resp, limits: _Limits) -> bytes:
@@ -486,9 +589,12 @@ def download(
             part.unlink()  # a stale part of the right size would otherwise cost the first source its turn
     except _Permanent as exc:
         raise DownloadError(f"could not download {_cut(dest.name)}: {exc}") from None
+    sources: list[SourceFailure] = []
     for url in urls:
+        reason, unreachable, tries = "", False, 0
         for attempt in range(retries + 1):
             stats.attempts += 1
+            tries += 1
             deadline_at = time.monotonic() + (DEADLINE if deadline is None else deadline)
             limits = _Limits(expected_size, DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, deadline_at,
                              MIN_RATE if min_rate is None else min_rate,
@@ -502,13 +608,14 @@ def download(
                 finally:
                     limits.watchdog.cancel()
             except _Permanent as exc:
-                stats.failures.append(f"{_cut(url)}: {_cut(exc, 160)}")
+                reason, unreachable = _note(stats, url, _cut(exc, 160)), False
                 break
             except (_Transient, OSError, http.client.HTTPException, ValueError) as exc:
                 # OSError covers URLError, socket timeouts, ssl errors, RemoteDisconnected;
                 # ValueError a URL urllib cannot parse (that one will not get better).
                 late = time.monotonic() > deadline_at  # the watchdog cut the connection
-                stats.failures.append(f"{_cut(url)}: " + ("deadline for the attempt passed" if late else _reason(exc)))
+                reason = _note(stats, url, "deadline for the attempt passed" if late else _reason(exc))
+                unreachable = _unreachable(exc)
                 if isinstance(exc, ValueError) or _is_bad_url(exc):
                     break
                 if attempt < retries:
@@ -517,7 +624,7 @@ def download(
                 break
             problem = _verify(part, checksum, expected_size)
             if problem:
-                stats.failures.append(f"{_cut(url)}: {problem}")
+                reason, unreachable = _note(stats, url, problem), False
                 part.unlink(missing_ok=True)
                 break
             os.replace(part, dest)
@@ -525,11 +632,26 @@ def download(
             problem = validate(dest) if validate else None
             if problem:
                 stats.url = None
-                stats.failures.append(f"{_cut(url)}: {_cut(problem, 160)}")
+                reason, unreachable = _note(stats, url, _cut(problem, 160)), False
                 dest.unlink(missing_ok=True)
                 break
             return dest
-    raise DownloadError(f"could not download {_cut(dest.name)}: " + "; ".join(stats.failures[-len(urls) * 2:]))
+        sources.append(SourceFailure(url, reason, tries, unreachable))
+    # Once per source (its last reason): retries of the same failure said nothing new.
+    raise DownloadError(f"could not download {_cut(dest.name)}: " + "; ".join(f.line() for f in sources),
+                        tuple(sources))
+
+
+def _note(stats: DownloadStats, url: str, reason: str) -> str:
+    stats.failures.append(f"{_cut(url)}: {reason}")
+    return reason
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """No connection was made (no network, unknown host, refused, unreachable)."""
+    reason = getattr(exc, "reason", None) if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, (socket.gaierror, ConnectionRefusedError)) or (
+        isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH))
 
 
 def _is_bad_url(exc: BaseException) -> bool:
@@ -542,6 +664,8 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "no space left on device"
     detail = getattr(exc, "reason", None) or exc
+    if isinstance(detail, socket.gaierror):  # "[Errno -2] Name or service not known" says little
+        return "cannot look up the host name"
     return _cut(f"{type(exc).__name__}: {detail}", 160)
 
 

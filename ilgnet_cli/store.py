@@ -25,7 +25,7 @@ import torch
 
 from ilgnet_cli import __version__
 from ilgnet_cli.caffe_import import CaffeModelError, caffe_to_state_dict, read_caffemodel
-from ilgnet_cli.download import Checksum, DownloadStats, ProgressFn, download, file_digest
+from ilgnet_cli.download import Checksum, DownloadError, DownloadStats, ProgressFn, SourceFailure, download, file_digest
 from ilgnet_cli.errors import IlgnetError
 from ilgnet_cli.fsutil import atomic_write_bytes
 from ilgnet_cli.model import INPUT_SIZE, LABELS, ILGNet
@@ -38,12 +38,22 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 FILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a registry download's file name
 MAX_REGISTRY_BYTES = 16 << 20
 
-NO_WEIGHTS_HELP = (
-    "no ILGNet weights installed. Get them one of three ways: "
-    "(1) 'ilgnet weights fetch ilgnet-ava1' (downloads the authors' model; needs network), "
-    "(2) 'ilgnet weights import ILGnet-AVA1.caffemodel --mean ava1' (a caffemodel you already have), "
-    "(3) 'ilgnet train ...' then 'ilgnet weights add RUN_DIR/best.safetensors --name NAME'"
-)
+
+def ways_to_get_weights(name: str = "ilgnet-ava1", file: str = "ILGnet-AVA1.caffemodel",
+                        mean: str | None = "ava1") -> tuple[str, ...]:
+    """The help block after a first-run error: a heading, then one command a line (copyable)."""
+    derived = re.sub(r"[^A-Za-z0-9._-]", "-", Path(file).stem).lower()  # import_caffemodel's default name
+    imp = f"ilgnet weights import {file}" + (f" --name {name}" if derived != name else "")
+    imp += f" --mean {mean}" if mean else ""
+    rows = [(f"ilgnet weights fetch {name}", "download it (needs network)"),
+            (imp, "a caffemodel you have"),
+            ("ilgnet train ... then ilgnet weights add RUN_DIR/best.safetensors --name NAME", "your own")]
+    width = max(len(command) for command, _ in rows[:2])  # the third is long: no comment, no padding
+    lines = (f"  {command.ljust(width)}  # {why}" if len(command) <= width else f"  {command}" for command, why in rows)
+    return ("Get ILGNet weights one of three ways:", *lines)
+
+
+NO_WEIGHTS_HELP = "\n".join(("no ILGNet weights installed.", *ways_to_get_weights()))
 
 
 class WeightsError(IlgnetError):
@@ -51,7 +61,20 @@ class WeightsError(IlgnetError):
 
 
 class NoWeightsError(WeightsError):
-    pass
+    """No usable weights. ``str()`` is the one-line error; ``details`` a short help block to show
+    under it (each source and what failed, then the ways to get weights), one line each."""
+
+    def __init__(self, message: str, details: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.details = tuple(details)
+
+
+class FetchError(NoWeightsError, DownloadError):
+    """A registry entry could not be downloaded; ``sources`` says why, once per source."""
+
+    def __init__(self, message: str, details: tuple[str, ...], sources: tuple[SourceFailure, ...]) -> None:
+        super().__init__(message, details)
+        self.sources = sources
 
 
 def home() -> Path:
@@ -534,11 +557,11 @@ def load(weights: str | None = None, device: str = "auto", *, allow_download: bo
 def fetch(name: str, *, registry: Registry | None = None, progress: ProgressFn | None = None,
           stats: DownloadStats | None = None, retries: int = 4, backoff: float = 1.0) -> Installed:
     """Download a registry entry (mirrors, resume, checksum) and convert it into the store."""
-    if offline():
-        raise WeightsError("ILGNET_OFFLINE is set: not downloading. " + NO_WEIGHTS_HELP.split(". ", 1)[1])
     from ilgnet_cli.download import MAX_WEIGHTS_BYTES
 
     registry = registry or load_registry()
+    if offline():
+        raise NoWeightsError(f"ILGNET_OFFLINE is set: not downloading {_cut(name)}", _ways_for(registry, name))
     spec = registry.get(name)
     # The registry may come from ILGNET_REGISTRY: its fields decide paths and sizes, so check them.
     file = spec.file if isinstance(spec.file, str) else ""
@@ -573,9 +596,35 @@ def fetch(name: str, *, registry: Registry | None = None, progress: ProgressFn |
             path.unlink(missing_ok=True)
         return None
 
-    download(spec.sources, dest, checksum=checksum, expected_size=spec.size, progress=progress,
-             stats=stats, retries=retries, backoff=backoff, max_bytes=MAX_WEIGHTS_BYTES, validate=convert)
+    try:
+        download(spec.sources, dest, checksum=checksum, expected_size=spec.size, progress=progress,
+                 stats=stats, retries=retries, backoff=backoff, max_bytes=MAX_WEIGHTS_BYTES, validate=convert)
+    except DownloadError as exc:
+        if not exc.sources:
+            raise
+        raise FetchError(_fetch_failed(name, exc.sources), (*(f"  {s.line()}" for s in exc.sources),
+                                                             *_ways_for(registry, name)), exc.sources) from None
     return done[-1]
+
+
+def _fetch_failed(name: str, sources: tuple[SourceFailure, ...]) -> str:
+    """The one-line error over the per-source lines: what happened, in a few words."""
+    n = len(sources)
+    if all(s.unreachable for s in sources):
+        where = "its source" if n == 1 else f"any of its {n} sources"
+        return f"could not download {_cut(name)}: could not reach {where} (no network?)"
+    return f"could not download {_cut(name)}: " + ("its source failed" if n == 1 else f"all {n} sources failed")
+
+
+def _ways_for(registry: Registry, name: str) -> tuple[str, ...]:
+    try:
+        spec = registry.get(name)
+    except WeightsError:
+        return ways_to_get_weights()
+    if not isinstance(spec.file, str) or not FILE_RE.fullmatch(spec.file) or not NAME_RE.fullmatch(name):
+        return ways_to_get_weights()
+    return ways_to_get_weights(name, spec.file, spec.mean if isinstance(spec.mean, str) and NAME_RE.fullmatch(
+        spec.mean) else None)
 
 
 @dataclass
@@ -615,11 +664,14 @@ def ensure_default(*, allow_download: bool = True, progress: ProgressFn | None =
     if full:
         return full[0].name
     if not allow_download or offline():
-        raise NoWeightsError(NO_WEIGHTS_HELP)
+        raise NoWeightsError("no ILGNet weights installed (downloads are off)", _ways_for(registry, default))
     try:
         return fetch(default, registry=registry, progress=progress).name
+    except NoWeightsError:
+        raise  # already says what failed, then the ways
     except Exception as exc:  # noqa: BLE001 - any failure ends in the same three options
-        raise NoWeightsError(f"could not fetch {default} ({_one_line(exc)}); {NO_WEIGHTS_HELP}") from None
+        raise NoWeightsError(f"could not fetch {_cut(default)}: {_one_line(exc)}",
+                             _ways_for(registry, default)) from None
 
 
 def _one_line(exc: BaseException) -> str:

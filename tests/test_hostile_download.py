@@ -368,7 +368,11 @@ def assert_one_line_failure(result) -> None:
     assert result.exit_code != 0
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert len(result.output.strip().splitlines()) == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("error: "), result.output
+    # After the one-line error only the documented help block: each source, then the three ways.
+    heading = store.ways_to_get_weights()[0]
+    assert all(line.startswith("  ") or line == heading for line in lines[1:]), result.output
     assert store.installed_all() == []
 
 

@@ -132,7 +132,7 @@ def test_unreachable_default_weights_names_the_three_ways(tmp_path, monkeypatch)
     result = runner.invoke(app, ["score", "--device", "cpu", str(camera_photos(1)[0])])
     assert result.exit_code == 1
     text = " ".join(result.output.split())
-    assert "could not fetch test-ava1" in text and "ilgnet weights import" in text
+    assert "could not download test-ava1" in text and "ilgnet weights import" in text
 
 
 def _fast_fetch(fetch):

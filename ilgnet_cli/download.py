@@ -16,7 +16,8 @@ body fails that source) or, when the size is unknown, at ``max_bytes``; it fails
 transfer is slower than ``min_rate`` over any ``rate_window`` or outlives ``deadline``. A
 resume is kept only on a 206 whose Content-Range starts at our offset; a 416 starts over.
 Only http(s) URLs are fetched, redirects included. ``.part`` files are never followed through
-a symlink. Every failure ends as one ``DownloadError`` line naming each source and why.
+a symlink. Every failure ends as one ``DownloadError`` line naming each source once and why
+(its last reason; ``DownloadError.sources`` has them one by one).
 """
 
 from __future__ import annotations

@@ -176,3 +176,28 @@ def test_quota_message_reaches_the_photographer(server, tmp_path, monkeypatch):
     result = runner.invoke(app, ["weights", "fetch", "test-ava1"])
     assert result.exit_code == 1
     assert QUOTA_SUBCAPTION[:60] in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("page", [
+    '<p class="uc-error-subcaption">' + "x<" * 40_000,
+    '"downloadUrl":"' + "\\" * 60_000,
+    '"downloadUrl":"' * 5_000,
+    "<title>" + "Quota exceeded " * 5_000,
+])
+def test_drive_page_parsing_stays_linear_on_hostile_pages(page):
+    import time
+
+    start = time.monotonic()
+    problem = dl._drive_page_error(page, "http://127.0.0.1/download")
+    assert problem is None or ("\n" not in problem and len(problem) < 200)
+    url = dl._gdrive_confirm_url(page, "http://127.0.0.1/uc")
+    assert url is None or url.startswith("http://127.0.0.1")
+    assert time.monotonic() - start < 2
+
+
+def test_error_subcaption_with_markup_is_one_clean_line():
+    page = ('<p class="uc-error-subcaption">Too many users have viewed this file.<br>Try again'
+            ' <a href="/x">later</a> &amp; soon.\n</p>')
+    assert dl._drive_page_error(page, "https://drive.usercontent.google.com/download") == (
+        "Google Drive: Too many users have viewed this file. Try again later & soon.")
+    assert "sign in" in dl._drive_page_error("<html></html>", "https://accounts.google.com/ServiceLogin?x=1")

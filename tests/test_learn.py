@@ -115,13 +115,17 @@ def test_sidecar_styles_rejects_and_ilgnet_ratings(tmp_path):
     write_sidecar(paths["e"], 2, "adobe", ours=4)  # the user changed ilgnet's 4 to 2: theirs
     (tmp_path / "f.XMP").write_text(xmp(3.5), encoding="utf-8")  # another case, a real rating
     write_sidecar(paths["g"], 0, "adobe")  # 0 = unrated
+    element = xmp().replace("/></rdf:RDF>", "><xmp:Rating>1</xmp:Rating></rdf:Description></rdf:RDF>")
+    paths["h"] = tmp_path / "h.jpg"
+    img.save(paths["h"])
+    (tmp_path / "h.jpg.xmp").write_text(element, encoding="utf-8")  # digiKam writes elements
     report = ratings.collect([tmp_path])
     got = {Path(p.path).stem: (p.rating, p.source) for p in report.photos}
     assert got == {"a": (5, "adobe sidecar"), "b": (2, "darktable sidecar"), "c": (-1, "adobe sidecar"),
-                   "e": (2, "adobe sidecar"), "f": (3.5, "adobe sidecar")}
+                   "e": (2, "adobe sidecar"), "f": (3.5, "adobe sidecar"), "h": (1, "darktable sidecar")}
     assert report.ilgnet_written == 1
     assert report.unrated == 1
-    assert report.counts() == {"rejected": 1, "2": 2, "3.5": 1, "5": 1}
+    assert report.counts() == {"rejected": 1, "1": 1, "2": 2, "3.5": 1, "5": 1}
 
 
 def test_embedded_xmp_and_sidecar_conflict(tmp_path):
@@ -220,7 +224,8 @@ def test_phash_joins_variants_not_other_photos():
         w, h = img.size
         variants = [img, img.filter(ImageFilter.GaussianBlur(5)), img.point(lambda v: int(v * 0.8)),
                     img.crop((8, 8, w - 8, h - 8)).resize(img.size),
-                    img.crop((w // 10, h // 10, w - w // 10, h - h // 10))]
+                    img.crop((w // 10, h // 10, w - w // 10, h - h // 10)),
+                    img.crop((w // 6, h // 6, w - w // 6, h - h // 6))]  # a tight crop: 2/3 of the side
         hashes.append([learn.phashes(np.asarray(v)) for v in variants])
     for h in hashes:
         assert max(learn.hash_distance(h[0], x) for x in h[1:]) <= learn.PHASH_DISTANCE
@@ -304,7 +309,9 @@ def test_not_better_than_base_is_refused(shoot, weights_file, tmp_path):
     csv = tmp_path / "r.csv"
     half = len(ordered) // 2
     csv.write_text("".join(f"{p},{1 if i < half else 5}\n" for i, p in enumerate(ordered)), encoding="utf-8")
-    result = run_cli("learn", "--ratings", csv, "--name", "same", "--base", weights_file)
+    # (--no-mirror --folds 3: the same refusal, in half the time)
+    result = run_cli("learn", "--ratings", csv, "--name", "same", "--base", weights_file, "--no-mirror",
+                     "--folds", "3")
     assert result.exit_code == 1, result.output
     assert "not better than the base" in result.output and "nothing installed" in result.output
     assert not list(Path(os.environ["ILGNET_HOME"]).glob("weights/same.*"))

@@ -226,6 +226,9 @@ def csv_ratings(path: str | os.PathLike[str]) -> RatingsReport:
     report = RatingsReport()
     path = Path(path).expanduser()
     try:
+        if path.exists() and not path.is_file():  # a FIFO or device would block the run forever
+            report.problems.append(f"{path}: not a regular file; not read")
+            return report
         if path.stat().st_size > MAX_CSV_BYTES:
             report.problems.append(f"{path}: larger than {MAX_CSV_BYTES >> 20} MB; not read")
             return report

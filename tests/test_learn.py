@@ -378,3 +378,15 @@ def test_embedded_xmp_of_real_phone_photos_is_read(shared):
     folder = shared("photos", "camera")
     report = ratings.collect([folder / "Apple_iPhone-11-Pro-Max.heic", folder / "Samsung_Galaxy-S24-FE.heic"])
     assert report.problems == []
+
+
+def test_ratings_csv_that_is_a_fifo_is_reported_never_read(tmp_path):
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "ratings.csv"
+    os.mkfifo(fifo)
+    code = ("import sys; from ilgnet_cli.ratings import csv_ratings; "
+            "r = csv_ratings(sys.argv[1]); print(r.problems)")
+    proc = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=15)
+    assert proc.returncode == 0 and "not a regular file" in proc.stdout

@@ -812,7 +812,7 @@ def _learn_ratings_summary(found, thresholds) -> None:
     if found.ilgnet_written:
         err.print(f"  {found.ilgnet_written} rating(s) written by ilgnet itself (ilgnet:Rating): not yours, ignored",
                   highlight=False)
-    err.print(f"labels: {escape(thresholds.describe())}; 3-star-like ratings in between are left out", highlight=False)
+    err.print(f"labels: {escape(thresholds.describe())}; ratings in between are left out", highlight=False)
     for kind, lines in (("conflict", found.conflicts), ("skipped", found.problems)):
         for line in lines[:10]:
             err.print(f"  [yellow]{kind}[/] {escape(display(line))}", highlight=False)
@@ -837,7 +837,7 @@ def _learn_report(outcome, base_name: str, elapsed: float, force: bool, dry_run:
             table.add_column(col)
 
         def cell(m) -> str:
-            return "-" if m.value != m.value else f"{m.value:.3f} ({m.ci[0]:.3f}-{m.ci[1]:.3f})"
+            return "-" if m.value != m.value else f"{m.value:.3f} [{m.ci[0]:.3f}, {m.ci[1]:.3f}]"
 
         for label, side in ((f"base ({escape(display(base_name))})", cv.base), ("learned", cv.learned)):
             table.add_row(label, cell(side.auc), cell(side.accuracy), cell(side.spearman))

@@ -116,6 +116,19 @@ def download_progress() -> tuple[_LazyProgress, callable]:
 # --------------------------------------------------------------------------- score
 
 
+class ReportFormat(str, Enum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    html = "html"
+
+
+class XmpStyle(str, Enum):
+    adobe = "adobe"
+    darktable = "darktable"
+    both = "both"
+
+
 class ScorePrecision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
@@ -127,7 +140,7 @@ def score(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders to score.", show_default=False)],
     top: Annotated[int | None, typer.Option("--top", "-n", min=1, help="Show (and copy/link, and put in HTML) the best N. Terminal default: 20.")] = None,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
-    fmt: Annotated[str | None, typer.Option("--format", "-f", help="table, csv, json or html (default: from --output's extension, else table).")] = None,
+    report_format: Annotated[ReportFormat | None, typer.Option("--format", "-f", help="Report format (default: from --output's extension, else table).")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file (atomically).")] = None,
     weights: Annotated[str | None, typer.Option("--weights", "-w", help="Installed weights name or .safetensors file (default: ilgnet-ava1, fetched on first use).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
@@ -147,7 +160,7 @@ def score(
     as_json: Annotated[bool, typer.Option("--json", help="Same as --format json (to stdout unless --output).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     xmp: Annotated[bool, typer.Option("--xmp", help="Write xmp:Rating (1-5) and the score into XMP sidecars (never touches images).")] = False,
-    xmp_style: Annotated[str, typer.Option(help="adobe (IMG_0001.xmp), darktable (IMG_0001.JPG.xmp) or both.")] = "adobe",
+    sidecar_style: Annotated[XmpStyle, typer.Option("--xmp-style", help="adobe (IMG_0001.xmp), darktable (IMG_0001.JPG.xmp) or both.")] = XmpStyle.adobe,
     stars: Annotated[str, typer.Option(help="quantile (quintiles of this run) or fixed:T1,T2,T3,T4 score thresholds.")] = "quantile",
     overwrite_ratings: Annotated[bool, typer.Option("--overwrite-ratings", help="Replace ratings set by hand (kept by default).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --xmp: show what would change, write nothing.")] = False,
@@ -165,7 +178,9 @@ def score(
     from ilgnet_cli.discover import holds_image
     from ilgnet_cli.fsutil import check_writable_file, check_writable_folder
 
-    fmt = "json" if as_json and not fmt else reports.guess_format(output, fmt)
+    xmp_style = sidecar_style.value
+    fmt = "json" if as_json and not report_format else reports.guess_format(
+        output, report_format.value if report_format else None)
     if fmt not in reports.FORMATS:
         raise fail(f"unknown --format {fmt!r} (choose {', '.join(reports.FORMATS)})", 2)
     if fmt == "html" and output is None:

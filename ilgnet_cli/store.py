@@ -15,7 +15,7 @@ import datetime as _dt
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 
@@ -215,7 +215,6 @@ class Installed:
     mean: str = ""  # what is subtracted, in words (e.g. "ava1 mean image")
     source_sha256: str = ""
     installed_at: str = ""
-    extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -257,7 +256,8 @@ def installed(name: str) -> Installed | None:
             return None
         d["path"] = target
         d["mean_bgr"] = tuple(float(v) for v in d["mean_bgr"])
-        return Installed(**d)
+        known = {f.name for f in fields(Installed)}  # records from other versions may carry more
+        return Installed(**{k: v for k, v in d.items() if k in known})
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 

@@ -22,11 +22,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ilgnet_cli.model import ILGNet  # noqa: E402
-from ilgnet_cli.preprocess import parse_mean  # noqa: E402
-from ilgnet_cli.scoring import run_score  # noqa: E402
-from ilgnet_cli.store import LoadedWeights  # noqa: E402
-from ilgnet_cli.train import TrainConfig, train  # noqa: E402
+from ilgnet_cli.model.ilgnet import ILGNet  # noqa: E402
+from ilgnet_cli.model.preprocess import parse_mean  # noqa: E402
+from ilgnet_cli.model.store import LoadedWeights  # noqa: E402
+from ilgnet_cli.photos.scoring import run_score  # noqa: E402
+from ilgnet_cli.training.train import TrainConfig, train  # noqa: E402
 
 
 def synthetic_jpegs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> list[Path]:

@@ -20,9 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ilgnet_cli.decode import decode  # noqa: E402
-from ilgnet_cli.model import ILGNet, score_from_logits  # noqa: E402
-from ilgnet_cli.preprocess import RESIZE, parse_mean, preprocess  # noqa: E402
+from ilgnet_cli.model.ilgnet import ILGNet, score_from_logits  # noqa: E402
+from ilgnet_cli.model.preprocess import RESIZE, parse_mean, preprocess  # noqa: E402
+from ilgnet_cli.photos.decode import decode  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--weights")
     args = ap.parse_args()
     if args.weights:
-        from ilgnet_cli.store import load_model
+        from ilgnet_cli.model.store import load_model
 
         lw = load_model(args.weights)
         model, mean = lw.model, lw.mean

@@ -30,7 +30,7 @@ SIDECAR = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w
 def make(data: Path, n: int) -> tuple[Path, Path]:
     from conftest import random_ilgnet_layers
 
-    from ilgnet_cli.store import save_weights
+    from ilgnet_cli.model.store import save_weights
 
     photos = sorted(p for p in (ROOT.parent / "shared" / "photos" / "camera").iterdir() if p.suffix.lower() == ".jpg")
     if not photos:

@@ -19,11 +19,11 @@ __all__ = ["DataError", "IlgnetError", "UsageError", "load", "score_collection",
 def __getattr__(name: str) -> Any:
     # Imported on first use: `import ilgnet_cli` (and `ilgnet --help`) stays quick, without torch.
     if name == "score_collection":
-        from ilgnet_cli.collection import score_collection
+        from ilgnet_cli.photos.collection import score_collection
 
         return score_collection
     if name == "load":
-        from ilgnet_cli.store import load
+        from ilgnet_cli.model.store import load
 
         return load
     if name in ("IlgnetError", "UsageError", "DataError"):

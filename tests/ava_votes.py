@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from ilgnet_cli.ava import AVARecord, write_ava
+from ilgnet_cli.ava.records import AVARecord, write_ava
 
 
 def real_records(votes_dir: Path) -> dict[int, AVARecord]:

@@ -66,7 +66,7 @@ def random_ilgnet_layers(seed: int = 0, logit_scale: float = 2.0) -> list[tuple[
     spread of about ``logit_scale`` (softmax probabilities far from 0 and 1, where a
     probability comparison is meaningful).
     """
-    from ilgnet_cli.model import ILGNet
+    from ilgnet_cli.model.ilgnet import ILGNet
 
     torch.manual_seed(seed)
     model = ILGNet()
@@ -99,7 +99,7 @@ def caffemodels(tmp_path_factory):
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory):
     """Random (calibrated) ILGNet weights as .safetensors, for scoring tests."""
-    from ilgnet_cli.store import save_weights
+    from ilgnet_cli.model.store import save_weights
 
     layers = random_ilgnet_layers(seed=1)
     state = {}

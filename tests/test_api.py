@@ -13,9 +13,9 @@ from conftest import camera_photos
 from typer.testing import CliRunner
 
 import ilgnet_cli
-from ilgnet_cli import store
 from ilgnet_cli.cli import app
 from ilgnet_cli.errors import DataError, IlgnetError, UsageError
+from ilgnet_cli.model import store
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

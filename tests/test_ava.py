@@ -15,10 +15,10 @@ from ava_votes import write_real_ava
 from conftest import camera_photos, shared_path
 from typer.testing import CliRunner
 
-from ilgnet_cli.ava import AVAFormatError, AVARecord, PartitionDataset, read_ava, read_label_list, write_ava
-from ilgnet_cli.ava_download import UnsafeArchiveError, download_ava, extract_archive
+from ilgnet_cli.ava.download import UnsafeArchiveError, download_ava, extract_archive
+from ilgnet_cli.ava.partition import ava2, make_partition
+from ilgnet_cli.ava.records import AVAFormatError, AVARecord, PartitionDataset, read_ava, read_label_list, write_ava
 from ilgnet_cli.cli import app
-from ilgnet_cli.partition import ava2, make_partition
 
 runner = CliRunner()
 
@@ -294,7 +294,7 @@ def test_partition_dataset_yields_model_inputs(tmp_path):
 
 
 def test_shipped_manifests_load_and_are_marked_unverified():
-    from ilgnet_cli.ava_download import Manifest, manifest_help, shipped_manifests
+    from ilgnet_cli.ava.download import Manifest, manifest_help, shipped_manifests
 
     known = shipped_manifests()
     assert {"hf-sxfly", "hf-iceclear", "hf-will33am"} <= set(known)

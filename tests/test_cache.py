@@ -9,7 +9,7 @@ import sys
 import time
 from multiprocessing import get_context
 
-from ilgnet_cli.cache import FileKey, ScoreCache
+from ilgnet_cli.photos.cache import FileKey, ScoreCache
 
 
 def _writer(db: str, tag: int, files: list[str]) -> None:
@@ -49,7 +49,7 @@ def test_kill_9_keeps_committed_batches(tmp_path):
     listing.write_text("\n".join(files))
     script = (
         "import sys\n"
-        "from ilgnet_cli.cache import FileKey, ScoreCache\n"
+        "from ilgnet_cli.photos.cache import FileKey, ScoreCache\n"
         "files = open(sys.argv[2]).read().split()\n"
         "with ScoreCache(sys.argv[1], 'w', 1, 'draft') as c:\n"
         "    while True:\n"
@@ -67,7 +67,7 @@ def test_kill_9_keeps_committed_batches(tmp_path):
 
 
 def test_corrupt_cache_is_set_aside_and_replaced(tmp_path):
-    from ilgnet_cli.cache import open_cache
+    from ilgnet_cli.photos.cache import open_cache
 
     db = tmp_path / "scores.sqlite"
     junk = b"not a database, e.g. truncated by a sync tool " * 40
@@ -87,8 +87,8 @@ def test_corrupt_cache_is_set_aside_and_replaced(tmp_path):
 def test_a_failing_cache_never_costs_a_score(tmp_path, weights_file):
     from conftest import camera_photos
 
-    from ilgnet_cli import store
-    from ilgnet_cli.scoring import run_score
+    from ilgnet_cli.model import store
+    from ilgnet_cli.photos.scoring import run_score
 
     cache = ScoreCache(tmp_path / "scores.sqlite", "w", 1, "draft")
     cache.conn.close()  # every later query fails, like a disk that filled up mid-run

@@ -9,9 +9,9 @@ import pytest
 import torch
 from caffe_schema import write_caffemodel
 
-from ilgnet_cli import store
-from ilgnet_cli.caffe_import import CaffeModelError, caffe_to_state_dict, read_caffemodel
-from ilgnet_cli.model import TRUNK_LAYERS, ILGNet
+from ilgnet_cli.model import store
+from ilgnet_cli.model.caffe_import import CaffeModelError, caffe_to_state_dict, read_caffemodel
+from ilgnet_cli.model.ilgnet import TRUNK_LAYERS, ILGNet
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -79,7 +79,7 @@ def test_import_reports_shape_mismatch(tmp_path, caffemodels):
 
 
 def _layer(name, kind, arrays):
-    from ilgnet_cli.caffe_import import Blob, CaffeLayer
+    from ilgnet_cli.model.caffe_import import Blob, CaffeLayer
 
     return CaffeLayer(name, kind, [Blob(a.reshape(-1), a.shape, False) for a in arrays])
 

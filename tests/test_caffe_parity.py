@@ -13,10 +13,10 @@ import torch
 from conftest import camera_photos, shared_path
 from typer.testing import CliRunner
 
-from ilgnet_cli import store
 from ilgnet_cli.cli import app
-from ilgnet_cli.decode import decode
-from ilgnet_cli.preprocess import CROP, RESIZE, parse_mean, preprocess, resize_bilinear, to_blob
+from ilgnet_cli.model import store
+from ilgnet_cli.model.preprocess import CROP, RESIZE, parse_mean, preprocess, resize_bilinear, to_blob
+from ilgnet_cli.photos.decode import decode
 
 cv2 = pytest.importorskip("cv2")
 

@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from PIL import Image
 from rich.console import Console
 
-from ilgnet_cli import reports
-from ilgnet_cli.bursts import Burst
-from ilgnet_cli.decode import decode
-from ilgnet_cli.scoring import RunStats, ScoreResult, ScoreRun
-from ilgnet_cli.xmp import stars_for
+from ilgnet_cli.photos import reports
+from ilgnet_cli.photos.bursts import Burst
+from ilgnet_cli.photos.decode import decode
+from ilgnet_cli.photos.scoring import RunStats, ScoreResult, ScoreRun
+from ilgnet_cli.photos.xmp import stars_for
 
 # --------------------------------------------------------------------------- float and integer images
 

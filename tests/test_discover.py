@@ -6,7 +6,7 @@ from pathlib import Path
 
 from conftest import camera_photos
 
-from ilgnet_cli.discover import Selection, find_images, sniff, unusable_reason
+from ilgnet_cli.photos.discover import Selection, find_images, sniff, unusable_reason
 
 
 def _tree(tmp_path: Path) -> Path:

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from ilgnet_cli import eval_report, metrics
-from ilgnet_cli.evaluate import EvalResult
+from ilgnet_cli.training import eval_report, metrics
+from ilgnet_cli.training.evaluate import EvalResult
 
 EVIL = "<img src=x onerror=alert(1)>"
 

@@ -13,9 +13,9 @@ from test_weights_cli import entry, write_registry
 from typer.testing import CliRunner
 
 from ilgnet_cli import download as dl
-from ilgnet_cli import store
 from ilgnet_cli.cli import app
 from ilgnet_cli.download import Checksum, DownloadError, DownloadStats, download
+from ilgnet_cli.model import store
 
 runner = CliRunner()
 PAYLOAD = os.urandom(2 * 1024 * 1024 + 77)

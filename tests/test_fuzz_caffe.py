@@ -19,8 +19,8 @@ from caffe_schema import write_caffemodel
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ilgnet_cli import caffe_import, store
-from ilgnet_cli.caffe_import import CaffeModelError, LayerMismatchError, caffe_to_state_dict, read_caffemodel
+from ilgnet_cli.model import caffe_import, store
+from ilgnet_cli.model.caffe_import import CaffeModelError, LayerMismatchError, caffe_to_state_dict, read_caffemodel
 
 TIME_BUDGET_S = 10.0  # CPU seconds: a loaded machine must not fail the test, an endless loop must
 MEMORY_BUDGET = 16 << 20  # bytes traced (numpy included) for inputs of a few KB

@@ -11,7 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ilgnet_cli.ava_download import AVADownloadError, Manifest, plan_files
+from ilgnet_cli.ava.download import AVADownloadError, Manifest, plan_files
 
 VALID = {
     "name": "local", "description": "d", "verified": True, "note": "n",

@@ -13,7 +13,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from ilgnet_cli.xmp import XmpError, _decode, plan_and_write
+from ilgnet_cli.photos.xmp import XmpError, _decode, plan_and_write
 
 RATING = "{http://ns.adobe.com/xap/1.0/}Rating"
 VALID = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>

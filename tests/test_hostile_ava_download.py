@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ilgnet_cli import ava_download
-from ilgnet_cli.ava import AVARecord, write_ava
-from ilgnet_cli.ava_download import AVADownloadError, Manifest, Report, download_ava, extract_archive, import_from
+from ilgnet_cli.ava import download as ava_download
+from ilgnet_cli.ava.download import AVADownloadError, Manifest, Report, download_ava, extract_archive, import_from
+from ilgnet_cli.ava.records import AVARecord, write_ava
 from ilgnet_cli.cli import app
 from ilgnet_cli.download import DownloadError
 
@@ -461,7 +461,7 @@ def test_zip_with_too_many_members_is_refused_before_its_directory_is_loaded(tmp
         for i in range(1, 30):
             zf.writestr(f"{i}.jpg", b"x")
     if zip64:  # the count lives in the zip64 end record when the classic one says 0xFFFF
-        from ilgnet_cli.ava_download import zip_member_count
+        from ilgnet_cli.ava.download import zip_member_count
 
         data = bytearray(archive.read_bytes())
         eocd = data.rfind(b"PK\x05\x06")

@@ -21,10 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from ilgnet_cli import reports
-from ilgnet_cli.discover import Selection, find_images
 from ilgnet_cli.fsutil import atomic_write_text, display
-from ilgnet_cli.scoring import RunStats, ScoreResult, ScoreRun
+from ilgnet_cli.photos import reports
+from ilgnet_cli.photos.discover import Selection, find_images
+from ilgnet_cli.photos.scoring import RunStats, ScoreResult, ScoreRun
 
 # Names that try to drive a terminal: colour, title change, bell, carriage return (overprint),
 # a right-to-left override (``gpj.exe`` shows as ``exe.jpg``), a newline (a fake CSV row) and 8-bit CSI.

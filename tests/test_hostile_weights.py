@@ -19,9 +19,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ilgnet_cli import store
-from ilgnet_cli.cache import FileKey, ScoreCache
 from ilgnet_cli.cli import app
+from ilgnet_cli.model import store
+from ilgnet_cli.photos.cache import FileKey, ScoreCache
 
 runner = CliRunner()
 DATA_LIMIT = 1_600_000_000  # importing torch alone takes ~0.8 GB of data segment
@@ -52,7 +52,7 @@ def run_limited(args: list[str], timeout: float = 60, data_limit: int = DATA_LIM
 
 READ_SCRIPT = (
     "import sys\n"
-    "from ilgnet_cli.caffe_import import CaffeModelError, read_caffemodel\n"
+    "from ilgnet_cli.model.caffe_import import CaffeModelError, read_caffemodel\n"
     "def kb():\n"
     "    return next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith('VmHWM:'))\n"
     "base = kb()\n"
@@ -366,8 +366,8 @@ def test_nan_in_cache_is_a_miss_and_never_stored(tmp_path):
 def test_nan_scores_are_errors_never_cached(weights_file, tmp_path):
     from PIL import Image
 
-    from ilgnet_cli.cache import open_cache
-    from ilgnet_cli.scoring import run_score
+    from ilgnet_cli.photos.cache import open_cache
+    from ilgnet_cli.photos.scoring import run_score
 
     photo = tmp_path / "a.png"
     Image.new("RGB", (64, 48), (120, 30, 200)).save(photo)
@@ -409,7 +409,7 @@ def test_caffemodel_with_non_finite_weights_is_refused(caffemodels, tmp_path, ba
 
 
 def test_millions_of_junk_fields_are_refused(tmp_path):
-    from ilgnet_cli.caffe_import import MAX_FIELDS, CaffeModelError, read_caffemodel
+    from ilgnet_cli.model.caffe_import import MAX_FIELDS, CaffeModelError, read_caffemodel
 
     path = tmp_path / "junk.caffemodel"
     path.write_bytes(ld(100, b"\x08\x00" * 10) + b"\x08\x00" * MAX_FIELDS)  # a real file has a few thousand

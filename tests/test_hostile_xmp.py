@@ -18,8 +18,8 @@ from conftest import camera_photos
 from typer.testing import CliRunner
 
 from ilgnet_cli.cli import app
-from ilgnet_cli.scoring import ScoreResult
-from ilgnet_cli.xmp import MAX_SIDECAR_BYTES, XmpError, plan_and_write, write_sidecars
+from ilgnet_cli.photos.scoring import ScoreResult
+from ilgnet_cli.photos.xmp import MAX_SIDECAR_BYTES, XmpError, plan_and_write, write_sidecars
 
 runner = CliRunner()
 RATING = "{http://ns.adobe.com/xap/1.0/}Rating"

@@ -20,8 +20,9 @@ from conftest import camera_photos
 from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
-from ilgnet_cli import learn, metrics, ratings
 from ilgnet_cli.cli import app
+from ilgnet_cli.photos import ratings
+from ilgnet_cli.training import learn, metrics
 
 RUNNER = CliRunner()
 XMP = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
@@ -287,7 +288,7 @@ def test_learn_ranks_unseen_scenes_and_scores_exactly_the_head(shoot, weights_fi
     # The installed file is a normal ILGNet whose P(high) is exactly the head's P(liked).
     from safetensors import safe_open
 
-    from ilgnet_cli import store
+    from ilgnet_cli.model import store
 
     with safe_open(str(store.weights_dir() / "mine.safetensors"), framework="np") as fh:
         info = json.loads(fh.metadata()["learned"])
@@ -368,7 +369,7 @@ def test_head_fit_is_exact_on_separable_and_finite_on_constant_features():
 
 
 def _tiny_state() -> dict[str, torch.Tensor]:
-    from ilgnet_cli.model import ILGNet
+    from ilgnet_cli.model.ilgnet import ILGNet
 
     return ILGNet().state_dict()
 
@@ -386,7 +387,7 @@ def test_ratings_csv_that_is_a_fifo_is_reported_never_read(tmp_path):
 
     fifo = tmp_path / "ratings.csv"
     os.mkfifo(fifo)
-    code = ("import sys; from ilgnet_cli.ratings import csv_ratings; "
+    code = ("import sys; from ilgnet_cli.photos.ratings import csv_ratings; "
             "r = csv_ratings(sys.argv[1]); print(r.problems)")
     proc = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=15)
     assert proc.returncode == 0 and "not a regular file" in proc.stdout

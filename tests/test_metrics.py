@@ -8,8 +8,8 @@ from conftest import shared_path
 from scipy import stats
 from sklearn import metrics as skm
 
-from ilgnet_cli import metrics
-from ilgnet_cli.ava import read_label_list
+from ilgnet_cli.ava.records import read_label_list
+from ilgnet_cli.training import metrics
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import shared_path
 from prototxt import analyse
 
-from ilgnet_cli.model import ILGNet, caffe_layer_name, parameter_count, score_from_logits, torch_module_name
+from ilgnet_cli.model.ilgnet import ILGNet, caffe_layer_name, parameter_count, score_from_logits, torch_module_name
 
 
 @pytest.fixture(scope="module")

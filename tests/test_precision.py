@@ -10,12 +10,12 @@ import torch
 from conftest import camera_photos, random_ilgnet_layers
 from typer.testing import CliRunner
 
-from ilgnet_cli import precision, store
 from ilgnet_cli.cli import app
-from ilgnet_cli.decode import decode
-from ilgnet_cli.metrics import spearman
-from ilgnet_cli.model import CaffeLRN, ILGNet, score_from_logits
-from ilgnet_cli.preprocess import parse_mean, preprocess
+from ilgnet_cli.model import precision, store
+from ilgnet_cli.model.ilgnet import CaffeLRN, ILGNet, score_from_logits
+from ilgnet_cli.model.preprocess import parse_mean, preprocess
+from ilgnet_cli.photos.decode import decode
+from ilgnet_cli.training.metrics import spearman
 
 runner = CliRunner()
 

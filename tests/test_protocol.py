@@ -14,14 +14,14 @@ from conftest import camera_photos, shared_path
 from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
-from ilgnet_cli import store
-from ilgnet_cli.ava import AVARecord, read_label_list, write_ava, write_label_list
+from ilgnet_cli.ava.partition import holdout, shipped_list
+from ilgnet_cli.ava.records import AVARecord, read_label_list, write_ava, write_label_list
 from ilgnet_cli.cli import app
-from ilgnet_cli.distributed import Dist
 from ilgnet_cli.download import file_digest
-from ilgnet_cli.model import ILGNet
-from ilgnet_cli.partition import holdout, shipped_list
-from ilgnet_cli.train import RECIPES, SOLVERS, TrainConfig, _setup, param_groups, resolve_recipe, train
+from ilgnet_cli.model import store
+from ilgnet_cli.model.ilgnet import ILGNet
+from ilgnet_cli.training.distributed import Dist
+from ilgnet_cli.training.train import RECIPES, SOLVERS, TrainConfig, _setup, param_groups, resolve_recipe, train
 
 runner = CliRunner()
 
@@ -101,7 +101,7 @@ def _trunk_registry(tmp_path, monkeypatch, server, caffemodels) -> None:
     """A registry whose bvlc-googlenet is a random GoogLeNet trunk on the local server."""
     from caffe_schema import write_caffemodel
 
-    from ilgnet_cli.model import TRUNK_LAYERS
+    from ilgnet_cli.model.ilgnet import TRUNK_LAYERS
 
     trunk = tmp_path / "bvlc_googlenet.caffemodel"
     write_caffemodel(trunk, [e for e in caffemodels["layers"] if e[0] in TRUNK_LAYERS], v1=True)
@@ -231,9 +231,9 @@ def test_eval_html_report(data_home, tmp_path, weights_file):
 def test_one_decode_mode_per_run(tmp_path):
     """The authors' convert_imageset decoded every pixel: so do prepare, train and eval by default,
     and a cache prepared otherwise is refused instead of mixed in."""
-    from ilgnet_cli.ava import resized_image
-    from ilgnet_cli.decode import decode
-    from ilgnet_cli.preprocess import resize_bilinear
+    from ilgnet_cli.ava.records import resized_image
+    from ilgnet_cli.model.preprocess import resize_bilinear
+    from ilgnet_cli.photos.decode import decode
 
     folder = _tiny_partition(tmp_path, "ilgnet-ava1", "AVA1")
     images = tmp_path / "ava" / "images"

@@ -19,9 +19,9 @@ import pytest
 from conftest import camera_photos, shared_path
 from PIL import Image
 
-from ilgnet_cli import store
-from ilgnet_cli.cache import ScoreCache
-from ilgnet_cli.scoring import run_score
+from ilgnet_cli.model import store
+from ilgnet_cli.photos.cache import ScoreCache
+from ilgnet_cli.photos.scoring import run_score
 
 
 def cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -80,8 +80,8 @@ def test_orientation_samples_are_the_same_picture(kind):
     The samples were re-encoded after rotating, so they differ by JPEG noise (measured: mean
     |diff| 0.3-1.8 grey levels of the 256x256 input); a wrong or missing rotation gives > 20.
     """
-    from ilgnet_cli.decode import decode
-    from ilgnet_cli.preprocess import resize_bilinear
+    from ilgnet_cli.model.preprocess import resize_bilinear
+    from ilgnet_cli.photos.decode import decode
 
     files = _orientation_files(kind)
     ref = resize_bilinear(decode(files[1], draft=256).rgb).astype(float)
@@ -134,7 +134,7 @@ def _misbehave(path: str, decoded) -> dict:
 
 @pytest.mark.parametrize(("workers", "bad"), [(1, "boom"), (2, "boom"), (2, "hang")])
 def test_a_crashing_or_hanging_decoder_costs_only_its_file(tmp_path, loaded, monkeypatch, workers, bad):
-    from ilgnet_cli import scoring
+    from ilgnet_cli.photos import scoring
 
     monkeypatch.setattr(scoring, "DECODE_TIMEOUT_S", 2)
     files = []
@@ -421,7 +421,7 @@ def test_min_score_filters_report(tmp_path, weights_file, loaded):
 
 
 def test_odd_formats_convert_correctly(tmp_path, loaded):
-    from ilgnet_cli.decode import decode
+    from ilgnet_cli.photos.decode import decode
 
     ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     Image.fromarray(ramp, "F").save(tmp_path / "float.tiff")

@@ -21,13 +21,13 @@ from blur_task import make_blur_task
 from conftest import camera_photos
 from typer.testing import CliRunner
 
-from ilgnet_cli import store
-from ilgnet_cli.ava import read_label_list
+from ilgnet_cli.ava.records import read_label_list
 from ilgnet_cli.cli import app
-from ilgnet_cli.evaluate import predict
-from ilgnet_cli.metrics import roc_auc
-from ilgnet_cli.model import ILGNet
-from ilgnet_cli.train import RECIPES, CaffeSGD, TrainConfig, lr_at, param_groups, train
+from ilgnet_cli.model import store
+from ilgnet_cli.model.ilgnet import ILGNet
+from ilgnet_cli.training.evaluate import predict
+from ilgnet_cli.training.metrics import roc_auc
+from ilgnet_cli.training.train import RECIPES, CaffeSGD, TrainConfig, lr_at, param_groups, train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

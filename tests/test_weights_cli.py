@@ -8,10 +8,11 @@ import pytest
 from conftest import camera_photos
 from typer.testing import CliRunner
 
-from ilgnet_cli import __version__, store
+from ilgnet_cli import __version__
 from ilgnet_cli.cli import app
 from ilgnet_cli.download import file_digest
-from ilgnet_cli.preprocess import MEANS_BGR
+from ilgnet_cli.model import store
+from ilgnet_cli.model.preprocess import MEANS_BGR
 
 runner = CliRunner()
 

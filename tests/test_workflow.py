@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 from typer.testing import CliRunner
 
 from ilgnet_cli.cli import app
-from ilgnet_cli.xmp import XmpError, plan_and_write, stars_for
+from ilgnet_cli.photos.xmp import XmpError, plan_and_write, stars_for
 
 runner = CliRunner()
 EXIFTOOL = shutil.which("exiftool")

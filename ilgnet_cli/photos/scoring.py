@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
-from ilgnet_cli.decode import DecodeError, decode
-from ilgnet_cli.distributed import Dist, init_distributed
 from ilgnet_cli.errors import UsageError
-from ilgnet_cli.model import score_from_logits
-from ilgnet_cli.preprocess import RESIZE, Mean, parse_mean, preprocess
+from ilgnet_cli.model.ilgnet import score_from_logits
+from ilgnet_cli.model.preprocess import RESIZE, Mean, parse_mean, preprocess
+from ilgnet_cli.photos.decode import DecodeError, decode
+from ilgnet_cli.training.distributed import Dist, init_distributed
 
 
 @dataclass
@@ -43,8 +43,8 @@ class ScoreResult:
 
     @property
     def exif(self) -> Any:
-        """The photo's EXIF (:class:`ilgnet_cli.exif.ExifInfo`; empty fields when it has none)."""
-        from ilgnet_cli.exif import ExifInfo
+        """The photo's EXIF (:class:`ilgnet_cli.photos.exif.ExifInfo`; empty fields when it has none)."""
+        from ilgnet_cli.photos.exif import ExifInfo
 
         return ExifInfo.from_json(self.info.get("exif"))
 
@@ -185,7 +185,7 @@ def score_paths(
     (EXIF, sharpness...). ``exact`` disables JPEG draft decoding. With ``workers > 0`` a file
     whose decoder kills its worker process, or takes longer than :data:`DECODE_TIMEOUT_S`, gets
     :data:`CRASH_REASON` and the run continues. ``precision``: ``fp32``, ``bf16``, or ``guard``
-    (the first batch in both; ``on_verdict`` gets the :class:`ilgnet_cli.precision.Verdict` and
+    (the first batch in both; ``on_verdict`` gets the :class:`ilgnet_cli.model.precision.Verdict` and
     the run goes on in the precision it chose). ``result.info["precision"]`` says which.
     """
     device = torch.device(device)
@@ -219,7 +219,7 @@ class _Forward:
     the first batch both ways and goes on in the precision it chose."""
 
     def __init__(self, model: torch.nn.Module, precision: str, on_verdict: Callable[[Any], None] | None) -> None:
-        from ilgnet_cli.precision import bf16_model
+        from ilgnet_cli.model.precision import bf16_model
 
         if precision not in ("fp32", "bf16", "guard"):
             raise ValueError(f"unknown precision {precision!r}")
@@ -233,7 +233,7 @@ class _Forward:
 
     def __call__(self, batch: torch.Tensor) -> list[float]:
         if self.precision == "guard":
-            from ilgnet_cli.precision import judge
+            from ilgnet_cli.model.precision import judge
 
             p32, p16 = self._run(batch, False), self._run(batch, True)
             verdict = judge(p32, p16)
@@ -309,8 +309,8 @@ def _infer_batches(forward: _Forward, dataset: _Images, batches: Iterator, devic
 def exif_extra(path: str, decoded: Any) -> dict[str, Any]:
     """Worker-side extras for reports: EXIF (never fails; errors land in the EXIF record) and
     the sharpness of the scoring decode (for best-of-burst)."""
-    from ilgnet_cli.bursts import sharpness
-    from ilgnet_cli.exif import read_exif
+    from ilgnet_cli.photos.bursts import sharpness
+    from ilgnet_cli.photos.exif import read_exif
 
     return {"exif": read_exif(path).to_json(), "sharpness": sharpness(decoded.rgb)}
 
@@ -365,16 +365,16 @@ def run_score(
 ) -> ScoreRun:
     """Score ``files`` with cache lookups first; finished work is cached batch by batch.
 
-    ``loaded`` is a :class:`ilgnet_cli.store.LoadedWeights`. Ctrl-C stops the run and returns
+    ``loaded`` is a :class:`ilgnet_cli.model.store.LoadedWeights`. Ctrl-C stops the run and returns
     what finished (``stats.interrupted``); nothing already scored is lost. ``precision`` is
-    ``fp32``, ``bf16`` or ``guard`` (see :mod:`ilgnet_cli.precision`): a guard verdict already
-    in ``verdicts`` (a :class:`~ilgnet_cli.precision.VerdictStore`) is reused, a new one stored
+    ``fp32``, ``bf16`` or ``guard`` (see :mod:`ilgnet_cli.model.precision`): a guard verdict already
+    in ``verdicts`` (a :class:`~ilgnet_cli.model.precision.VerdictStore`) is reused, a new one stored
     there and passed to ``on_verdict``. A cache's mode gets ``+bf16`` for bf16 scores; fp32
     scores in the cache are always reused (they are the exact ones).
     """
-    from ilgnet_cli.cache import FileKey
-    from ilgnet_cli.discover import unusable_reason
-    from ilgnet_cli.precision import MIN_GUARD, device_kind
+    from ilgnet_cli.model.precision import MIN_GUARD, device_kind
+    from ilgnet_cli.photos.cache import FileKey
+    from ilgnet_cli.photos.discover import unusable_reason
 
     device = torch.device(device)
     fp32_mode = cache.mode if cache is not None else None

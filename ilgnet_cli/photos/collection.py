@@ -8,7 +8,7 @@ for r in run.results:          # best first, then the files that could not be sc
 ```
 
 The CLI is a thin layer over :func:`score_collection`: it parses options, shows progress and
-renders the reports (:mod:`ilgnet_cli.reports`).
+renders the reports (:mod:`ilgnet_cli.photos.reports`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ilgnet_cli.errors import DataError
-from ilgnet_cli.scoring import ProgressCallback, ScoreRun
+from ilgnet_cli.photos.scoring import ProgressCallback, ScoreRun
 
 
 @dataclass
@@ -65,22 +65,22 @@ def score_collection(
 
     ``weights``: an installed name or a ``.safetensors`` file; None = the default weights,
     downloaded on first use unless ``allow_download`` is False. ``precision``: ``auto`` (bf16
-    where native and checked, see :mod:`ilgnet_cli.precision`), ``fp32`` or ``bf16``; ``exact``
+    where native and checked, see :mod:`ilgnet_cli.model.precision`), ``fp32`` or ``bf16``; ``exact``
     is the authors' pipeline (full decode, fp32). ``skip``: paths never scored (e.g. this run's
     own outputs). ``group_bursts``: seconds between frames of one burst (None: no grouping).
-    ``progress(total)`` may return a callback that gets :class:`~ilgnet_cli.scoring.RunStats`
+    ``progress(total)`` may return a callback that gets :class:`~ilgnet_cli.photos.scoring.RunStats`
     as the run goes. ``notes`` collects what the user may want to know (cache trouble, the bf16
     guard's verdict); ``on_note(kind, text)`` hears each as it happens. Under torchrun each rank
     scores a shard and only rank 0 gets the run (the others get None). Raises
     :class:`~ilgnet_cli.errors.DataError` when nothing can be scored at all (no images found).
     """
-    from ilgnet_cli import store
-    from ilgnet_cli.cache import open_cache
-    from ilgnet_cli.discover import Selection, find_images, unusable_reason
     from ilgnet_cli.fsutil import display
-    from ilgnet_cli.precision import VerdictStore, plan
-    from ilgnet_cli.preprocess import PREPROCESS_VERSION
-    from ilgnet_cli.scoring import Shard, pick_device, run_score
+    from ilgnet_cli.model import store
+    from ilgnet_cli.model.precision import VerdictStore, plan
+    from ilgnet_cli.model.preprocess import PREPROCESS_VERSION
+    from ilgnet_cli.photos.cache import open_cache
+    from ilgnet_cli.photos.discover import Selection, find_images, unusable_reason
+    from ilgnet_cli.photos.scoring import Shard, pick_device, run_score
 
     notes = notes if notes is not None else CollectionNotes()
 
@@ -131,7 +131,7 @@ def score_collection(
         return None
     run.results = run.scored + run.errors  # best first (ties by path), then what failed
     if group_bursts is not None:
-        from ilgnet_cli.bursts import group_bursts as make_bursts
+        from ilgnet_cli.photos.bursts import group_bursts as make_bursts
 
         run.bursts = make_bursts(run.results, group_bursts)
     return run

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ilgnet_cli import metrics
 from ilgnet_cli.errors import DataError, UsageError
+from ilgnet_cli.training import metrics
 
 FEATURE_DIM = 1024
 MIN_RATINGS = 40
@@ -126,7 +126,7 @@ def hash_distance(a: int | list[int], b: int | list[int]) -> int:
 
 def learn_extra(path: str, decoded: Any) -> dict[str, Any]:
     """Worker-side extras: EXIF and sharpness (as scoring's), and the perceptual hashes."""
-    from ilgnet_cli.scoring import exif_extra
+    from ilgnet_cli.photos.scoring import exif_extra
 
     out = exif_extra(path, decoded)
     out["phash"] = phashes(decoded.rgb)
@@ -182,7 +182,7 @@ def extract(files: list[str], loaded: Any, *, device: torch.device | str = "cpu"
             workers: int = 0, mirror: bool = True, max_pixels: int | None = None,
             progress: Callable[[int], None] | None = None) -> Features:
     """Base-model features of ``files``, decoded and batched exactly as ``ilgnet score`` does."""
-    from ilgnet_cli.scoring import score_paths
+    from ilgnet_cli.photos.scoring import score_paths
 
     tap = _FeatureTap(loaded.model, mirror)
     paths, scores, info, errors, rows, mirrored = [], [], [], [], [], []
@@ -243,8 +243,8 @@ def scene_groups(paths: list[str], info: list[dict[str, Any]], *, seconds: float
     """
     import os
 
-    from ilgnet_cli.bursts import group_bursts
-    from ilgnet_cli.scoring import ScoreResult
+    from ilgnet_cli.photos.bursts import group_bursts
+    from ilgnet_cli.photos.scoring import ScoreResult
 
     n = len(paths)
     uf = _UnionFind(n)
@@ -592,7 +592,7 @@ class Outcome:
 
 def check_name(name: str) -> None:
     """A store name for learned weights; never one of the registry's (it would hide them)."""
-    from ilgnet_cli import store
+    from ilgnet_cli.model import store
 
     store._check_name(name)
     try:
@@ -612,7 +612,7 @@ def run(ratings: Any, loaded: Any, *, name: str | None, thresholds: Thresholds =
     Installs only when the learned weights beat the base beyond noise on held-out folds and
     there are enough ratings, unless ``force``. ``ratings`` is a :class:`ratings.RatingsReport`.
     """
-    from ilgnet_cli import store
+    from ilgnet_cli.model import store
 
     if name is not None:
         check_name(name)

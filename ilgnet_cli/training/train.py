@@ -41,12 +41,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ilgnet_cli import __version__
-from ilgnet_cli.ava import PartitionDataset, available, read_label_list, write_label_list
-from ilgnet_cli.distributed import Dist, init_distributed
+from ilgnet_cli.ava.records import PartitionDataset, available, read_label_list, write_label_list
 from ilgnet_cli.errors import DataError, UsageError
 from ilgnet_cli.fsutil import atomic_write_text
-from ilgnet_cli.model import HEAD_LAYERS, ILGNet, score_from_logits
-from ilgnet_cli.store import save_weights
+from ilgnet_cli.model.ilgnet import HEAD_LAYERS, ILGNet, score_from_logits
+from ilgnet_cli.model.store import save_weights
+from ilgnet_cli.training.distributed import Dist, init_distributed
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,7 @@ def _new_run_dir(cfg: TrainConfig, dd: Dist) -> Path:
 def _split_validation(cfg: TrainConfig, run_dir: Path, items: list[tuple[int, int]]
                       ) -> tuple[list[tuple[int, int]], list[tuple[int, int]], dict]:
     """(train, val, how): val from val_list, from a resumed run's val.txt, or held out of train.txt."""
-    from ilgnet_cli.partition import holdout
+    from ilgnet_cli.ava.partition import holdout
 
     saved = run_dir / "val.txt"
     if cfg.val_list is not None:
@@ -327,9 +327,9 @@ def _short(value: object) -> str:
 
 
 def _setup(cfg: TrainConfig, dd: Dist, cuda: bool) -> RunSetup:
-    from ilgnet_cli.partition import PROTOCOL, read_kind
-    from ilgnet_cli.prepare import decode_mode
-    from ilgnet_cli.store import resolve_mean
+    from ilgnet_cli.ava.partition import PROTOCOL, read_kind
+    from ilgnet_cli.ava.prepare import decode_mode
+    from ilgnet_cli.model.store import resolve_mean
 
     kind = read_kind(cfg.partition)
     protocol = PROTOCOL.get(kind or "", "ava1")
@@ -343,7 +343,7 @@ def _setup(cfg: TrainConfig, dd: Dist, cuda: bool) -> RunSetup:
 
     cache = None
     if cfg.prepared is not None:
-        from ilgnet_cli.prepare import PreparedImages
+        from ilgnet_cli.ava.prepare import PreparedImages
 
         cache = PreparedImages(cfg.prepared)
         if cache.decode != decode:
@@ -411,7 +411,7 @@ def _checkpoint_dir(run_dir: Path) -> Path | None:
 
 
 def _init_model(cfg: TrainConfig, model: ILGNet) -> str:
-    from ilgnet_cli import store
+    from ilgnet_cli.model import store
 
     gen = torch.Generator().manual_seed(cfg.seed)
     model.reset_parameters(gen)
@@ -433,7 +433,7 @@ def _init_model(cfg: TrainConfig, model: ILGNet) -> str:
 
 def _resume(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, cuda: bool) -> tuple[int, float, str]:
     """Load the last checkpoint set into ``model`` and ``optimizer`` -> (step, best, where)."""
-    from ilgnet_cli.store import read_weights
+    from ilgnet_cli.model.store import read_weights
 
     ckpt = _checkpoint_dir(run_dir)
     if ckpt is None:
@@ -521,7 +521,7 @@ def _validate_and_checkpoint(run: RunSetup, model: ILGNet, optimizer: torch.opti
 
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) training; returns a summary. Works alone or under torchrun."""
-    from ilgnet_cli.scoring import pick_device
+    from ilgnet_cli.photos.scoring import pick_device
 
     dd = init_distributed(pick_device(cfg.device))
     device = dd.device

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ilgnet_cli.preprocess import RESIZE
+from ilgnet_cli.model.preprocess import RESIZE
 
 SHAPE = (RESIZE, RESIZE, 3)
 
 
 def _load(job: tuple[str, bool]) -> tuple[np.ndarray | None, str | None]:
-    from ilgnet_cli.decode import DecodeError, decode
-    from ilgnet_cli.preprocess import resize_bilinear
+    from ilgnet_cli.model.preprocess import resize_bilinear
+    from ilgnet_cli.photos.decode import DecodeError, decode
 
     path, draft = job
     try:

@@ -170,8 +170,8 @@ def resized_image(image_id: int, images: str | Path, cache: object | None = None
     ``draft=False`` (the default) decodes every pixel, as the authors' ``convert_imageset`` did;
     ``draft=True`` lets libjpeg downscale in the DCT (faster, a few grey levels off).
     """
-    from ilgnet_cli.decode import decode
-    from ilgnet_cli.preprocess import RESIZE, resize_bilinear
+    from ilgnet_cli.model.preprocess import RESIZE, resize_bilinear
+    from ilgnet_cli.photos.decode import decode
 
     if cache is not None:
         return cache.get(image_id)
@@ -188,7 +188,7 @@ class PartitionDataset:
 
     def __init__(self, items: list[tuple[int, int]] | str | Path, images: str | Path, mean: object, *,
                  train: bool = False, seed: int = 0, cache: object | None = None, draft: bool = False) -> None:
-        from ilgnet_cli.preprocess import parse_mean
+        from ilgnet_cli.model.preprocess import parse_mean
 
         self.items = read_label_list(items) if isinstance(items, str | Path) else list(items)
         self.images = Path(images)
@@ -204,7 +204,7 @@ class PartitionDataset:
     def __getitem__(self, index: int):
         import torch
 
-        from ilgnet_cli.preprocess import CENTRE, preprocess_train, to_blob
+        from ilgnet_cli.model.preprocess import CENTRE, preprocess_train, to_blob
 
         image_id, label = self.items[index]
         img = resized_image(image_id, self.images, self.cache, draft=self.draft)

@@ -24,12 +24,20 @@ import platformdirs
 import torch
 
 from ilgnet_cli import __version__
-from ilgnet_cli.caffe_import import CaffeModelError, caffe_to_state_dict, read_caffemodel
 from ilgnet_cli.download import Checksum, DownloadError, DownloadStats, ProgressFn, SourceFailure, download, file_digest
 from ilgnet_cli.errors import IlgnetError
 from ilgnet_cli.fsutil import atomic_write_bytes
-from ilgnet_cli.model import INPUT_SIZE, LABELS, ILGNet
-from ilgnet_cli.preprocess import MEAN_IMAGES, MEANS_BGR, Mean, MeanError, channel_mean, mean_from_image, parse_mean
+from ilgnet_cli.model.caffe_import import CaffeModelError, caffe_to_state_dict, read_caffemodel
+from ilgnet_cli.model.ilgnet import INPUT_SIZE, LABELS, ILGNet
+from ilgnet_cli.model.preprocess import (
+    MEAN_IMAGES,
+    MEANS_BGR,
+    Mean,
+    MeanError,
+    channel_mean,
+    mean_from_image,
+    parse_mean,
+)
 
 ARCH_FULL = "ilgnet"
 ARCH_TRUNK = "ilgnet-trunk"
@@ -179,7 +187,7 @@ def registry_path() -> Path:
     packaged = resources.files("ilgnet_cli") / "_registry" / "registry.json"
     if packaged.is_file():
         return Path(str(packaged))
-    return Path(__file__).resolve().parent.parent / "weights" / "registry.json"
+    return Path(__file__).resolve().parents[2] / "weights" / "registry.json"  # a source checkout
 
 
 def load_registry(path: str | Path | None = None) -> Registry:
@@ -357,7 +365,7 @@ def import_caffemodel(path: str | Path, name: str | None = None, mean: str | Non
     ``trunk=None`` decides by content: a full ILGNet, else ImageNet GoogLeNet's shared trunk
     (``bvlc_googlenet.caffemodel``), else an error listing what does not match.
     """
-    from ilgnet_cli.caffe_import import LayerMismatchError
+    from ilgnet_cli.model.caffe_import import LayerMismatchError
 
     path = Path(path)
     if not path.is_file():
@@ -495,8 +503,8 @@ class LoadedWeights:
         Files are decoded as ``ilgnet score --exact`` does (EXIF orientation, any mode to RGB,
         every pixel) unless ``draft``; then the authors' resize, centre crop and mean.
         """
-        from ilgnet_cli.decode import decode
-        from ilgnet_cli.preprocess import RESIZE, preprocess
+        from ilgnet_cli.model.preprocess import RESIZE, preprocess
+        from ilgnet_cli.photos.decode import decode
 
         if not isinstance(image, np.ndarray):
             image = decode(image, draft=RESIZE if draft else None).rgb
@@ -506,7 +514,7 @@ class LoadedWeights:
     def score(self, images: list[str | os.PathLike[str] | np.ndarray] | torch.Tensor, *,
               draft: bool = False) -> list[float]:
         """P(high quality) for photos (paths or RGB arrays) or a batch of model inputs (N, 3, 227, 227)."""
-        from ilgnet_cli.model import score_from_logits
+        from ilgnet_cli.model.ilgnet import score_from_logits
 
         batch = images if isinstance(images, torch.Tensor) else torch.stack(
             [self.preprocess(im, draft=draft) for im in images])
@@ -546,7 +554,7 @@ def load_model(name_or_path: str, device: torch.device | str = "cpu") -> LoadedW
 def load(weights: str | None = None, device: str = "auto", *, allow_download: bool = True) -> LoadedWeights:
     """Weights by name or ``.safetensors`` path (None: the default weights, fetched on first use
     unless ``allow_download`` is False) on ``device`` (auto: CUDA, MPS, else CPU)."""
-    from ilgnet_cli.scoring import pick_device
+    from ilgnet_cli.photos.scoring import pick_device
 
     return load_model(weights or ensure_default(allow_download=allow_download), pick_device(device))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ilgnet_cli.ava import AVAData, parse_label_lines, read_ava, read_id_list, read_label_list, write_label_list
+from ilgnet_cli.ava.records import AVAData, parse_label_lines, read_ava, read_id_list, read_label_list, write_label_list
 from ilgnet_cli.errors import DataError
 from ilgnet_cli.fsutil import atomic_write_text
 

@@ -448,7 +448,7 @@ def _clash_key(path: Path) -> tuple[str, str]:
 
 
 def _claim_order(claim: tuple) -> tuple[bool, str]:
-    from ilgnet_cli.decode import RAW_EXTENSIONS
+    from ilgnet_cli.photos.decode import RAW_EXTENSIONS
 
     image = Path(claim[0].path)
     return image.suffix.lower() not in RAW_EXTENSIONS, str(image)

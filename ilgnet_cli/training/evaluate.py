@@ -13,11 +13,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from ilgnet_cli import metrics
-from ilgnet_cli.ava import available, read_ava, read_label_list, resized_image
+from ilgnet_cli.ava.records import available, read_ava, read_label_list, resized_image
 from ilgnet_cli.errors import DataError, UsageError
-from ilgnet_cli.model import score_from_logits
-from ilgnet_cli.preprocess import CROP, RESIZE, parse_mean, to_blob
+from ilgnet_cli.model.ilgnet import score_from_logits
+from ilgnet_cli.model.preprocess import CROP, RESIZE, parse_mean, to_blob
+from ilgnet_cli.training import metrics
 
 TTA = ("none", "mirror", "10crop")
 PRECISIONS = ("fp32", "bf16")
@@ -85,7 +85,7 @@ def predict(model: torch.nn.Module, items: list[tuple[int, int]], images: Path, 
     cuda = device.type == "cuda"
     bf16 = precision == "bf16"
     if bf16:  # a bf16 copy fed bf16 inputs (the fast way; autocast is slower than fp32 on CPUs)
-        from ilgnet_cli.precision import bf16_model
+        from ilgnet_cli.model.precision import bf16_model
 
         model = bf16_model(model)
     out = np.full(len(items), np.nan)
@@ -115,12 +115,12 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
     partition kind, or a partition folder. The paper's accuracy is reported only when the test
     list is exactly the authors' one (by the partition's recorded kind and content).
     """
-    from ilgnet_cli import store
+    from ilgnet_cli.ava.partition import is_authors_test_list, read_kind, resolve_partition
+    from ilgnet_cli.ava.prepare import decode_mode
     from ilgnet_cli.datadir import default_ava, missing_ava_hint
-    from ilgnet_cli.distributed import init_distributed
-    from ilgnet_cli.partition import is_authors_test_list, read_kind, resolve_partition
-    from ilgnet_cli.prepare import decode_mode
-    from ilgnet_cli.scoring import pick_device
+    from ilgnet_cli.model import store
+    from ilgnet_cli.photos.scoring import pick_device
+    from ilgnet_cli.training.distributed import init_distributed
 
     if tta not in TTA:
         raise UsageError(f"test-time augmentation must be one of {', '.join(TTA)}")
@@ -136,7 +136,7 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
     cache = None
     mode = decode_mode(draft)
     if prepared is not None:
-        from ilgnet_cli.prepare import PreparedImages
+        from ilgnet_cli.ava.prepare import PreparedImages
 
         cache = PreparedImages(prepared)
         if cache.decode != mode:

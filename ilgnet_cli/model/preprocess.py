@@ -5,7 +5,7 @@ The authors built their 256x256 LMDB with Caffe's ``convert_imageset`` (OpenCV d
 net a 227x227 crop of it, BGR, 0-255, minus their mean image (``mean_file`` in train.prototxt
 and val.prototxt). We reproduce that:
 
-1. decode (``ilgnet_cli.decode``), EXIF orientation applied, any mode -> 8-bit RGB;
+1. decode (``ilgnet_cli.photos.decode``), EXIF orientation applied, any mode -> 8-bit RGB;
 2. resize to 256x256 exactly as ``cv2.resize(..., INTER_LINEAR)`` does (half-pixel centres,
    two taps, no antialiasing, OpenCV's fixed-point rounding: bit-identical uint8 output);
 3. centre crop 227 at offset (256 - 227) // 2 = 14, as Caffe's test-phase crop;
@@ -179,7 +179,7 @@ def channel_mean(bgr: tuple[float, float, float] | list[float], name: str | None
 
 
 def _read_mean_file(path: Path) -> Mean:
-    from ilgnet_cli.caffe_import import CaffeModelError, parse_blobproto
+    from ilgnet_cli.model.caffe_import import CaffeModelError, parse_blobproto
 
     try:
         size = path.stat().st_size

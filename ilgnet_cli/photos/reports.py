@@ -26,9 +26,9 @@ from rich.table import Table
 
 from ilgnet_cli import __version__
 from ilgnet_cli.errors import UsageError
-from ilgnet_cli.exif import ExifInfo
 from ilgnet_cli.fsutil import atomic_write_text, copy_new, display, escape_controls, json_escaped, printable
-from ilgnet_cli.scoring import ScoreResult, ScoreRun
+from ilgnet_cli.photos.exif import ExifInfo
+from ilgnet_cli.photos.scoring import ScoreResult, ScoreRun
 
 FORMATS = ("table", "csv", "json", "html")
 CSV_FIELDS = ("rank", "score", "path", "status", "error", "width", "height", "format", "captured", "camera",
@@ -182,10 +182,10 @@ def _plain(text: str | None) -> str:
 
 def star_thresholds(scores: list[float], spec: str) -> list[tuple[int, float]]:
     """Where the XMP stars begin: ``(stars, lowest score rated that many or more)`` for 2..5
-    stars, as :func:`ilgnet_cli.xmp.stars_for` rates these ``scores``. ``fixed:`` thresholds
+    stars, as :func:`ilgnet_cli.photos.xmp.stars_for` rates these ``scores``. ``fixed:`` thresholds
     are the spec's own; quantile ones come from the run (a level no score reaches is left out).
     Raises ValueError (one line) for a bad spec, as ``stars_for`` does."""
-    from ilgnet_cli.xmp import stars_for
+    from ilgnet_cli.photos.xmp import stars_for
 
     stars = stars_for(list(scores), spec)  # also validates the spec
     if spec.startswith("fixed:"):
@@ -290,7 +290,7 @@ def thumbnail_data_uri(path: str, size: int = 240, max_pixels: int | None = None
     """A small JPEG of the photo (orientation applied) as a data: URI, or None if undecodable."""
     from PIL import Image
 
-    from ilgnet_cli.decode import DecodeError, decode
+    from ilgnet_cli.photos.decode import DecodeError, decode
 
     try:
         rgb = decode(path, draft=size, max_pixels=max_pixels).rgb

@@ -41,7 +41,7 @@ def _body(result) -> tuple:
 
 
 def _time(result) -> float | None:
-    from ilgnet_cli.exif import ExifInfo
+    from ilgnet_cli.photos.exif import ExifInfo
 
     return ExifInfo.from_json(result.info.get("exif")).timestamp()
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
-from ilgnet_cli.ava import read_ava
+from ilgnet_cli.ava.records import read_ava
 from ilgnet_cli.download import Checksum, DownloadError, download
 from ilgnet_cli.errors import IlgnetError
 
@@ -251,7 +251,7 @@ def _image_spec(raw: object) -> dict:
 
 
 def shipped_manifests() -> dict[str, Path]:
-    folder = resources.files("ilgnet_cli") / "manifests"
+    folder = resources.files("ilgnet_cli.ava") / "manifests"
     return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".json")}
 
 
@@ -822,7 +822,7 @@ def fetch_images(spec: dict, dest: Path, *, jobs: int, retries: int, backoff: fl
 
 
 def _check_image(path: str) -> str | None:
-    from ilgnet_cli.decode import DecodeError, decode
+    from ilgnet_cli.photos.decode import DecodeError, decode
 
     try:
         decode(path, draft=256)

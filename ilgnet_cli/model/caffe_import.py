@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ilgnet_cli.errors import IlgnetError
-from ilgnet_cli.model import TRUNK_LAYERS, ILGNet, torch_module_name
+from ilgnet_cli.model.ilgnet import TRUNK_LAYERS, ILGNet, torch_module_name
 
 
 class CaffeModelError(IlgnetError, ValueError):

@@ -27,8 +27,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ilgnet_cli.discover import Selection, find_images
-from ilgnet_cli.xmp import XmpError, read_ratings, sidecar_paths
+from ilgnet_cli.photos.discover import Selection, find_images
+from ilgnet_cli.photos.xmp import XmpError, read_ratings, sidecar_paths
 
 MAX_CSV_BYTES = 64 << 20
 # Embedded XMP is found by Pillow (JPEG, HEIC, TIFF/DNG); for other files (RAWs Pillow cannot
@@ -134,7 +134,7 @@ def embedded_xmp(path: str) -> bytes | None:
     """The XMP packet inside an image file, or None. Never raises."""
     from PIL import Image
 
-    import ilgnet_cli.decode  # noqa: F401 - registers the HEIF opener
+    import ilgnet_cli.photos.decode  # noqa: F401 - registers the HEIF opener
 
     try:
         with warnings.catch_warnings():
@@ -216,7 +216,7 @@ def folder_ratings(keep: list[str | os.PathLike[str]], reject: list[str | os.Pat
 
 
 def _parse_rating(text: str) -> float | None:
-    from ilgnet_cli.xmp import _as_rating
+    from ilgnet_cli.photos.xmp import _as_rating
 
     return _as_rating(text)
 

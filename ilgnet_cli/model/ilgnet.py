@@ -137,7 +137,7 @@ class ILGNet(nn.Module):
     """Inception modules with connected Local and Global features (ILGNet).
 
     ``forward`` returns logits of shape (N, 2); ``softmax(logits)[:, 1]`` is the aesthetic score.
-    Input: (N, 3, 227, 227) BGR, 0-255, mean-subtracted (see :mod:`ilgnet_cli.preprocess`).
+    Input: (N, 3, 227, 227) BGR, 0-255, mean-subtracted (see :mod:`ilgnet_cli.model.preprocess`).
     """
 
     def __init__(self, dropout: float = DROPOUT) -> None:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ilgnet_cli import metrics
 from ilgnet_cli.fsutil import printable
+from ilgnet_cli.training import metrics
 
 if TYPE_CHECKING:
-    from ilgnet_cli.evaluate import EvalResult
+    from ilgnet_cli.training.evaluate import EvalResult
 
 LOW, HIGH, INK, GRID = "#4c78a8", "#e45756", "#222", "#e4e6ea"
 W, H = 460, 340  # one plot's viewBox; two fit side by side in the 1000 px page

@@ -1,0 +1,111 @@
+"""What every command shares: the Typer apps, consoles, one-line errors, the download bar."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from ilgnet_cli import __version__
+from ilgnet_cli.fsutil import display
+
+app = typer.Typer(
+    name="ilgnet",
+    help="Score photos for aesthetic quality with ILGNet (Jin et al., WCSP 2016), and train/evaluate it on AVA.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    # Click's plain help: option names and help on their own lines, paragraphs rewrapped, so that
+    # `--help` reads well in an 80-column terminal (Rich's boxed table squeezed it into a column).
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+weights_app = typer.Typer(help="Manage model weights: list, fetch, import Caffe models, verify.",
+                          no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(weights_app, name="weights")
+download_app = typer.Typer(help="Download datasets.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(download_app, name="download")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def errors_as_messages():
+    """Turn the library's errors into one-line messages and exit codes: a usage error exits 2,
+    any other :class:`~ilgnet_cli.errors.IlgnetError` (and OSError) 1; anything else is a bug and
+    keeps its traceback."""
+    from ilgnet_cli.errors import IlgnetError, UsageError
+
+    try:
+        yield
+    # Messages quote file names: printed literally (no Rich markup, terminal controls escaped).
+    except UsageError as exc:
+        raise fail(escape(display(str(exc))), 2) from None
+    except IlgnetError as exc:  # everything the library raises on purpose; anything else is a bug
+        failed = fail(escape(display(str(exc))))
+        for line in getattr(exc, "details", ()):  # the one exception to "one line": the first-run help block
+            err.print(escape(display(line)), highlight=False, soft_wrap=True)
+        raise failed from None
+    except OSError as exc:  # disk full, permissions, a path that vanished: one line, never a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise fail(escape(display(f"{where}{exc.strerror or exc}"))) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"ilgnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """ILGNet image aesthetics: `ilgnet score ~/Photos`."""
+
+
+class _LazyProgress:
+    """A download progress bar that only appears once bytes arrive (no blank line otherwise)."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
+        self.task = None
+
+    def update(self, done: int, total: int | None) -> None:
+        if self.task is None:
+            self.progress.start()
+            self.task = self.progress.add_task("downloading", total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def __enter__(self) -> _LazyProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.task is not None:
+            self.progress.stop()
+
+
+def download_progress() -> tuple[_LazyProgress, callable]:
+    lazy = _LazyProgress()
+    return lazy, lazy.update
+
+def ava_dir(ava: Path | None) -> Path:
+    from ilgnet_cli.datadir import default_ava
+
+    return ava if ava is not None else default_ava()

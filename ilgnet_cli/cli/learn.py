@@ -1,0 +1,186 @@
+"""`ilgnet learn`: the photographer's own taste from their ratings."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ilgnet_cli.cli.common import (
+    app,
+    download_progress,
+    err,
+    errors_as_messages,
+    fail,
+    out,
+)
+from ilgnet_cli.fsutil import display
+
+
+@app.command()
+def learn(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Rated photos (files or folders): their XMP ratings are read.", show_default=False)] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Install the learned weights under this name (required unless --dry-run).")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Weights to start from (default: the installed default weights).")] = None,
+    keep: Annotated[list[Path] | None, typer.Option("--keep", help="A folder of liked photos (as 5 stars); repeatable.")] = None,
+    reject: Annotated[list[Path] | None, typer.Option("--reject", help="A folder of rejected photos; repeatable.")] = None,
+    ratings_csv: Annotated[Path | None, typer.Option("--ratings", help="A CSV of path,rating rows (-1 rejected, 1-5; paths relative to the CSV).")] = None,
+    liked: Annotated[float, typer.Option("--liked", help="Ratings from this up are liked.")] = 4.0,
+    disliked: Annotated[float, typer.Option("--disliked", help="Ratings from 1 up to this, and rejects, are disliked (0: only rejects).")] = 2.0,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds (grouped by scene).")] = 5,
+    group_seconds: Annotated[float, typer.Option(min=0.0, help="Shots of one camera body this close in time are one scene.")] = 5.0,
+    force: Annotated[bool, typer.Option("--force", help="Install even with too few ratings or no measured gain over the base.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Learn and evaluate; install nothing.")] = False,
+    mirror: Annotated[bool, typer.Option("--mirror/--no-mirror", help="Also learn from each photo's mirror image.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the fold assignment and the bootstrap.")] = 0,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Include hidden files and folders.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
+    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes (default: one per CPU core, at most 8).")] = None,
+    max_pixels: Annotated[int | None, typer.Option(min=1, help="Refuse images declaring more pixels.")] = None,
+    offline: Annotated[bool, typer.Option("--offline", help="Never download the default weights.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Learn your taste from your ratings (XMP stars and rejects, --keep/--reject folders or a CSV).
+
+    Example: `ilgnet learn ~/Photos/rated --name mine`, then `ilgnet score ~/Photos/new --weights mine`.
+    Liked: 4-5 stars, disliked: 1-2 stars and rejects (3 is left out). The new weights are
+    compared with the base by grouped cross-validation and installed only when they are better
+    beyond noise (and with at least 40 ratings, 10 on each side), unless --force.
+    Exit code 0 when installed (or evaluated with --dry-run), 1 when refused or nothing to learn.
+    """
+    from ilgnet_cli.errors import UsageError
+    from ilgnet_cli.model import store
+    from ilgnet_cli.photos.discover import Selection
+    from ilgnet_cli.photos.ratings import collect
+    from ilgnet_cli.photos.scoring import pick_device
+    from ilgnet_cli.training import learn as learning
+
+    if name is None and not dry_run:
+        raise fail("--name NAME is required (or --dry-run to evaluate only)", 2)
+    if not (paths or keep or reject or ratings_csv):
+        raise fail("give rated photos, --keep/--reject folders or --ratings FILE.csv", 2)
+    with errors_as_messages():
+        try:
+            thresholds = learning.Thresholds(liked=liked, disliked=disliked)
+        except UsageError as exc:
+            raise fail(str(exc), 2) from None
+        if name is not None:
+            learning.check_name(name)
+        dev = pick_device(device)
+        selection = Selection(recursive=recursive, hidden=hidden)
+        missing: list[str] = []
+        found = collect(paths or [], keep=keep, reject=reject, ratings_csv=ratings_csv, selection=selection,
+                        missing=missing)
+        found.problems.extend(f"no such file or folder: {m}" for m in missing)
+        if base is None:
+            progress, update = download_progress()
+            with progress:
+                base = store.ensure_default(allow_download=not offline, progress=update)
+        loaded = store.load_model(base, dev)
+        if not as_json:
+            _learn_ratings_summary(found, thresholds)
+        started = time.monotonic()
+        bar, on_done = _learn_progress(sum(thresholds.label(p.rating) is not None for p in found.photos),
+                                       as_json)
+        with bar:
+            outcome = learning.run(found, loaded, name=None if dry_run else name, thresholds=thresholds,
+                                   folds=folds, seconds=group_seconds, seed=seed, force=force, mirror=mirror,
+                                   device=dev, workers=max(1, min(8, os.cpu_count() or 1)) if workers is None else workers,
+                                   batch_size=batch_size, max_pixels=max_pixels, progress=on_done)
+    elapsed = time.monotonic() - started
+    if as_json:
+        print(json.dumps(_learn_json(found, outcome, thresholds, loaded, elapsed), indent=2))
+    else:
+        _learn_report(outcome, loaded.name, elapsed, force, dry_run)
+    if outcome.installed is None and not (dry_run and outcome.refusal is None):
+        raise typer.Exit(1)
+
+
+def _learn_progress(total: int, quiet: bool):
+    from rich.progress import MofNCompleteColumn
+
+    bar = Progress(TextColumn("reading photos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=err, transient=True, disable=quiet)
+    task = bar.add_task("features", total=total)
+    return bar, lambda done: bar.update(task, completed=done)
+
+
+def _learn_ratings_summary(found, thresholds) -> None:
+    counts = ", ".join(f"{k}: {v}" for k, v in found.counts().items()) or "none"
+    sources = ", ".join(f"{v} from {k}" for k, v in found.sources().items())
+    err.print(f"ratings: {len(found.photos)} rated photos ({counts}){'; ' + sources if sources else ''}; "
+              f"{found.unrated} unrated (ignored)", highlight=False)
+    if found.ilgnet_written:
+        err.print(f"  {found.ilgnet_written} rating(s) written by ilgnet itself (ilgnet:Rating): not yours, ignored",
+                  highlight=False)
+    err.print(f"labels: {escape(thresholds.describe())}; ratings in between are left out", highlight=False)
+    for kind, lines in (("conflict", found.conflicts), ("skipped", found.problems)):
+        for line in lines[:10]:
+            err.print(f"  [yellow]{kind}[/] {escape(display(line))}", highlight=False)
+        if len(lines) > 10:
+            err.print(f"  ... and {len(lines) - 10} more {kind}s", highlight=False)
+
+
+def _learn_report(outcome, base_name: str, elapsed: float, force: bool, dry_run: bool) -> None:
+    data, cv = outcome.data, outcome.cv
+    for path, reason in outcome.decode_errors[:10]:
+        err.print(f"  [yellow]not decoded[/] {escape(display(path))}: {escape(display(reason))}", highlight=False)
+    if len(outcome.decode_errors) > 10:
+        err.print(f"  ... and {len(outcome.decode_errors) - 10} more not decoded", highlight=False)
+    if data is not None:
+        out.print(f"learning from {len(data.y)} photos: {int(data.y.sum())} liked, {int(len(data.y) - data.y.sum())} "
+                  f"disliked, {len(set(data.groups.tolist()))} separate scenes ({data.left_out} left out between "
+                  f"the thresholds); {elapsed:.0f}s", highlight=False)
+    if cv is not None:
+        table = Table(title=f"held-out photos, {cv.folds}-fold cross-validation grouped by scene (95% CIs)",
+                      title_justify="left")
+        for col in ("", "ROC AUC", "accuracy", "Spearman with stars"):
+            table.add_column(col)
+
+        def cell(m) -> str:
+            return "-" if m.value != m.value else f"{m.value:.3f} [{m.ci[0]:.3f}, {m.ci[1]:.3f}]"
+
+        for label, side in ((f"base ({escape(display(base_name))})", cv.base), ("learned", cv.learned)):
+            table.add_row(label, cell(side.auc), cell(side.accuracy), cell(side.spearman))
+        table.add_row("majority baseline", "0.500", f"{cv.majority_baseline:.3f}", "")
+        out.print(table)
+        out.print(f"AUC gain {cv.auc_gain.value:+.3f} (95% CI {cv.auc_gain.ci[0]:+.3f} to {cv.auc_gain.ci[1]:+.3f})",
+                  highlight=False)
+    if outcome.refusal:
+        tail = "installed anyway (--force)" if outcome.installed else (
+            "nothing installed" + ("" if dry_run else " (--force installs anyway)"))
+        err.print(f"[yellow]note[/]: {escape(display(outcome.refusal))}; {tail}", highlight=False)
+    if outcome.installed is not None:
+        rec = outcome.installed
+        out.print(f"installed {escape(rec.name)} ({rec.path}); score with: ilgnet score PHOTOS --weights "
+                  f"{escape(rec.name)}", highlight=False)
+    elif dry_run and not outcome.refusal:
+        out.print("dry run: nothing installed", highlight=False)
+
+
+def _learn_json(found, outcome, thresholds, loaded, elapsed: float) -> dict:
+    data = outcome.data
+    return {
+        "ratings": {"rated": len(found.photos), "counts": found.counts(), "sources": found.sources(),
+                    "unrated": found.unrated, "ilgnet_written": found.ilgnet_written,
+                    "conflicts": found.conflicts, "problems": found.problems},
+        "thresholds": {"liked": thresholds.liked, "disliked": thresholds.disliked},
+        "base": {"name": loaded.name, "sha256": loaded.sha256},
+        "labelled": len(data.y) if data is not None else 0,
+        "liked": int(data.y.sum()) if data is not None else 0,
+        "groups": len(set(data.groups.tolist())) if data is not None else 0,
+        "not_decoded": [{"path": p, "reason": r} for p, r in outcome.decode_errors],
+        "cross_validation": outcome.cv.to_json() if outcome.cv is not None else None,
+        "refusal": outcome.refusal,
+        "installed": outcome.installed.to_json() if outcome.installed is not None else None,
+        "seconds": round(elapsed, 1),
+    }

@@ -1,0 +1,135 @@
+"""`ilgnet weights list|fetch|import|add|verify|remove`: the weights store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ilgnet_cli.cli.common import download_progress, errors_as_messages, fail, out, weights_app
+from ilgnet_cli.fsutil import display
+
+
+@weights_app.command("list")
+def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Known weight sets (registry) and what is installed, with sizes and checksums."""
+    from ilgnet_cli.model import store
+
+    with errors_as_messages():
+        registry = store.load_registry()
+        inst = {i.name: i for i in store.installed_all()}
+    rows = []
+    for name in sorted(set(registry.weights) | set(inst)):
+        spec = registry.weights.get(name)
+        rec = inst.get(name)
+        rows.append({
+            "name": name,
+            "default": name == registry.default,
+            "installed": rec is not None,
+            "architecture": rec.architecture if rec else (spec.architecture if spec else ""),
+            "size": rec.size if rec else (spec.size if spec else None),
+            "size_note": spec.size_note if spec else "",
+            "sha256": rec.sha256 if rec else None,
+            "source_checksum": spec.checksum if spec else None,
+            "description": spec.description if spec else f"user weights from {rec.source}",
+            "path": str(rec.path) if rec else None,
+        })
+    if as_json:
+        out.print_json(json.dumps({"home": str(store.home()), "weights": rows}))
+        return
+    # One short row per set, its description on a line of its own: readable at 80 columns.
+    table = Table(title=f"weights (store: {escape(display(str(store.home())))})", show_lines=True)
+    table.add_column("name", ratio=1)  # takes what the fixed columns leave, the description wraps
+    for col in ("installed", "size", "checksum"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        size = f"{r['size'] / 1e6:.1f} MB" if r["size"] else r["size_note"].split(" (")[0]
+        if r["sha256"]:
+            check = "sha256:" + r["sha256"][:12] + "…"
+        elif r["source_checksum"]:
+            check = r["source_checksum"][:17] + "…"
+        else:
+            check = "not published"
+        name = escape(display(r["name"])) + (" (default)" if r["default"] else "")
+        table.add_row(f"{name}\n[dim]{escape(display(r['description']))}[/]", "yes" if r["installed"] else "no",
+                      size, check)
+    out.print(table)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    name: Annotated[str, typer.Argument(help="Registry name, e.g. ilgnet-ava1, ilgnet-ava2, bvlc-googlenet.")],
+    retries: Annotated[int, typer.Option(min=0, help="Retries per source.")] = 4,
+) -> None:
+    """Download weights (mirrors, resume, checksum) and convert caffemodels to safetensors."""
+    from ilgnet_cli.model import store
+
+    with errors_as_messages():
+        progress, update = download_progress()
+        with progress:
+            rec = store.fetch(name, progress=update, retries=retries)
+    out.print(f"installed {rec.name}: {rec.path} ({rec.size / 1e6:.1f} MB, sha256 {rec.sha256})")
+
+
+@weights_app.command("import")
+def weights_import(
+    caffemodel: Annotated[Path, typer.Argument(help="A .caffemodel file (ILGNet or bvlc_googlenet).")],
+    name: Annotated[str | None, typer.Option(help="Name in the store (default: from the file name).")] = None,
+    mean: Annotated[str | None, typer.Option(help="ava1 or ava2 (the authors' mean images), imagenet, B,G,R, or a mean image as .npy or Caffe .binaryproto (default ava1; imagenet for GoogLeNet).")] = None,
+) -> None:
+    """Convert a Caffe model into the weights store (safetensors), checking every layer."""
+    from ilgnet_cli.model import store
+
+    with errors_as_messages():
+        rec = store.import_caffemodel(caffemodel, name, mean)
+    out.print(f"imported {caffemodel.name} as {rec.name} ({rec.architecture}): {rec.path}")
+
+
+@weights_app.command("add")
+def weights_add(
+    file: Annotated[Path, typer.Argument(help="An ILGNet .safetensors file (e.g. RUN_DIR/best.safetensors).")],
+    name: Annotated[str, typer.Option(help="Name in the store.")],
+    mean: Annotated[str | None, typer.Option(help="Override the mean stored in the file.")] = None,
+) -> None:
+    """Install an ILGNet .safetensors file (checked against the architecture) into the store."""
+    from ilgnet_cli.model import store
+
+    with errors_as_messages():
+        rec = store.add_safetensors(file, name, mean)
+    out.print(f"added {rec.name}: {rec.path}")
+
+
+@weights_app.command("verify")
+def weights_verify(
+    name: Annotated[str | None, typer.Argument(help="Weights to check (default: all installed).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Re-hash installed weights and check every tensor against the architecture."""
+    from ilgnet_cli.model import store
+
+    names = [name] if name else [i.name for i in store.installed_all()]
+    results = [store.verify(n) for n in names]
+    if as_json:
+        out.print_json(json.dumps([r.__dict__ for r in results]))
+    else:
+        for r in results:
+            mark = "[green]ok[/]" if r.ok else "[red]FAILED[/]"
+            out.print(f"{mark} {r.name}: {r.message}", highlight=False)
+        if not results:
+            out.print("no weights installed")
+    if not all(r.ok for r in results) or (name and not results):
+        raise typer.Exit(1)
+
+
+@weights_app.command("remove")
+def weights_remove(name: Annotated[str, typer.Argument(help="Installed weights name.")]) -> None:
+    """Delete installed weights from the store."""
+    from ilgnet_cli.model import store
+
+    if not store.remove(name):
+        raise fail(f"weights {name!r} are not installed")
+    out.print(f"removed {name}")

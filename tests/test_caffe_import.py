@@ -163,7 +163,7 @@ def test_import_memory_stays_near_twice_the_file(caffemodels, tmp_path):
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the (large) parent across exec.
     script = (
         "import os, sys\n"
-        "from ilgnet_cli import store\n"
+        "from ilgnet_cli.model import store\n"
         "import torch, numpy, safetensors.numpy\n"
         "def kb(key):\n"
         "    return next(int(x.split()[1]) for x in open('/proc/self/status') if x.startswith(key))\n"

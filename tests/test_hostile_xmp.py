@@ -201,7 +201,7 @@ def test_the_same_sidecar_of_one_image_is_written_once(tmp_path):
 
 
 def test_dry_run_table_shows_clashes_and_odd_old_ratings(tmp_path, capsys):
-    from ilgnet_cli import cli
+    from ilgnet_cli.cli import score as cli
 
     (tmp_path / "c.xmp").write_text(SIDECAR.replace("{rating}", "[/bold] [link=x]"), encoding="utf-8")
     run = SimpleNamespace(results=_results(tmp_path, "a.CR2", "a.JPG", "c.jpg"))

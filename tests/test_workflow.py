@@ -205,7 +205,7 @@ def test_heic_gets_a_sidecar_too(tmp_path, weights_file):
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
-    ("--xmp-style", "lightroom", "--xmp-style must be one of"),
+    ("--xmp-style", "lightroom", "'lightroom' is not one of 'adobe', 'darktable', 'both'"),
     ("--stars", "fixed:0.9,0.1", "four increasing thresholds"),
     ("--stars", "deciles", "--stars must be"),
 ])

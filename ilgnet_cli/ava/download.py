@@ -40,6 +40,7 @@ from pathlib import Path, PurePosixPath
 from ilgnet_cli.ava.records import read_ava
 from ilgnet_cli.download import Checksum, DownloadError, download
 from ilgnet_cli.errors import IlgnetError
+from ilgnet_cli.fsutil import current_umask
 
 METADATA = ("AVA.txt", "tags.txt", "challenges.txt")
 # ASCII digits only: ``\d`` also matches "１２３" or "١٢", which int() would quietly turn into
@@ -599,25 +600,11 @@ def archive_kind(path: Path) -> str | None:
 # --------------------------------------------------------------------------- importing
 
 
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would race with other threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _new_temp(folder: Path, name: str) -> tuple[int, Path]:
     """An O_EXCL temp file with a random name next to ``name`` (never a planted link), mode 0666 & umask:
     mkstemp alone gives 0600, which other users of a shared dataset folder could not read."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~_umask())
+    os.fchmod(fd, 0o666 & ~current_umask())
     return fd, Path(tmp)
 
 

@@ -475,8 +475,12 @@ def _meta_mean(meta: dict[str, str], path: Path) -> Mean:
         if key == "image":
             from safetensors import safe_open
 
-            with safe_open(str(path), framework="np") as fh:
-                return mean_from_image(fh.get_tensor(MEAN_TENSOR))
+            try:
+                with safe_open(str(path), framework="np") as fh:
+                    image = fh.get_tensor(MEAN_TENSOR)
+            except Exception as exc:  # noqa: BLE001 - safetensors raises its own untyped errors
+                raise ValueError(f"no readable {MEAN_TENSOR} tensor ({type(exc).__name__})") from None
+            return mean_from_image(image)
         if key == "channels":
             values = [float(v) for v in meta["mean_bgr"].split(",")]
             return channel_mean(values, "imagenet" if tuple(values) == MEANS_BGR["imagenet"] else None)

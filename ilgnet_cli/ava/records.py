@@ -7,6 +7,7 @@ challenge id (README.txt of the June 2012 release).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,15 +62,22 @@ class AVAData:
         return len(self.records)
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
+_IMAGE_ID = re.compile(r"[0-9]{1,18}")
+
+
 def parse_line(line: str, lineno: int, source: str = "AVA.txt") -> AVARecord:
     parts = line.split()
     if len(parts) != 15:
         raise AVAFormatError(f"{source} line {lineno}: expected 15 columns, found {len(parts)}")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        bad = next(p for p in parts if not p.lstrip("-").isdigit())
-        raise AVAFormatError(f"{source} line {lineno}: non-numeric value {bad!r}") from None
+    # Plain ASCII integers of sane length: int() would take Unicode digits and spend quadratic
+    # time (or refuse, past 4,300 digits) on a hostile number.
+    bad = next((p for p in parts if not _INTEGER.fullmatch(p)), None)
+    if bad is not None:
+        raise AVAFormatError(f"{source} line {lineno}: non-numeric value {bad[:40]!r}")
+    values = [int(p) for p in parts]
+    if values[1] < 0:
+        raise AVAFormatError(f"{source} line {lineno}: negative image id")
     votes = tuple(values[2:12])
     if any(v < 0 for v in votes):
         raise AVAFormatError(f"{source} line {lineno}: negative vote count")
@@ -119,7 +127,7 @@ def read_id_list(path: str | Path) -> list[int]:
         token = line.split()[0].removesuffix(".jpg") if line.strip() else ""
         if not token:
             continue
-        if not (token.isascii() and token.isdigit()):
+        if not _IMAGE_ID.fullmatch(token):
             raise AVAFormatError(f"{path.name} line {lineno}: expected an image id, found {token[:40]!r}")
         ids.append(int(token))
     return ids
@@ -133,7 +141,7 @@ def parse_label_lines(text: str, source: str) -> list[tuple[int, int]]:
             continue
         parts = line.split()
         name = parts[0].removesuffix(".jpg") if parts else ""
-        if len(parts) != 2 or not (name.isascii() and name.isdigit()) or parts[1] not in ("0", "1"):
+        if len(parts) != 2 or not _IMAGE_ID.fullmatch(name) or parts[1] not in ("0", "1"):
             raise AVAFormatError(f"{source} line {lineno}: expected '<id>.jpg <0|1>', found {line.strip()[:60]!r}")
         out.append((int(name), int(parts[1])))
     return out

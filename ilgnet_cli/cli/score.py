@@ -91,6 +91,9 @@ def score(
         output, report_format.value if report_format else None)
     if fmt not in reports.FORMATS:
         raise fail(f"unknown --format {fmt!r} (choose {', '.join(reports.FORMATS)})", 2)
+    if output is not None and report_format is None and not as_json and fmt == "table":
+        raise fail(f"cannot tell the report format from {escape(display(output.name))!s}: name it .csv, .json "
+                   "or .html, or give --format", 2)
     if fmt == "html" and output is None:
         raise fail("--format html needs --output FILE.html", 2)
     if copy_top and link_top:

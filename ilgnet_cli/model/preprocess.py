@@ -149,6 +149,8 @@ def _finite_pixels(values: np.ndarray, what: str) -> np.ndarray:
 def mean_from_image(image: np.ndarray, name: str = "image") -> Mean:
     """A 3x256x256 BGR mean image (or 3 per-channel values) -> Mean."""
     arr = np.asarray(image)
+    if arr.dtype.kind not in "fiu":
+        raise MeanError(f"a mean must hold real numbers, not {arr.dtype.str}")
     if arr.shape == (3,):
         vals = _finite_pixels(arr, "mean")
         return Mean(name=name, bgr=tuple(float(v) for v in vals))  # type: ignore[arg-type]
@@ -194,16 +196,22 @@ def _read_mean_file(path: Path) -> Mean:
             if int(np.prod(dims)) != blob.data.size:
                 raise MeanError(f"{path.name}: mean blob shape {blob.shape} does not match its data")
             return mean_from_image(blob.data.reshape(dims))
-        arr = np.load(path, allow_pickle=False, encoding="latin1")
-    except (OSError, ValueError, EOFError) as exc:
+        # Memory-mapped first: the header's shape and dtype are checked before any data is read
+        # (a 200-byte file may declare 112 GiB).
+        arr = np.load(path, mmap_mode="r", allow_pickle=False, encoding="latin1")
+        if isinstance(arr, np.lib.npyio.NpzFile):
+            raise MeanError(f"{path.name}: give a .npy array, not an .npz archive")
+        if arr.shape not in ((3,), (3, RESIZE, RESIZE), (1, 3, RESIZE, RESIZE)):
+            raise MeanError(f"{path.name}: a mean must be 3 values or a 3x{RESIZE}x{RESIZE} image, "
+                            f"not shape {tuple(arr.shape)[:8]}")
+        if arr.dtype.kind not in "fiu":
+            raise MeanError(f"{path.name}: a mean must hold real numbers, not {arr.dtype.str}")
+        arr = np.array(arr.reshape(arr.shape[-3:]) if arr.ndim == 4 else arr, dtype=np.float64)
+    except (OSError, ValueError, EOFError, TypeError) as exc:
         if isinstance(exc, MeanError):
             raise
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
         raise MeanError(f"cannot read mean file {path.name}: {first}") from None
-    if isinstance(arr, np.lib.npyio.NpzFile):
-        raise MeanError(f"{path.name}: give a .npy array, not an .npz archive")
-    if arr.ndim == 4 and arr.shape[0] == 1:
-        arr = arr[0]
     return mean_from_image(arr)
 
 

@@ -15,6 +15,8 @@ import datetime as _dt
 import json
 import os
 import re
+import stat
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -312,9 +314,19 @@ def save_weights(path: str | Path, state: dict[str, np.ndarray | torch.Tensor], 
               for k, v in state.items()}
     if meta["mean"] == "image":
         arrays[MEAN_TENSOR] = np.ascontiguousarray(mean.image, dtype=np.float32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    from ilgnet_cli.fsutil import current_umask
+
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL, random
+    os.close(fd)
+    tmp = Path(name)
     try:
         save_file(arrays, str(tmp), metadata=meta)
+        # safetensors writes 0600 whatever the umask: new files get 0666 & ~umask, a replaced file its mode
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() and not path.is_symlink() else None
+        except OSError:
+            mode = None
+        os.chmod(tmp, mode if mode is not None else 0o666 & ~current_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -310,8 +310,10 @@ def _split_validation(cfg: TrainConfig, run_dir: Path, items: list[tuple[int, in
 def _check_resume_config(run_dir: Path, config: dict) -> None:
     try:
         old = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        raise DataError(f"cannot resume {run_dir}: its config.json is missing or unreadable") from None
+    except (OSError, ValueError, RecursionError):
+        old = None
+    if not isinstance(old, dict):
+        raise DataError(f"cannot resume {run_dir}: its config.json is missing or unreadable")
     diffs = [f"{k}: {_short(old.get(k))} -> {_short(config.get(k))}" for k in DEFINING if old.get(k) != config.get(k)]
     if diffs:
         raise UsageError(f"cannot resume {run_dir}: it was started with other settings ({'; '.join(diffs[:4])}"
@@ -439,13 +441,18 @@ def _resume(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, cuda
     if ckpt is None:
         raise DataError(f"nothing to resume: no checkpoint in {run_dir / 'checkpoints'}")
     state, _ = read_weights(ckpt / "model.safetensors")
-    model.load_state_dict(state)
-    saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["torch_rng"])
-    if cuda and "cuda_rng" in saved:
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return int(saved["step"]), float(saved.get("best", -1.0)), str(ckpt)
+    try:
+        model.load_state_dict(state)
+        # Only tensors and plain containers: a state.pt that needs anything else is refused, never run.
+        saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["torch_rng"])
+        if cuda and "cuda_rng" in saved:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        return int(saved["step"]), float(saved.get("best", -1.0)), str(ckpt)
+    except Exception as exc:  # noqa: BLE001 - unpickling, missing keys, wrong shapes: all one answer
+        raise DataError(f"cannot resume from {ckpt}: its checkpoint is damaged or not ilgnet's "
+                        f"({type(exc).__name__}); start a new run folder") from None
 
 
 def _loader(ds: PartitionDataset, sampler: _EpochSampler, batch: int, cfg: TrainConfig, cuda: bool) -> DataLoader:
@@ -471,13 +478,23 @@ def validate(model: torch.nn.Module, ds: PartitionDataset, device: torch.device,
     return correct / max(1, total)
 
 
+def _step_of(line: str) -> float:
+    """The step of a metrics.jsonl line; a line that is not one of ours is dropped (inf)."""
+    try:
+        record = json.loads(line)
+        step = record.get("step", 0) if isinstance(record, dict) else None
+    except (ValueError, RecursionError):
+        return float("inf")
+    return step if isinstance(step, int) else float("inf")
+
+
 class _RunLog:
     """metrics.jsonl (and TensorBoard when installed), written by rank 0 only."""
 
     def __init__(self, run_dir: Path, step: int, resume: bool) -> None:
         self.path = run_dir / "metrics.jsonl"
         if resume and self.path.exists():  # a resumed run drops what came after its checkpoint
-            keep = [ln for ln in self.path.read_text().splitlines() if json.loads(ln).get("step", 0) <= step]
+            keep = [ln for ln in self.path.read_text(errors="replace").splitlines() if _step_of(ln) <= step]
             atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
         self.writer = None
         try:

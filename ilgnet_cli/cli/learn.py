@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -22,6 +21,7 @@ from ilgnet_cli.cli.common import (
     out,
 )
 from ilgnet_cli.fsutil import display
+from ilgnet_cli.photos.collection import default_workers
 
 
 @app.command()
@@ -94,7 +94,7 @@ def learn(
         with bar:
             outcome = learning.run(found, loaded, name=None if dry_run else name, thresholds=thresholds,
                                    folds=folds, seconds=group_seconds, seed=seed, force=force, mirror=mirror,
-                                   device=dev, workers=max(1, min(8, os.cpu_count() or 1)) if workers is None else workers,
+                                   device=dev, workers=default_workers() if workers is None else workers,
                                    batch_size=batch_size, max_pixels=max_pixels, progress=on_done)
     elapsed = time.monotonic() - started
     if as_json:

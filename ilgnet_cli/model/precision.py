@@ -141,8 +141,8 @@ class VerdictStore:
             pass  # only a cache of a check: the guard simply runs again next time
 
 
-def plan(requested: str, device: torch.device, *, exact: bool) -> tuple[str, str | None]:
-    """``requested`` (auto/fp32/bf16) -> (fp32 | bf16 | guard, why fp32 when auto cannot use bf16).
+def plan(requested: str, device: torch.device, *, exact: bool) -> str:
+    """``requested`` (auto/fp32/bf16) -> fp32, bf16, or guard (auto where bf16 is native).
 
     ``exact`` (the authors' pipeline) means fp32. An explicit ``bf16`` is honoured even where it
     is emulated (slow): the user asked for it.
@@ -154,9 +154,7 @@ def plan(requested: str, device: torch.device, *, exact: bool) -> tuple[str, str
     if exact:
         if requested == "bf16":
             raise UsageError("exact scoring is the authors' fp32 pipeline: it cannot run in bf16")
-        return "fp32", None
+        return "fp32"
     if requested != "auto":
-        return requested, None
-    if not native_bf16(device):
-        return "fp32", None
-    return "guard", None
+        return requested
+    return "guard" if native_bf16(device) else "fp32"

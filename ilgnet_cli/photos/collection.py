@@ -92,7 +92,7 @@ def score_collection(
         if on_note:
             on_note(kind, text)
     dev = pick_device(device)
-    mode, _ = plan(precision, dev, exact=exact)
+    mode = plan(precision, dev, exact=exact)
     selection = Selection(recursive=recursive, hidden=hidden, include=list(include), exclude=list(exclude),
                           skip=[Path(p).expanduser() for p in skip])
     missing: list[str] = []

@@ -31,6 +31,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import stat
 import threading
 import time
@@ -91,7 +92,7 @@ class DownloadError(IlgnetError):
         self.sources = sources
 
 
-def _cut(text: str, limit: int = 80) -> str:
+def _cut(text: object, limit: int = 80) -> str:
     """One line of at most ``limit`` characters: server-chosen text goes into our messages."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -233,10 +234,10 @@ def _gdrive_confirm_url(page: str, base_url: str) -> str | None:
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(params), fragment=""))
     if link is not None:
         return urllib.parse.urljoin(base_url, link)
-    m = _DOWNLOAD_URL.search(page[:HTML_PAGE_CAP])
-    if m:
+    found = _DOWNLOAD_URL.search(page[:HTML_PAGE_CAP])
+    if found:
         try:
-            return urllib.parse.urljoin(base_url, json.loads(f'"{m.group(1)}"'))
+            return urllib.parse.urljoin(base_url, json.loads(f'"{found.group(1)}"'))
         except ValueError:
             return None
     return None
@@ -315,6 +316,8 @@ class _HTTPHandler(urllib.request.HTTPHandler):
 
 
 class _HTTPSHandler(urllib.request.HTTPSHandler):
+    _context: ssl.SSLContext | None  # set by HTTPSHandler.__init__; typeshed omits the private attribute
+
     def __init__(self, watchdog: _Watchdog) -> None:
         super().__init__()
         self.watchdog = watchdog
@@ -597,9 +600,10 @@ def download(
             stats.attempts += 1
             tries += 1
             deadline_at = time.monotonic() + (DEADLINE if deadline is None else deadline)
+            watchdog = _Watchdog(deadline_at)
             limits = _Limits(expected_size, DEFAULT_MAX_BYTES if max_bytes is None else max_bytes, deadline_at,
                              MIN_RATE if min_rate is None else min_rate,
-                             RATE_WINDOW if rate_window is None else rate_window, timeout, _Watchdog(deadline_at))
+                             RATE_WINDOW if rate_window is None else rate_window, timeout, watchdog)
             try:
                 try:
                     _fetch_once(url, part, limits, progress, stats)
@@ -607,7 +611,7 @@ def download(
                     part.unlink(missing_ok=True)
                     raise _Transient(f"{exc}; starting over") from None
                 finally:
-                    limits.watchdog.cancel()
+                    watchdog.cancel()
             except _Permanent as exc:
                 reason, unreachable = _note(stats, url, _cut(exc, 160)), False
                 break

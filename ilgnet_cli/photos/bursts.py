@@ -60,8 +60,8 @@ def group_bursts(results: list, seconds: float) -> list[Burst]:
     """Bursts over the scored results, ordered by keeper score (best first)."""
     scored = [r for r in results if r.ok]
     body = {id(r): _body(r) for r in scored}
-    when = {id(r): _time(r) for r in scored}
-    timed = sorted((r for r in scored if when[id(r)] is not None and any(body[id(r)])),
+    when = {id(r): t for r in scored if (t := _time(r)) is not None}  # only the timed ones
+    timed = sorted((r for r in scored if id(r) in when and any(body[id(r)])),
                    key=lambda r: (tuple(str(x) for x in body[id(r)]), when[id(r)], r.path))
     groups: list[list] = []
     for r in timed:
@@ -70,7 +70,7 @@ def group_bursts(results: list, seconds: float) -> list[Burst]:
             groups[-1].append(r)
         else:
             groups.append([r])
-    untimed = [[r] for r in scored if when[id(r)] is None or not any(body[id(r)])]
+    untimed = [[r] for r in scored if id(r) not in when or not any(body[id(r)])]
     bursts = [rank_members(g) for g in groups + untimed]
     bursts.sort(key=lambda g: (-g[0].score, g[0].path))
     out = []

@@ -16,7 +16,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from ilgnet_cli.fsutil import db_text
 
@@ -118,7 +118,7 @@ class ScoreCache:
         self.close()
 
 
-def _finite(score: object) -> bool:
+def _finite(score: object) -> TypeGuard[float]:
     return isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)
 
 

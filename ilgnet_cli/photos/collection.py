@@ -126,9 +126,10 @@ def score_collection(
             score_cache.close()
             if score_cache.problem:
                 note("cache", score_cache.problem)
-    run = shard.merge(run)
-    if run is None:
+    merged = shard.merge(run)
+    if merged is None:
         return None
+    run = merged
     run.results = run.scored + run.errors  # best first (ties by path), then what failed
     if group_bursts is not None:
         from ilgnet_cli.photos.bursts import group_bursts as make_bursts

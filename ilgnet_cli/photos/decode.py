@@ -84,6 +84,7 @@ def _grey8(arr: np.ndarray, is_float: bool) -> np.ndarray:
     lo, hi = (float(np.min(arr, where=finite, initial=np.inf)), float(np.max(arr, where=finite, initial=-np.inf)))
     if lo > hi:  # no finite pixel at all
         lo = hi = 0.0
+    scaled: np.ndarray
     if is_float and 0.0 <= lo and hi <= 1.0:
         scaled = arr * 255.0  # the usual 0..1 floats: without this they turn black
     elif not is_float and lo >= 0.0:
@@ -108,7 +109,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         try:
             src = (ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
                    if img.info.get("icc_profile") else ImageCms.createProfile("LAB"))
-            return ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            converted = ImageCms.profileToProfile(img, src, ImageCms.createProfile("sRGB"), outputMode="RGB")
+            if converted is not None:  # None only with inPlace=True
+                return converted
         except Exception:  # noqa: BLE001 - fall back to Pillow's naive conversion
             if mode == "LAB":
                 raise DecodeError("unsupported colour space (LAB without a usable profile)") from None
@@ -211,7 +214,7 @@ def decode_raw(path: str | Path, draft: int | None = None, max_pixels: int | Non
             except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
                 thumb = None
             if thumb is not None:
-                if thumb.format == rawpy.ThumbFormat.JPEG:
+                if thumb.format == rawpy.ThumbFormat.JPEG and isinstance(thumb.data, bytes):
                     with Image.open(io.BytesIO(thumb.data)) as img:
                         img.draft("RGB", (target, target))
                         preview = np.asarray(img.convert("RGB"))

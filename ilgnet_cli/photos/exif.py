@@ -78,7 +78,8 @@ def _number(tags: dict, key: str) -> float | None:
     if tag is None:
         return None
     values = getattr(tag, "values", None)
-    value = values[0] if isinstance(values, list) and values else values
+    # exifread's values are untyped (int, str, bytes, Ratio...): float() sorts them out, or raises.
+    value: Any = values[0] if isinstance(values, list) and values else values
     try:
         if hasattr(value, "num") and hasattr(value, "den"):
             return None if value.den == 0 else float(Fraction(value.num, value.den))

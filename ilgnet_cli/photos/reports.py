@@ -86,7 +86,7 @@ def selected(run: ScoreRun, min_score: float | None = None, top: int | None = No
     if run.bursts is not None:
         groups = [b for b in run.bursts if min_score is None or b.keeper.score >= min_score]
         return [m for b in (groups[:top] if top else groups) for m in b.members]
-    rows = [r for r in run.scored if min_score is None or r.score >= min_score]
+    rows = [r for r in run.scored if min_score is None or (r.score is not None and r.score >= min_score)]
     return rows[:top] if top else rows
 
 

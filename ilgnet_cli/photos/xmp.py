@@ -149,7 +149,7 @@ def _namespaces(declared: list[tuple[str, str]]) -> Iterator[None]:
             ET.register_namespace(prefix, uri)
         yield
     finally:
-        if saved is not None:
+        if table is not None and saved is not None:
             table.clear()
             table.update(saved)
 
@@ -243,7 +243,8 @@ class _Builder(ET.TreeBuilder):
 
     def __init__(self, path: Path) -> None:
         super().__init__(insert_comments=True, insert_pis=True)
-        self.path, self.parser = path, None
+        self.path = path
+        self.parser: SafeET.DefusedXMLParser | None = None  # set by _parse before it feeds
         self.depth = self.count = 0
         self.root_start: int | None = None
         self.root_end: int | None = None
@@ -262,14 +263,18 @@ class _Builder(ET.TreeBuilder):
         if self.count > MAX_ELEMENTS:
             raise XmpError(f"{self.path}: refused, too many elements (more than {MAX_ELEMENTS})")
         if self.root_start is None:
-            self.root_start = self.parser.parser.CurrentByteIndex
+            self.root_start = self._byte_index()
         return super().start(tag, attrs)
 
     def end(self, tag):
         self.depth -= 1
         if self.depth == 0:
-            self.root_end = self.parser.parser.CurrentByteIndex
+            self.root_end = self._byte_index()
         return super().end(tag)
+
+    def _byte_index(self) -> int:
+        assert self.parser is not None, "_parse sets the parser before feeding"
+        return self.parser.parser.CurrentByteIndex
 
 
 def _tag_end(data: bytes, i: int) -> int:
@@ -409,7 +414,7 @@ def plan_and_write(path: Path, stars: int, score: float, model: str, *, overwrit
     hand_rating = old_rating not in (None, 0) and old_rating != _as_rating(_get(descs, ours_key))
     new = str(stars)
     action = "create" if data is None else "update"
-    if hand_rating and not overwrite_ratings:
+    if hand_rating and not overwrite_ratings and old is not None:  # a hand rating is never None
         action, new = "keep-hand-rating", old
     else:
         _set(descs, rating_key, new, path)

@@ -259,11 +259,19 @@ def make_partition(kind: str, ava_dir: str | Path | None, out_dir: str | Path, *
         raise PartitionError(f"AVA.txt not found at {ava_path} (use --ava DIR from 'ilgnet download ava')")
     unavailable = unavailable_ids(ava_dir) if ava_dir else set()
     if kind == "ava1":
+        assert ava is not None  # only the authors' lists go without AVA.txt (raised above)
         part = ava1(ava, seed=seed, delta=delta, unavailable=unavailable)
     elif kind == "ava2":
+        assert ava is not None
         part = ava2(ava, seed=seed, unavailable=unavailable)
     elif kind == "standard":
-        test_list = Path(test_list) if test_list else ava_dir / "aesthetics_image_lists" / "generic_test.jpgl"
+        assert ava is not None
+        if test_list:
+            test_list = Path(test_list)
+        elif ava_dir is not None:
+            test_list = ava_dir / "aesthetics_image_lists" / "generic_test.jpgl"
+        else:
+            raise PartitionError("standard needs the official test list (test_list) or the AVA folder holding it")
         if not test_list.exists():
             raise PartitionError(f"official test list not found: {test_list}")
         part = standard(ava, test_list, unavailable=unavailable)

@@ -7,6 +7,7 @@ tests): "truncated image data", "not identifiable as an image", "decompression b
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 from dataclasses import dataclass
@@ -122,7 +123,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+def open_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> Image.Image:
     """Open (header only) with a pixel limit checked before any pixel is decoded."""
     limit = max_pixels or MAX_PIXELS
     try:
@@ -159,7 +160,7 @@ def _reason(exc: BaseException) -> str:
     return f"cannot decode: {first[:120]}"
 
 
-def decode(path: str | Path, draft: int | None = None, max_pixels: int | None = None) -> Decoded:
+def decode(path: str | os.PathLike[str], draft: int | None = None, max_pixels: int | None = None) -> Decoded:
     """Decode ``path`` to RGB with EXIF orientation applied.
 
     ``draft``: for JPEGs, let libjpeg downscale by 1/2, 1/4 or 1/8 in the DCT while keeping
@@ -195,14 +196,14 @@ def decode(path: str | Path, draft: int | None = None, max_pixels: int | None = 
     return Decoded(rgb=rgb, format=fmt, size=size, orientation=orientation)
 
 
-def decode_raw(path: str | Path, draft: int | None = None, max_pixels: int | None = None) -> Decoded:
+def decode_raw(path: str | os.PathLike[str], draft: int | None = None, max_pixels: int | None = None) -> Decoded:
     """A camera RAW: its embedded preview when one is at least ``draft`` (or 256) px on the short
     side (fast), else a half-size demosaic; the RAW's orientation applied."""
     import rawpy
 
     target = draft or 256
     try:
-        with rawpy.imread(str(path)) as raw:
+        with rawpy.imread(os.fspath(path)) as raw:  # str() of a DirEntry is its repr
             width, height = raw.sizes.width, raw.sizes.height
             limit = max_pixels or MAX_PIXELS
             if width * height > limit:

@@ -18,6 +18,7 @@ before the first byte is downloaded. A ``--from`` folder's links are reported, n
 
 from __future__ import annotations
 
+import functools
 import glob
 import io
 import json
@@ -36,6 +37,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_compl
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path, PurePosixPath
+from typing import TypeVar, overload
 
 from ilgnet_cli.ava.records import read_ava
 from ilgnet_cli.download import Checksum, DownloadError, download
@@ -135,7 +137,14 @@ def _object(raw: object, what: str, keys: set[str]) -> dict:
     return raw
 
 
-def _typed(raw: dict, key: str, kind: type, what: str, default: object) -> object:
+_T = TypeVar("_T")
+
+
+@overload
+def _typed(raw: dict, key: str, kind: type[_T], what: str, default: None) -> _T | None: ...
+@overload
+def _typed(raw: dict, key: str, kind: type[_T], what: str, default: _T) -> _T: ...
+def _typed(raw: dict, key: str, kind: type[_T], what: str, default: _T | None) -> _T | None:
     value = raw.get(key, default)
     if value is None and default is None:
         return None
@@ -348,7 +357,7 @@ def _make_dirs(dest: Path, rel: PurePosixPath, budget: _Budget) -> Path:
     return path
 
 
-def _new_member_file(dest: Path, rel: PurePosixPath, budget: _Budget):
+def _new_member_file(dest: Path, rel: PurePosixPath, budget: _Budget) -> io.BufferedWriter:
     """A new file for one member: real folders, O_EXCL|O_NOFOLLOW, mode 0666 & umask."""
     name = str(rel)
     if not rel.parts:
@@ -394,7 +403,7 @@ class _CappedWriter:
 
     def __init__(self, dest: Path, rel: PurePosixPath, budget: _Budget) -> None:
         self.dest, self.rel, self.budget = dest, rel, budget
-        self.fh = None
+        self.fh: io.BufferedWriter | None = None
         self.written = 0
 
     def write(self, data) -> int:
@@ -485,12 +494,14 @@ def _extract(archive: Path, dest: Path, kind: str, budget: _Budget) -> None:
                 if m.isdir():
                     _make_dirs(dest, rel, budget)
                     continue
-                src = tf.extractfile(m)
-                _write_member(src.read, dest, rel, budget)
+                member = tf.extractfile(m)
+                assert member is not None  # None only for what is not a regular file, refused above
+                _write_member(member.read, dest, rel, budget)
     else:
         import py7zr
 
-        with JoinedFile(seven_zip_parts(archive)) as fh, py7zr.SevenZipFile(fh, mode="r") as z:
+        # A RawIOBase is a binary file, but typeshed's IO[bytes] is a class of its own.
+        with JoinedFile(seven_zip_parts(archive)) as fh, py7zr.SevenZipFile(fh, mode="r") as z:  # type: ignore[arg-type]
             entries = z.list()
             _check_members(len(entries), archive)
             for entry in entries:
@@ -503,7 +514,8 @@ def _extract(archive: Path, dest: Path, kind: str, budget: _Budget) -> None:
                     _make_dirs(dest, _safe_member(entry.filename), budget)
 
             class Factory(py7zr.io.WriterFactory):
-                def create(self, filename: str) -> _CappedWriter:
+                # _CappedWriter has Py7zIO's methods; subclassing the ABC would import py7zr with this module.
+                def create(self, filename: str) -> _CappedWriter:  # type: ignore[override]
                     # py7zr hands over DEST joined with the member's (already checked) name.
                     path = PurePosixPath(filename.replace("\\", "/"))
                     root = PurePosixPath(str(dest).replace("\\", "/"))
@@ -753,7 +765,7 @@ def fetch_manifest(manifest: Manifest, dest: Path, *, jobs: int = 4, retries: in
         path = download(f.urls, download_to, checksum=Checksum.parse(f.checksum) if f.checksum else None,
                         expected_size=f.size, retries=retries, backoff=backoff,
                         max_bytes=MAX_TOTAL_BYTES if f.archive else MAX_MEMBER_BYTES,
-                        progress=(lambda d, t, n=f.name: progress(n, d, t)) if progress else None)
+                        progress=functools.partial(progress, f.name) if progress else None)
         if f.archive:
             _import_archive(path, f.archive, dest, report)
         else:

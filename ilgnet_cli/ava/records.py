@@ -11,10 +11,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ilgnet_cli.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: importing these pulls in torch, which records does lazily
+    from ilgnet_cli.ava.prepare import PreparedImages
+    from ilgnet_cli.model.preprocess import Mean
 
 HIGH_THRESHOLD = 5.0  # AVA1: mean score > 5 -> high (1); verified on 48,604 real images
 
@@ -159,7 +164,8 @@ def write_label_list(path: str | Path, items: Iterable[tuple[int, int]]) -> None
     atomic_write_text(path, "".join(f"{i}.jpg {label}\n" for i, label in items))
 
 
-def available(items: list[tuple[int, int]], images: str | Path, cache: object | None = None) -> list[tuple[int, int]]:
+def available(items: list[tuple[int, int]], images: str | Path,
+              cache: PreparedImages | None = None) -> list[tuple[int, int]]:
     """The (id, label) items whose image exists: in the prepared cache if given, else as images/<id>.jpg."""
     if cache is not None:
         return [it for it in items if it[0] in cache]
@@ -170,7 +176,7 @@ def available(items: list[tuple[int, int]], images: str | Path, cache: object | 
 # --------------------------------------------------------------------------- Dataset
 
 
-def resized_image(image_id: int, images: str | Path, cache: object | None = None, *,
+def resized_image(image_id: int, images: str | Path, cache: PreparedImages | None = None, *,
                   draft: bool = False) -> np.ndarray:
     """The 256x256 RGB uint8 image of an AVA id: from the ``ilgnet prepare`` cache when given,
     else decoded from ``images/<id>.jpg`` and resized as the authors did.
@@ -194,8 +200,9 @@ class PartitionDataset:
     ``images/`` or the 256x256 cache made by ``ilgnet prepare``.
     """
 
-    def __init__(self, items: list[tuple[int, int]] | str | Path, images: str | Path, mean: object, *,
-                 train: bool = False, seed: int = 0, cache: object | None = None, draft: bool = False) -> None:
+    def __init__(self, items: list[tuple[int, int]] | str | Path, images: str | Path,
+                 mean: str | Mean | tuple[float, float, float] | np.ndarray, *, train: bool = False, seed: int = 0,
+                 cache: PreparedImages | None = None, draft: bool = False) -> None:
         from ilgnet_cli.model.preprocess import parse_mean
 
         self.items = read_label_list(items) if isinstance(items, str | Path) else list(items)

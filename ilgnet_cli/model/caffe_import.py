@@ -284,7 +284,7 @@ def read_caffemodel(path: str | Path) -> list[CaffeLayer]:
         buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     budget = _FIELDS_LEFT.set([MAX_FIELDS])
     try:
-        layers = []
+        layers: list[CaffeLayer] = []
         for num, wt, a, b in _fields(buf, 0, size):
             if len(layers) >= MAX_LAYERS:
                 raise CaffeModelError(f"not a caffemodel (more than {MAX_LAYERS} layers)")
@@ -320,7 +320,10 @@ def _fits(blob: Blob, expected: tuple[int, ...]) -> bool:
 def expected_shapes(layers: tuple[str, ...] | None = None) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
     """Caffe layer name -> (weight shape, bias shape) of ILGNet, optionally only ``layers``."""
     model = ILGNet()
-    shapes = {name: (tuple(m.weight.shape), tuple(m.bias.shape)) for name, m in model.parameterised_layers()}
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    for name, m in model.parameterised_layers():
+        assert m.bias is not None, name  # every ILGNet layer has a bias (Caffe's bias_term)
+        shapes[name] = (tuple(m.weight.shape), tuple(m.bias.shape))
     if layers is not None:
         shapes = {k: v for k, v in shapes.items() if k in layers}
     return shapes

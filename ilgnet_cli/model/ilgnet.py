@@ -101,7 +101,9 @@ class _Scope(nn.Module):
             self.add_module(name, child)
 
     def __getitem__(self, name: str) -> nn.Module:
-        return self._modules[name]
+        module = self._modules[name]
+        assert module is not None, name  # add_module was given a module for every name
+        return module
 
 
 class Inception(nn.Module):
@@ -122,7 +124,7 @@ class Inception(nn.Module):
         self.out_channels = c1 + c3 + c5 + cp
 
     def __getitem__(self, name: str) -> nn.Conv2d:
-        return self._modules[name]  # type: ignore[return-value]
+        return self._modules[name]  # type: ignore[return-value]  # _modules says Module | None; all are Conv2d
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b1 = F.relu(self["1x1"](x), inplace=True)
@@ -139,6 +141,11 @@ class ILGNet(nn.Module):
     ``forward`` returns logits of shape (N, 2); ``softmax(logits)[:, 1]`` is the aesthetic score.
     Input: (N, 3, 227, 227) BGR, 0-255, mean-subtracted (see :mod:`ilgnet_cli.model.preprocess`).
     """
+
+    # Registered by name from INCEPTION_CFG in __init__ (Caffe's names), so declared for the type checker.
+    inception_3a: Inception
+    inception_3b: Inception
+    inception_4a: Inception
 
     def __init__(self, dropout: float = DROPOUT) -> None:
         super().__init__()
@@ -167,6 +174,7 @@ class ILGNet(nn.Module):
             bound = math.sqrt(3.0 / fan_in)
             with torch.no_grad():
                 module.weight.uniform_(-bound, bound, generator=generator)
+                assert module.bias is not None, name  # every ILGNet layer has a bias (Caffe's bias_term)
                 module.bias.fill_(0.0 if name == "loss1/classifier_cjy" else 0.2)
 
     def parameterised_layers(self) -> Iterator[tuple[str, nn.Conv2d | nn.Linear]]:

@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -294,7 +295,7 @@ def _check_name(name: str) -> str:
 MEAN_TENSOR = "_mean.image"  # a mean image from a file travels inside the weights file
 
 
-def save_weights(path: str | Path, state: dict[str, np.ndarray | torch.Tensor], mean: Mean | str,
+def save_weights(path: str | Path, state: Mapping[str, np.ndarray | torch.Tensor], mean: Mean | str,
                  *, architecture: str = ARCH_FULL, metadata: dict[str, str] | None = None) -> Path:
     """Write ILGNet tensors + metadata as safetensors, atomically (temp file, then rename).
 

@@ -9,7 +9,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from ilgnet_cli import __version__
 from ilgnet_cli.fsutil import display
@@ -79,12 +87,20 @@ def main_callback(
     """ILGNet image aesthetics: `ilgnet score ~/Photos`."""
 
 
+def progress_bar(*fields: str, quiet: bool = False, data: bool = False) -> Progress:
+    """Every command's progress bar: what (the task's description), bar, done/total (or bytes and
+    speed with ``data``), the command's own ``fields`` (Rich templates over ``task.fields``), time
+    left. On stderr and transient, so reports on stdout stay clean; ``quiet`` hides it."""
+    counts = (DownloadColumn(), TransferSpeedColumn()) if data else (MofNCompleteColumn(),)
+    return Progress(TextColumn("{task.description}"), BarColumn(), *counts, *(TextColumn(f) for f in fields),
+                    TimeRemainingColumn(), console=err, transient=True, disable=quiet)
+
+
 class _LazyProgress:
     """A download progress bar that only appears once bytes arrive (no blank line otherwise)."""
 
     def __init__(self) -> None:
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), TimeRemainingColumn(), console=err, transient=True)
+        self.progress = progress_bar(data=True)
         self.task = None
 
     def update(self, done: int, total: int | None) -> None:

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ilgnet_cli.cli.common import (
     app,
@@ -18,6 +17,7 @@ from ilgnet_cli.cli.common import (
     err,
     errors_as_messages,
     out,
+    progress_bar,
 )
 from ilgnet_cli.fsutil import display
 
@@ -43,15 +43,16 @@ def download_ava(
     hf-iceclear, hf-will33am (all unverified: their archives' layouts could not be confirmed
     offline).
     """
+    from rich.progress import TaskID
+
     from ilgnet_cli.ava.download import download_ava as run
 
     dest = ava_dir(dest)
     if not (source or manifest or from_path or (dest / "AVA.txt").exists()):
         source = DEFAULT_SOURCE
     with errors_as_messages():
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                            TimeRemainingColumn(), console=err, transient=True)
-        tasks: dict[str, int] = {}
+        progress = progress_bar()
+        tasks: dict[str, TaskID] = {}
 
         def update(what: str, done: int, total: int | None) -> None:
             if what not in tasks:

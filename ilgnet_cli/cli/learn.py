@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ilgnet_cli.cli.common import (
@@ -19,6 +18,7 @@ from ilgnet_cli.cli.common import (
     errors_as_messages,
     fail,
     out,
+    progress_bar,
 )
 from ilgnet_cli.fsutil import display
 from ilgnet_cli.photos.collection import default_workers
@@ -106,11 +106,8 @@ def learn(
 
 
 def _learn_progress(total: int, quiet: bool):
-    from rich.progress import MofNCompleteColumn
-
-    bar = Progress(TextColumn("reading photos"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=err, transient=True, disable=quiet)
-    task = bar.add_task("features", total=total)
+    bar = progress_bar(quiet=quiet)
+    task = bar.add_task("reading photos", total=total)
     return bar, lambda done: bar.update(task, completed=done)
 
 

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ilgnet_cli.cli.common import (
@@ -20,6 +19,7 @@ from ilgnet_cli.cli.common import (
     errors_as_messages,
     fail,
     out,
+    progress_bar,
 )
 from ilgnet_cli.fsutil import display
 
@@ -55,7 +55,8 @@ def score(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 32,
     workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes (default: one per CPU core, at most 8; 0 = decode in this process).")] = None,
     exact: Annotated[bool, typer.Option("--exact", help="The authors' pipeline: full-resolution JPEG decode and fp32 (default: DCT-domain downscale to >= 256 px, much faster).")] = False,
-    precision: Annotated[ScorePrecision, typer.Option(help="auto: bf16 where the device computes it natively and a check on the first batch shows it keeps the scores (within 0.005) and their order; else fp32.")] = None,
+    precision: Annotated[ScorePrecision | None, typer.Option(help="auto: bf16 where the device computes it natively and a check on the first batch shows it keeps the scores (within 0.005) and their order; else fp32.")] = None,
+    compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Run bf16 under torch.compile (default: only for runs of 20,000+ photos to score, where the compile time pays; any compile failure falls back to eager).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not update the score cache.")] = False,
     min_score: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Only report files scoring at least this.")] = None,
     include: Annotated[list[str] | None, typer.Option("--include", "-i", help="Only files matching this glob (name or relative path); repeatable.")] = None,
@@ -119,8 +120,9 @@ def score(
             check_writable_file(output)
             if holds_image(output):  # -o pointing at a photo (a typo, a wrong argument order)
                 raise fail(f"will not write the report over {escape(display(str(output)))}: it is an image", 2)
-        if copy_top or link_top:
-            check_writable_folder(copy_top or link_top)
+        export_to = copy_top or link_top
+        if export_to is not None:
+            check_writable_folder(export_to)
         outputs = [p for p in (copy_top, link_top, output if fmt != "table" else None) if p is not None]
         started = time.monotonic()
         bar, on_bytes = download_progress()
@@ -128,7 +130,7 @@ def score(
         with bar, progress:
             run = score_collection(
                 paths, weights=weights, device=device, batch_size=batch_size, workers=workers, exact=exact,
-                precision=(precision or ScorePrecision.auto).value, cache=not no_cache, recursive=recursive,
+                precision=(precision or ScorePrecision.auto).value, compile=compile, cache=not no_cache, recursive=recursive,
                 hidden=hidden, include=include or [], exclude=exclude or [], skip=outputs, max_pixels=max_pixels,
                 group_bursts=group_bursts, allow_download=not offline, download_progress=on_bytes,
                 progress=progress.start, on_note=say)
@@ -143,8 +145,8 @@ def score(
         elif not (quiet and output is not None):
             out.print(reports.terminal_table(run, top or 20, min_score))
         exported = []
-        if copy_top or link_top:
-            exported = reports.export_top(reports.selected(run, min_score, top), copy_top or link_top,
+        if export_to is not None:
+            exported = reports.export_top(reports.selected(run, min_score, top), export_to,
                                           link=link_top is not None)
     if xmp:
         _write_xmp(run, run.weights_name, xmp_style, stars, overwrite_ratings, dry_run)
@@ -183,11 +185,7 @@ class _ScoreProgress:
     first-use download), counts finished files and shows the decode rate."""
 
     def __init__(self, quiet: bool) -> None:
-        from rich.progress import MofNCompleteColumn, SpinnerColumn
-
-        self.progress = Progress(SpinnerColumn(), TextColumn("scoring"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
-                                 transient=True, disable=quiet)
+        self.progress = progress_bar("{task.fields[rate]}", quiet=quiet)
 
     def start(self, total: int):
         task = self.progress.add_task("scoring", total=total, rate="")

@@ -10,16 +10,15 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ilgnet_cli.cli.common import (
     app,
     ava_dir,
-    err,
     errors_as_messages,
     fail,
     out,
+    progress_bar,
 )
 from ilgnet_cli.fsutil import display
 
@@ -49,9 +48,8 @@ def prepare(
     if not ids:
         raise fail(f"no images listed in {escape(display(str(folder)))}", 1)
     out_dir = out_dir or ava / "prepared" / folder.name
-    progress = Progress(TextColumn("preparing"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TimeRemainingColumn(), console=err, transient=True)
-    task = progress.add_task("prepare", total=len(set(ids)))
+    progress = progress_bar()
+    task = progress.add_task("preparing", total=len(set(ids)))
     with errors_as_messages(), progress:
         counts = run(ids, images or ava / "images", out_dir, jobs=jobs, draft=draft,
                      progress=lambda d, t: progress.update(task, completed=d))
@@ -101,10 +99,8 @@ def train(
 
     ava = ava_dir(ava)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    progress = Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]}"),
-                        TimeRemainingColumn(), console=err, transient=True, disable=not is_main)
-    task = progress.add_task("train", total=None, loss="-", rate="")
+    progress = progress_bar("loss {task.fields[loss]}", "{task.fields[rate]}", quiet=not is_main)
+    task = progress.add_task("training", total=None, loss="-", rate="")
 
     def update(rec: dict) -> None:
         if rec.get("event") == "start":
@@ -184,6 +180,7 @@ def eval_cmd(
             else:
                 from ilgnet_cli.training.eval_report import to_html
 
+                assert result.labels is not None and result.scores is not None  # evaluate() keeps them for plots
                 atomic_write_text(output, to_html(result, result.labels, result.scores))
     if result is None:
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypedDict
 
 import typer
 from rich.markup import escape
@@ -12,6 +12,21 @@ from rich.table import Table
 
 from ilgnet_cli.cli.common import download_progress, errors_as_messages, fail, out, weights_app
 from ilgnet_cli.fsutil import display
+
+
+class _Row(TypedDict):
+    """One weight set as ``weights list --json`` prints it."""
+
+    name: str
+    default: bool
+    installed: bool
+    architecture: str
+    size: int | None
+    size_note: str
+    sha256: str | None
+    source_checksum: str | None
+    description: str
+    path: str | None
 
 
 @weights_app.command("list")
@@ -22,10 +37,15 @@ def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
     with errors_as_messages():
         registry = store.load_registry()
         inst = {i.name: i for i in store.installed_all()}
-    rows = []
+    rows: list[_Row] = []
     for name in sorted(set(registry.weights) | set(inst)):
         spec = registry.weights.get(name)
         rec = inst.get(name)
+        if spec is not None:
+            description = spec.description
+        else:
+            assert rec is not None  # a name the registry lacks is an installed one
+            description = f"user weights from {rec.source}"
         rows.append({
             "name": name,
             "default": name == registry.default,
@@ -35,7 +55,7 @@ def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
             "size_note": spec.size_note if spec else "",
             "sha256": rec.sha256 if rec else None,
             "source_checksum": spec.checksum if spec else None,
-            "description": spec.description if spec else f"user weights from {rec.source}",
+            "description": description,
             "path": str(rec.path) if rec else None,
         })
     if as_json:

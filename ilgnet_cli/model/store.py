@@ -527,16 +527,18 @@ class LoadedWeights:
             image = decode(image, draft=RESIZE if draft else None).rgb
         return preprocess(image, self.mean)
 
-    @torch.inference_mode()
     def score(self, images: list[str | os.PathLike[str] | np.ndarray] | torch.Tensor, *,
               draft: bool = False) -> list[float]:
         """P(high quality) for photos (paths or RGB arrays) or a batch of model inputs (N, 3, 227, 227)."""
-        from ilgnet_cli.model.ilgnet import score_from_logits
+        from ilgnet_cli.model.inference import Forward, infer
 
         batch = images if isinstance(images, torch.Tensor) else torch.stack(
             [self.preprocess(im, draft=draft) for im in images])
         device = next(self.model.parameters()).device
-        return score_from_logits(self.model.eval()(batch.to(device))).cpu().tolist()
+        self.model.eval()
+        [(_, p)] = infer(Forward(self.model), [(None, batch)], device)
+        assert p is not None
+        return p.tolist()
 
 
 def resolve(name_or_path: str) -> tuple[str, Path]:

@@ -47,6 +47,7 @@ def score_collection(
     workers: int | None = None,
     exact: bool = False,
     precision: str = "auto",
+    compile: bool | None = None,
     cache: bool = True,
     recursive: bool = True,
     hidden: bool = False,
@@ -66,8 +67,9 @@ def score_collection(
     ``weights``: an installed name or a ``.safetensors`` file; None = the default weights,
     downloaded on first use unless ``allow_download`` is False. ``precision``: ``auto`` (bf16
     where native and checked, see :mod:`ilgnet_cli.model.precision`), ``fp32`` or ``bf16``; ``exact``
-    is the authors' pipeline (full decode, fp32). ``skip``: paths never scored (e.g. this run's
-    own outputs). ``group_bursts``: seconds between frames of one burst (None: no grouping).
+    is the authors' pipeline (full decode, fp32). ``compile``: bf16 under ``torch.compile`` (None:
+    only for runs big enough to repay the compile time). ``skip``: paths never scored (e.g. this
+    run's own outputs). ``group_bursts``: seconds between frames of one burst (None: no grouping).
     ``progress(total)`` may return a callback that gets :class:`~ilgnet_cli.photos.scoring.RunStats`
     as the run goes. ``notes`` collects what the user may want to know (cache trouble, the bf16
     guard's verdict); ``on_note(kind, text)`` hears each as it happens. Under torchrun each rank
@@ -116,11 +118,12 @@ def score_collection(
         note("precision", v.describe())
 
     try:
-        run = run_score(shard.take(files), loaded, device=shard.device, batch_size=batch_size,
+        run = run_score(list(shard.shard(files)), loaded, device=shard.device, batch_size=batch_size,
                         workers=default_workers() if workers is None else workers, exact=exact, cache=score_cache,
                         max_pixels=max_pixels, progress=progress(len(files)) if progress else None,
                         missing=missing if shard.main else [], precision=mode,
-                        verdicts=VerdictStore(store.home() / "precision.json"), on_verdict=verdict)
+                        verdicts=VerdictStore(store.home() / "precision.json"), on_verdict=verdict,
+                        compile=compile)
     finally:
         if score_cache is not None:
             score_cache.close()

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
 from ilgnet_cli.errors import UsageError
-from ilgnet_cli.model.ilgnet import score_from_logits
+from ilgnet_cli.model.inference import Forward, infer, should_compile
 from ilgnet_cli.model.preprocess import RESIZE, Mean, parse_mean, preprocess
 from ilgnet_cli.photos.decode import DecodeError, decode
 from ilgnet_cli.training.distributed import Dist, init_distributed
@@ -178,6 +178,7 @@ def score_paths(
     max_pixels: int | None = None,
     precision: str = "fp32",
     on_verdict: Callable[[Any], None] | None = None,
+    compile: bool = False,
 ) -> Iterator[ScoreResult]:
     """Yield one :class:`ScoreResult` per path, in input order, as batches finish.
 
@@ -187,6 +188,7 @@ def score_paths(
     :data:`CRASH_REASON` and the run continues. ``precision``: ``fp32``, ``bf16``, or ``guard``
     (the first batch in both; ``on_verdict`` gets the :class:`ilgnet_cli.model.precision.Verdict` and
     the run goes on in the precision it chose). ``result.info["precision"]`` says which.
+    ``compile``: bf16 under ``torch.compile`` (see :class:`ilgnet_cli.model.inference.Forward`).
     """
     device = torch.device(device)
     files = [str(p) for p in paths]
@@ -194,59 +196,27 @@ def score_paths(
         return
     model.eval()
     # channels_last is faster for these convolutions on CPU (oneDNN) and on CUDA (cuDNN).
-    forward = _Forward(model.to(memory_format=torch.channels_last), precision, on_verdict)
+    forward = Forward(model.to(memory_format=torch.channels_last), precision, on_verdict=on_verdict,
+                      compile=compile)
     dataset = _Images(files, mean, exact, extra, max_pixels)
     batch_size = max(1, batch_size)
     workers = max(0, workers)
     done = 0  # files[:done] have been yielded
-    with torch.inference_mode():
-        while done < len(files):
-            try:
-                for result in _infer(forward, dataset, range(done, len(files)), device, batch_size, workers):
-                    done += 1
-                    yield result
-            except _WorkerDied:
-                # The culprit is among the batches that were in flight. Re-decode those files one
-                # at a time in a single worker: the next crash then names the file exactly.
-                suspects = range(done, min(len(files), done + batch_size * workers * (_PREFETCH + 1)))
-                for result in _isolate(forward, dataset, suspects, device):
-                    done += 1
-                    yield result
+    while done < len(files):
+        try:
+            for result in _infer(forward, dataset, range(done, len(files)), device, batch_size, workers):
+                done += 1
+                yield result
+        except _WorkerDied:
+            # The culprit is among the batches that were in flight. Re-decode those files one
+            # at a time in a single worker: the next crash then names the file exactly.
+            suspects = range(done, min(len(files), done + batch_size * workers * (_PREFETCH + 1)))
+            for result in _isolate(forward, dataset, suspects, device):
+                done += 1
+                yield result
 
 
-class _Forward:
-    """The model as a run uses it: fp32, a bf16 copy fed bf16 inputs, or the guard that scores
-    the first batch both ways and goes on in the precision it chose."""
-
-    def __init__(self, model: torch.nn.Module, precision: str, on_verdict: Callable[[Any], None] | None) -> None:
-        from ilgnet_cli.model.precision import bf16_model
-
-        if precision not in ("fp32", "bf16", "guard"):
-            raise ValueError(f"unknown precision {precision!r}")
-        self.fp32 = model
-        self.bf16 = bf16_model(model) if precision != "fp32" else None
-        self.precision, self.on_verdict = precision, on_verdict
-
-    def _run(self, batch: torch.Tensor, bf16: bool) -> list[float]:
-        model = self.bf16 if bf16 else self.fp32
-        return score_from_logits(model(batch.to(torch.bfloat16) if bf16 else batch)).cpu().tolist()
-
-    def __call__(self, batch: torch.Tensor) -> list[float]:
-        if self.precision == "guard":
-            from ilgnet_cli.model.precision import judge
-
-            p32, p16 = self._run(batch, False), self._run(batch, True)
-            verdict = judge(p32, p16)
-            self.precision = "bf16" if verdict.bf16 else "fp32"
-            if not verdict.bf16:
-                self.bf16 = None
-            if self.on_verdict:
-                self.on_verdict(verdict)
-            return p16 if verdict.bf16 else p32
-        return self._run(batch, self.precision == "bf16")
-
-
-def _isolate(forward: _Forward, dataset: _Images, indices: range, device: torch.device) -> Iterator[ScoreResult]:
+def _isolate(forward: Forward, dataset: _Images, indices: range, device: torch.device) -> Iterator[ScoreResult]:
     start = indices.start
     while start < indices.stop:
         try:
@@ -258,7 +228,7 @@ def _isolate(forward: _Forward, dataset: _Images, indices: range, device: torch.
             start += 1
 
 
-def _infer(forward: _Forward, dataset: _Images, indices: range, device: torch.device, batch_size: int,
+def _infer(forward: Forward, dataset: _Images, indices: range, device: torch.device, batch_size: int,
            workers: int) -> Iterator[ScoreResult]:
     """Results for ``dataset[indices]`` in order; raises :class:`_WorkerDied` if a worker dies."""
     cuda = device.type == "cuda"
@@ -283,19 +253,16 @@ def _infer(forward: _Forward, dataset: _Images, indices: range, device: torch.de
         raise
 
 
-def _infer_batches(forward: _Forward, dataset: _Images, batches: Iterator, device: torch.device,
+def _infer_batches(forward: Forward, dataset: _Images, batches: Iterator, device: torch.device,
                    ) -> Iterator[ScoreResult]:
-    cuda = device.type == "cuda"
-    for indices_ok, batch, metas in batches:
-        scores: dict[int, float] = {}
-        if batch is not None:
-            batch = batch.to(device, non_blocking=cuda).contiguous(memory_format=torch.channels_last)
-            scores = dict(zip(indices_ok, forward(batch), strict=True))
+    keyed = (((indices_ok, metas), batch) for indices_ok, batch, metas in batches)
+    for (indices_ok, metas), p in infer(forward, keyed, device):
+        scores = {} if p is None else dict(zip(indices_ok, p.tolist(), strict=True))
         for i, meta in metas:
             meta = dict(meta)
             error = meta.pop("error", None)
             if i in scores:
-                meta["precision"] = forward.precision
+                meta["precision"] = forward.reported
             yield ScoreResult(
                 path=dataset.paths[i], score=scores.get(i), error=error,
                 width=meta.pop("width", None), height=meta.pop("height", None),
@@ -362,6 +329,7 @@ def run_score(
     precision: str = "fp32",
     verdicts: Any = None,
     on_verdict: Callable[[Any], None] | None = None,
+    compile: bool | None = None,
 ) -> ScoreRun:
     """Score ``files`` with cache lookups first; finished work is cached batch by batch.
 
@@ -370,7 +338,9 @@ def run_score(
     ``fp32``, ``bf16`` or ``guard`` (see :mod:`ilgnet_cli.model.precision`): a guard verdict already
     in ``verdicts`` (a :class:`~ilgnet_cli.model.precision.VerdictStore`) is reused, a new one stored
     there and passed to ``on_verdict``. A cache's mode gets ``+bf16`` for bf16 scores; fp32
-    scores in the cache are always reused (they are the exact ones).
+    scores in the cache are always reused (they are the exact ones). ``compile``: bf16 under
+    ``torch.compile``; ``None`` = only for runs that decode
+    :data:`~ilgnet_cli.model.inference.COMPILE_MIN_PHOTOS` photos or more, where it pays.
     """
     from ilgnet_cli.model.precision import MIN_GUARD, device_kind
     from ilgnet_cli.photos.cache import FileKey
@@ -434,7 +404,8 @@ def run_score(
     try:
         stream = score_paths([files[i] for i, _ in todo], loaded.model, loaded.mean, device=device,
                              batch_size=batch_size, workers=workers, exact=exact, extra=extra,
-                             max_pixels=max_pixels, precision=precision, on_verdict=verdict_reached)
+                             max_pixels=max_pixels, precision=precision, on_verdict=verdict_reached,
+                             compile=should_compile(len(todo), precision, compile))
         for (i, key), result in zip(todo, stream, strict=False):
             stats.decoded += 1
             if result.ok and not (isinstance(result.score, (int, float)) and math.isfinite(result.score)):
@@ -474,9 +445,6 @@ class Shard(Dist):
     @classmethod
     def from_env(cls, device: torch.device) -> Shard:
         return cls(**vars(init_distributed(device)))
-
-    def take(self, files: list[str]) -> list[str]:
-        return files[self.rank::self.world]
 
     def merge(self, run: ScoreRun) -> ScoreRun | None:
         if self.world == 1:

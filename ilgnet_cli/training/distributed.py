@@ -6,10 +6,14 @@ Shared by ``train``, ``eval`` and sharded ``score``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -24,6 +28,19 @@ class Dist:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def shard(self, items: Sequence[T]) -> Sequence[T]:
+        """This rank's share of ``items``: every world-th, from its rank (score and eval alike)."""
+        return items[self.rank::self.world]
+
+
+def current(device: torch.device | None = None) -> Dist:
+    """This process's place in an already initialised job (rank 0 of 1 outside torchrun)."""
+    device = device or torch.device("cpu")
+    if not dist.is_initialized():
+        return Dist(device=device)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(),
+                local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device)
 
 
 def init_distributed(device: torch.device) -> Dist:

@@ -15,9 +15,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from ilgnet_cli.ava.records import available, read_ava, read_label_list, resized_image
 from ilgnet_cli.errors import DataError, UsageError
-from ilgnet_cli.model.ilgnet import score_from_logits
+from ilgnet_cli.model.inference import Forward, infer
 from ilgnet_cli.model.preprocess import CROP, RESIZE, parse_mean, to_blob
 from ilgnet_cli.training import metrics
+from ilgnet_cli.training.distributed import current
 
 TTA = ("none", "mirror", "10crop")
 PRECISIONS = ("fp32", "bf16")
@@ -78,25 +79,16 @@ def predict(model: torch.nn.Module, items: list[tuple[int, int]], images: Path, 
             device: torch.device, batch_size: int = 32, workers: int = 0, cache=None, draft: bool = False,
             precision: str = "fp32") -> np.ndarray:
     """P(high) per item (averaged over TTA crops); shards across torchrun ranks and gathers."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    shard = list(range(rank, len(items), world))
+    here = current(device)
+    shard = here.shard(range(len(items)))
     ds = _EvalImages([items[i] for i in shard], images, mean, tta, cache, draft)
     cuda = device.type == "cuda"
-    bf16 = precision == "bf16"
-    if bf16:  # a bf16 copy fed bf16 inputs (the fast way; autocast is slower than fp32 on CPUs)
-        from ilgnet_cli.model.precision import bf16_model
-
-        model = bf16_model(model)
     out = np.full(len(items), np.nan)
-    model.eval()
-    with torch.inference_mode():
-        for idx, x, _ in DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=cuda):
-            n, k = x.shape[:2]
-            flat = x.view(n * k, 3, CROP, CROP).to(device).contiguous(memory_format=torch.channels_last)
-            p = score_from_logits(model(flat.to(torch.bfloat16) if bf16 else flat)).view(n, k).mean(1).cpu().numpy()
-            out[[shard[i] for i in idx.tolist()]] = p
-    if world > 1:
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=cuda)
+    for idx, p in infer(Forward(model, precision), ((idx, x) for idx, x, _ in loader), device):
+        assert p is not None
+        out[[shard[i] for i in idx.tolist()]] = p.numpy()
+    if here.world > 1:
         t = torch.from_numpy(np.nan_to_num(out, nan=0.0)).to(device if cuda else "cpu")
         mask = torch.from_numpy((~np.isnan(out)).astype(np.float64)).to(t.device)
         dist.all_reduce(t)

@@ -44,7 +44,8 @@ from ilgnet_cli import __version__
 from ilgnet_cli.ava.records import PartitionDataset, available, read_label_list, write_label_list
 from ilgnet_cli.errors import DataError, UsageError
 from ilgnet_cli.fsutil import atomic_write_text
-from ilgnet_cli.model.ilgnet import HEAD_LAYERS, ILGNet, score_from_logits
+from ilgnet_cli.model.ilgnet import HEAD_LAYERS, ILGNet
+from ilgnet_cli.model.inference import Forward, infer
 from ilgnet_cli.model.store import save_weights
 from ilgnet_cli.training.distributed import Dist, init_distributed
 
@@ -461,20 +462,15 @@ def _loader(ds: PartitionDataset, sampler: _EpochSampler, batch: int, cfg: Train
                       prefetch_factor=4 if cfg.workers > 0 else None)
 
 
-@torch.no_grad()
 def validate(model: torch.nn.Module, ds: PartitionDataset, device: torch.device, batch: int, workers: int,
              amp: bool) -> float:
-    was_training = model.training
-    model.eval()
+    """Accuracy on ``ds`` (rank 0 alone: no gathering), in the run's precision."""
     loader = DataLoader(ds, batch_size=batch, num_workers=workers)
     correct = total = 0
-    for x, y in loader:
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            p = score_from_logits(model(x))
-        correct += int(((p > 0.5).long().cpu() == y).sum())
+    for y, p in infer(Forward(model, "autocast" if amp else "fp32"), ((y, x) for x, y in loader), device):
+        assert p is not None
+        correct += int(((p > 0.5).long() == y).sum())
         total += len(y)
-    model.train(was_training)
     return correct / max(1, total)
 
 

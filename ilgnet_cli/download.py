@@ -283,7 +283,7 @@ class _Watchdog:
     def connection(self, base: type[http.client.HTTPConnection]) -> Callable[..., http.client.HTTPConnection]:
         watchdog = self
 
-        class Connection(base):  # type: ignore[misc, valid-type]
+        class Connection(base):  # type: ignore[misc, valid-type]  # a subclass of whichever class is passed in
             def connect(self) -> None:
                 super().connect()
                 sock = self.sock

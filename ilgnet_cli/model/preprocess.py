@@ -146,6 +146,11 @@ def _finite_pixels(values: np.ndarray, what: str) -> np.ndarray:
     return values
 
 
+def _triple(values: np.ndarray) -> tuple[float, float, float]:
+    b, g, r = (float(v) for v in values)  # callers checked there are 3
+    return b, g, r
+
+
 def mean_from_image(image: np.ndarray, name: str = "image") -> Mean:
     """A 3x256x256 BGR mean image (or 3 per-channel values) -> Mean."""
     arr = np.asarray(image)
@@ -153,13 +158,13 @@ def mean_from_image(image: np.ndarray, name: str = "image") -> Mean:
         raise MeanError(f"a mean must hold real numbers, not {arr.dtype.str}")
     if arr.shape == (3,):
         vals = _finite_pixels(arr, "mean")
-        return Mean(name=name, bgr=tuple(float(v) for v in vals))  # type: ignore[arg-type]
+        return Mean(name=name, bgr=_triple(vals))
     if arr.shape != (3, RESIZE, RESIZE):
         raise MeanError(f"a mean image must be 3x{RESIZE}x{RESIZE} (BGR), got shape {tuple(arr.shape)}")
     img = np.ascontiguousarray(_finite_pixels(arr, "mean image"))
     img.setflags(write=False)
-    bgr = tuple(float(v) for v in img.reshape(3, -1).mean(axis=1, dtype=np.float64))
-    return Mean(name=name, bgr=bgr, image=img)  # type: ignore[arg-type]
+    bgr = _triple(img.reshape(3, -1).mean(axis=1, dtype=np.float64))
+    return Mean(name=name, bgr=bgr, image=img)
 
 
 @functools.cache
@@ -176,8 +181,8 @@ def channel_mean(bgr: tuple[float, float, float] | list[float], name: str | None
     vals = _finite_pixels(np.asarray(bgr, dtype=np.float64).reshape(-1), "mean")
     if vals.shape != (3,):
         raise MeanError("a per-channel mean needs 3 values (B,G,R)")
-    triple = tuple(float(v) for v in vals)
-    return Mean(name=name or ",".join(repr(v) for v in triple), bgr=triple)  # type: ignore[arg-type]
+    triple = _triple(vals)
+    return Mean(name=name or ",".join(repr(v) for v in triple), bgr=triple)
 
 
 def _read_mean_file(path: Path) -> Mean:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,7 +111,7 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def find_images(paths: list[str | os.PathLike[str]], selection: Selection | None = None,
+def find_images(paths: Sequence[str | os.PathLike[str]], selection: Selection | None = None,
                 missing: list[str] | None = None) -> Iterator[str]:
     """Yield image file paths (deduplicated, in a stable sorted order per folder).
 

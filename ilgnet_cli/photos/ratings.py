@@ -24,6 +24,7 @@ import io
 import os
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -287,7 +288,7 @@ def _dedupe(report: RatingsReport) -> RatingsReport:
     return report
 
 
-def collect(paths: list[str | os.PathLike[str]], *, keep: list | None = None, reject: list | None = None,
+def collect(paths: Sequence[str | os.PathLike[str]], *, keep: list | None = None, reject: list | None = None,
             ratings_csv: str | os.PathLike[str] | None = None, selection: Selection | None = None,
             missing: list[str] | None = None) -> RatingsReport:
     """All ratings: CSV, then keep/reject folders, then the XMP of the images under ``paths``."""

@@ -34,7 +34,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,6 +43,9 @@ from torch import nn
 
 from ilgnet_cli.errors import DataError, UsageError
 from ilgnet_cli.training import metrics
+
+if TYPE_CHECKING:
+    from ilgnet_cli.model.ilgnet import ILGNet
 
 FEATURE_DIM = 1024
 MIN_RATINGS = 40
@@ -153,7 +156,7 @@ class _FeatureTap(nn.Module):
     """The base model, unchanged (its logits give the base score), that also keeps each batch's
     pooled features of the image and of its mirror image, in order."""
 
-    def __init__(self, model: nn.Module, mirror: bool) -> None:
+    def __init__(self, model: ILGNet, mirror: bool) -> None:
         super().__init__()
         self.model, self.mirror = model, mirror
         self.rows: list[torch.Tensor] = []
@@ -199,6 +202,7 @@ def extract(files: list[str], loaded: Any, *, device: torch.device | str = "cpu"
             raise RuntimeError("feature rows out of step with the scored photos")
         row = tap.rows.pop(0)
         flip = tap.mirrored.pop(0) if mirror else None
+        assert result.score is not None  # a photo that scored (result.ok) has its score
         if not (math.isfinite(result.score) and bool(torch.isfinite(row).all())):
             errors.append((result.path, "the base model gave non-finite values (broken weights?)"))
             continue
@@ -263,10 +267,12 @@ def scene_groups(paths: list[str], info: list[dict[str, Any]], *, seconds: float
             uf.union(first, int(m.path))
     hashes = [d.get("phash") for d in info]
     for i in range(n):
-        if hashes[i] is None:
+        hash_i = hashes[i]
+        if hash_i is None:
             continue
         for j in range(i + 1, n):
-            if hashes[j] is not None and hash_distance(hashes[i], hashes[j]) <= phash_distance:
+            hash_j = hashes[j]
+            if hash_j is not None and hash_distance(hash_i, hash_j) <= phash_distance:
                 uf.union(i, j)
     roots = [uf.find(i) for i in range(n)]
     ids = {r: k for k, r in enumerate(dict.fromkeys(roots))}

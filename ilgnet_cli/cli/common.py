@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -101,7 +103,7 @@ class _LazyProgress:
 
     def __init__(self) -> None:
         self.progress = progress_bar(data=True)
-        self.task = None
+        self.task: TaskID | None = None
 
     def update(self, done: int, total: int | None) -> None:
         if self.task is None:
@@ -117,7 +119,7 @@ class _LazyProgress:
             self.progress.stop()
 
 
-def download_progress() -> tuple[_LazyProgress, callable]:
+def download_progress() -> tuple[_LazyProgress, Callable[[int, int | None], None]]:
     lazy = _LazyProgress()
     return lazy, lazy.update
 

@@ -90,7 +90,7 @@ def device_kind(device: torch.device) -> str:
 
 def bf16_model(model: torch.nn.Module) -> torch.nn.Module:
     """A bf16, channels_last, eval-mode copy of ``model`` (the fp32 one is kept for the guard)."""
-    return copy.deepcopy(model).to(dtype=torch.bfloat16, memory_format=torch.channels_last).eval()
+    return copy.deepcopy(model).to(dtype=torch.bfloat16).to(memory_format=torch.channels_last).eval()
 
 
 def ranking_kept(p32: list[float], p16: list[float], tie: float = TIE) -> bool:

@@ -303,7 +303,7 @@ class ScoreRun:
     @property
     def scored(self) -> list[ScoreResult]:
         """Scored results, best first; ties broken by path so reports are stable."""
-        return sorted((r for r in self.results if r.ok), key=lambda r: (-r.score, r.path))
+        return sorted((r for r in self.results if r.ok), key=lambda r: (-(r.score or 0.0), r.path))
 
     @property
     def errors(self) -> list[ScoreResult]:
@@ -347,7 +347,7 @@ def run_score(
     from ilgnet_cli.photos.discover import unusable_reason
 
     device = torch.device(device)
-    fp32_mode = cache.mode if cache is not None else None
+    fp32_mode: str = cache.mode if cache is not None else ""
     kind = device_kind(device)
     if precision == "guard" and verdicts is not None:
         known = verdicts.get(loaded.sha256, kind)
@@ -459,6 +459,7 @@ class Shard(Dist):
         merged = ScoreRun(results=[], stats=RunStats(), weights_name=run.weights_name,
                           weights_sha256=run.weights_sha256)
         for part in gathered:
+            assert part is not None  # all_gather_object filled every slot
             merged.results.extend(part.results)
             for key in ("files", "cache_hits", "decoded", "scored", "errors"):
                 setattr(merged.stats, key, getattr(merged.stats, key) + getattr(part.stats, key))

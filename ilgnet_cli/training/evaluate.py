@@ -157,7 +157,7 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
     if len(present) < len(items):
         notes.append(f"{len(items) - len(present)} of {len(items)} test images are missing and were not scored; "
                      "accuracy is over the rest")
-    paper = metrics.PAPER_ACCURACY.get(kind) if is_authors_test_list(kind, items) else None
+    paper = metrics.PAPER_ACCURACY.get(kind) if kind is not None and is_authors_test_list(kind, items) else None
     if paper is None:
         notes.append("not comparable to the paper's accuracy: only the authors' AVA1/AVA2 test lists "
                      "(dataset ava1 or ava2) are")

@@ -34,11 +34,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ilgnet_cli import __version__
 from ilgnet_cli.ava.records import PartitionDataset, available, read_label_list, write_label_list
@@ -48,6 +49,10 @@ from ilgnet_cli.model.ilgnet import HEAD_LAYERS, ILGNet
 from ilgnet_cli.model.inference import Forward, infer
 from ilgnet_cli.model.store import save_weights
 from ilgnet_cli.training.distributed import Dist, init_distributed
+
+if TYPE_CHECKING:
+    from ilgnet_cli.ava.prepare import PreparedImages
+    from ilgnet_cli.model.preprocess import Mean
 
 
 @dataclass(frozen=True)
@@ -257,10 +262,10 @@ class RunSetup:
     global_batch: int
     every: int
     amp: bool
-    mean: object
+    mean: Mean
     train_items: list[tuple[int, int]]
     val_items: list[tuple[int, int]]
-    cache: object | None
+    cache: PreparedImages | None
     images: Path
     config: dict
 
@@ -293,6 +298,7 @@ def _split_validation(cfg: TrainConfig, run_dir: Path, items: list[tuple[int, in
     from ilgnet_cli.ava.partition import holdout
 
     saved = run_dir / "val.txt"
+    how: dict[str, str | int]
     if cfg.val_list is not None:
         val = read_label_list(cfg.val_list)
         how = {"source": "list", "file": str(cfg.val_list)}
@@ -465,7 +471,8 @@ def _loader(ds: PartitionDataset, sampler: _EpochSampler, batch: int, cfg: Train
 def validate(model: torch.nn.Module, ds: PartitionDataset, device: torch.device, batch: int, workers: int,
              amp: bool) -> float:
     """Accuracy on ``ds`` (rank 0 alone: no gathering), in the run's precision."""
-    loader = DataLoader(ds, batch_size=batch, num_workers=workers)
+    # PartitionDataset is a map-style dataset by duck typing (ava.records does not import torch).
+    loader: DataLoader[Any] = DataLoader(cast("Dataset[Any]", ds), batch_size=batch, num_workers=workers)
     correct = total = 0
     for y, p in infer(Forward(model, "autocast" if amp else "fp32"), ((y, x) for x, y in loader), device):
         assert p is not None
@@ -558,7 +565,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     if cfg.resume:
         step, best, where = _resume(run.run_dir, model, optimizer, cuda)
         history_note, init_note = f"resumed at step {step}", f"checkpoint {where}"
-    ddp_model = model
+    ddp_model: torch.nn.Module = model
     if dd.world > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
@@ -572,8 +579,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
             progress({"event": "start", "run_dir": str(run.run_dir), "total": total, "step": step,
                       "val_n": len(run.val_items), "train_n": len(train_ds)})
 
-    sampler = _EpochSampler(train_ds, num_replicas=dd.world, rank=dd.rank, shuffle=True, seed=cfg.seed,
-                            drop_last=True)
+    sampler = _EpochSampler(cast("Dataset[Any]", train_ds), num_replicas=dd.world, rank=dd.rank, shuffle=True,
+                            seed=cfg.seed, drop_last=True)
     ddp_model.train()
     t0, seen, last_log = time.monotonic(), 0, time.monotonic()
     data_wait = 0.0

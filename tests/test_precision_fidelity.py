@@ -3,10 +3,11 @@
 Random weights calibrated to spread P(high) (tests/test_precision.py) keep bf16 within 0.0012 of
 fp32, but their classifier is scaled down 20x, which shrinks bf16's logit error with it. The blur
 model trained here (sharp vs blurred crops, tests/blur_task.py; AUC about 0.98 after 20 steps)
-is the honest case: measured max |dP| 0.009 on its held-out crops and 0.018 on the camera photos,
-Spearman 0.9995 (benchmarks/bench_fidelity.py). Keeping its classifier in fp32 does not help
-(0.015): the error comes from the bf16 trunk. So bf16 keeps the order but not the 0.005 bound,
-and what protects users is the guard, which must then refuse bf16 and serve fp32 scores.
+is the honest case: measured max |dP| 0.009 on its held-out crops, 0.018 on the camera photos and
+0.020 on 200 real-sized JPEGs, Spearman 0.9995-0.9998 (benchmarks/bench_fidelity.py).
+Keeping its classifier in fp32 does not help (one probe: 0.015 on the camera photos): the error
+comes from the bf16 trunk. So bf16 keeps the order but not the 0.005 bound, and what protects
+users is the guard, which must then refuse bf16 and serve fp32 scores.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def test_fidelity_check_tells_faithful_from_fragile_weights(blur_model, weights_
     fragile = _fragile(lw, tmp_path)
     f32, f16 = _both(files, fragile)
     np.testing.assert_allclose(f32, _scores(files, lw, "fp32"), atol=1e-4)  # fp32 cannot tell them apart ...
-    assert float(np.abs(f32 - f16).max()) > 2 * precision.MAX_DELTA  # ... bf16 can (measured 0.02)
+    assert float(np.abs(f32 - f16).max()) > 2 * precision.MAX_DELTA  # ... bf16 can (measured 0.09)
     assert not _faithful(f32, f16) and not precision.judge(f32.tolist(), f16.tolist()).bf16
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,25 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+# The user's own store, read before the autouse fixture below points ILGNET_HOME at an empty one:
+# ILGNET_TEST_WEIGHTS=ilgnet-ava1 names weights installed there.
+_USER_HOME = os.environ.get("ILGNET_HOME")
+
+
+def real_weights(monkeypatch):
+    """The real weights ILGNET_TEST_WEIGHTS names (a store name or a .safetensors path), or None."""
+    from ilgnet_cli.model import store
+
+    name = os.environ.get("ILGNET_TEST_WEIGHTS")
+    if not name:
+        return None
+    if _USER_HOME is None:
+        monkeypatch.delenv("ILGNET_HOME")
+    else:
+        monkeypatch.setenv("ILGNET_HOME", _USER_HOME)
+    return store.load_model(name)
 
 
 @pytest.fixture(autouse=True)

@@ -12,14 +12,13 @@ users is the guard, which must then refuse bf16 and serve fp32 scores.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from blur_task import make_blur_task
-from conftest import camera_photos, shared_path
+from conftest import camera_photos, real_weights, shared_path
 
 from ilgnet_cli.ava.records import read_label_list
 from ilgnet_cli.model import precision, store
@@ -28,10 +27,6 @@ from ilgnet_cli.training.evaluate import predict
 from ilgnet_cli.training.metrics import roc_auc, spearman
 from ilgnet_cli.training.train import TrainConfig, train
 
-# Read before the autouse fixture points ILGNET_HOME at an empty store: a store name such as
-# ilgnet-ava1 lives in the user's own store.
-REAL_WEIGHTS = os.environ.get("ILGNET_TEST_WEIGHTS")
-USER_HOME = os.environ.get("ILGNET_HOME")
 MIN_SPEARMAN = 0.995
 
 
@@ -130,13 +125,9 @@ def test_fidelity_check_tells_faithful_from_fragile_weights(blur_model, weights_
 
 def test_real_weights_bf16_fidelity_on_the_camera_photos(monkeypatch):
     """The issue's bounds with the real ILGNet weights: ILGNET_TEST_WEIGHTS=ilgnet-ava1 (or a .safetensors path)."""
-    if not REAL_WEIGHTS:
+    lw = real_weights(monkeypatch)
+    if lw is None:
         pytest.skip("real weights not given: set ILGNET_TEST_WEIGHTS to a store name or a .safetensors path")
-    if USER_HOME is None:
-        monkeypatch.delenv("ILGNET_HOME")
-    else:
-        monkeypatch.setenv("ILGNET_HOME", USER_HOME)
-    lw = store.load_model(REAL_WEIGHTS)
     files = sorted(p for p in shared_path("photos", "camera").iterdir() if p.suffix.lower() == ".jpg")
     p32, p16 = _both(files, lw)
     delta, rho = float(np.abs(p32 - p16).max()), spearman(p32, p16)

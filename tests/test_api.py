@@ -30,6 +30,7 @@ def photos(tmp_path):
     return folder
 
 
+@pytest.mark.slow
 def test_score_collection_is_what_the_cli_reports(photos, weights_file):
     run = ilgnet_cli.score_collection([photos], weights=str(weights_file), device="cpu", workers=0, cache=False)
     scores = [r.score for r in run.results if r.error is None]
@@ -43,6 +44,7 @@ def test_score_collection_is_what_the_cli_reports(photos, weights_file):
     assert cli == {r.path: r.score for r in run.results if r.error is None}
 
 
+@pytest.mark.slow
 def test_load_gives_the_model_and_its_preprocessing(weights_file):
     model = ilgnet_cli.load(str(weights_file), device="cpu")
     photo = camera_photos(1)[0]
@@ -65,6 +67,7 @@ def test_errors_have_one_shape(tmp_path):
         assert issubclass(error_class, IlgnetError)
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs(photos, weights_file, monkeypatch, capsys):
     """The README's Python API example, as written, against a home folder with ~/Photos."""
     block = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S)

@@ -85,6 +85,7 @@ def test_authors_partitions_reproduce_their_counts(real_ava, tmp_path):
     assert (tmp_path / "2" / "test.txt").read_text().splitlines()[0].endswith((".jpg 0", ".jpg 1"))
 
 
+@pytest.mark.slow
 def test_ava2_top_and_bottom_ten_percent_on_full_size_ava(tmp_path):
     rng = np.random.default_rng(0)
     votes = rng.multinomial(200, [0.01, 0.02, 0.05, 0.12, 0.25, 0.25, 0.15, 0.09, 0.04, 0.02], size=255_530)

@@ -9,6 +9,8 @@ import sys
 import time
 from multiprocessing import get_context
 
+import pytest
+
 from ilgnet_cli.photos.cache import FileKey, ScoreCache
 
 
@@ -84,6 +86,7 @@ def test_corrupt_cache_is_set_aside_and_replaced(tmp_path):
     assert open_cache(db, "w", 1, "draft")[1] is None  # the new one opens cleanly
 
 
+@pytest.mark.slow
 def test_a_failing_cache_never_costs_a_score(tmp_path, weights_file):
     from conftest import camera_photos
 

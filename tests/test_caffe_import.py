@@ -52,6 +52,7 @@ def test_reader_decodes_every_blob_encoding(tmp_path, variant):
         assert got[0].type == "Convolution" and got[1].type == "InnerProduct"
 
 
+@pytest.mark.slow
 def test_import_rejects_truncated_caffemodel(tmp_path, caffemodels):
     cut = tmp_path / "cut.caffemodel"
     with caffemodels["v2"].open("rb") as src, cut.open("wb") as dst:
@@ -86,6 +87,7 @@ def _layer(name, kind, arrays):
 
 @pytest.mark.parametrize("content", [b"name: \"GoogleNet\"\nlayer {\n", b"hello, this is just a text file\n" * 20,
                                      b""])
+@pytest.mark.slow
 def test_import_rejects_non_caffemodel(tmp_path, content):
     path = tmp_path / "notes.caffemodel"
     path.write_bytes(content)
@@ -126,6 +128,7 @@ def test_googlenet_trunk_import(tmp_path, caffemodels):
     assert not unexpected and all(k.startswith(("temp", "loss1.classifier")) for k in missing)
 
 
+@pytest.mark.slow
 def test_corrupt_safetensors_gives_clear_error(caffemodels):
     rec = store.import_caffemodel(caffemodels["v2"], "rand", "ava1")
     assert store.verify("rand").ok
@@ -139,6 +142,7 @@ def test_corrupt_safetensors_gives_clear_error(caffemodels):
     assert_one_line_error(proc, "not a valid safetensors file")
 
 
+@pytest.mark.slow
 def test_imported_weights_round_trip_exactly(caffemodels):
     rec = store.import_caffemodel(caffemodels["v1"], "rand-v1", "ava2")
     loaded = store.load_model("rand-v1")
@@ -155,6 +159,7 @@ def test_imported_weights_round_trip_exactly(caffemodels):
     assert len(meta["source_sha256"]) == 64 and meta["imported_at"]
 
 
+@pytest.mark.slow
 def test_import_memory_stays_near_twice_the_file(caffemodels, tmp_path):
     """Peak RSS growth of a whole import (read, map, write safetensors) vs the caffemodel size.
 

@@ -55,6 +55,7 @@ def photo_blobs():
     return torch.stack([preprocess(decode(p).rgb, parse_mean("ava1")) for p in photos])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["v2", "v1"])
 def test_ilgnet_matches_opencv_caffe_runtime(fmt, caffemodels, photo_blobs):
     result = CliRunner().invoke(app, ["weights", "import", str(caffemodels[fmt]), "--name", f"rand-{fmt}",
@@ -120,6 +121,7 @@ def test_training_crops_match_caffe_data_transformer(top, left, mirror):
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.slow
 def test_score_exact_equals_opencv_caffe_runtime_with_caffes_val_transform(caffemodels, tmp_path):
     """End to end: ``ilgnet score --exact`` against OpenCV's Caffe runtime fed Caffe's own val
     transform (cv2.imread, cv2.resize, minus the authors' mean image, centre crop)."""

@@ -293,6 +293,7 @@ def test_tiny_photos_are_marked_in_csv_json_table_and_sheet(tmp_path):
     assert reports.note_for(square.results[0]) is None  # 64 px is enough
 
 
+@pytest.mark.slow
 def test_cli_first_run_marks_tiny_photos_and_prints_the_distribution(tmp_path, weights_file):
     shoot = tmp_path / "shoot"
     _photo_copies(shoot, ["a.jpg", "b.jpg", "c.jpg"])

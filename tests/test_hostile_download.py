@@ -422,6 +422,7 @@ def test_cli_fetch_rejects_hostile_registry_fields(server, tmp_path, monkeypatch
     assert victim.read_bytes() == b"keep me"
 
 
+@pytest.mark.slow
 def test_unparseable_download_falls_back_to_the_next_mirror(server, tmp_path, monkeypatch, caffemodels):
     server.add("/bad.caffemodel", data=b"<html>not a model</html>")
     server.add("/good.caffemodel", file=caffemodels["v2"])

@@ -232,6 +232,7 @@ def _cli(*args: object, timeout: int = 300) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1"})
 
 
+@pytest.mark.slow
 def test_one_line_errors_show_hostile_paths_literally_and_escaped(tmp_path):
     missing = tmp_path / "[red]gone[/red]\x1b]0;pwned\x07\u202e"
     proc = _cli("score", missing, "--device", "cpu", "--offline")
@@ -275,6 +276,7 @@ def test_discovery_skip_matches_the_folder_however_it_is_spelled(tmp_path, monke
     assert found == ["a.jpg", "b.jpg", "report.jpg"]
 
 
+@pytest.mark.slow
 def test_copy_top_inside_the_scanned_tree_is_not_scored_again(tmp_path, weights_file):
     root = tmp_path / "photos"
     root.mkdir()
@@ -306,6 +308,7 @@ def test_exported_copies_keep_the_source_mode_within_the_umask(tmp_path, umask, 
     assert written.stat().st_mode & 0o7777 == mode
 
 
+@pytest.mark.slow
 def test_report_output_never_overwrites_an_image(tmp_path, weights_file):
     folder = tmp_path / "shoot"
     folder.mkdir()

@@ -100,6 +100,7 @@ def assert_cli_one_line(proc: subprocess.CompletedProcess, *needles: str) -> Non
     b"\x41\x00\x00\x00",  # the same for an unpacked double
     b"\xad\x00\x00\x00\x00\x00",  # tag 0x2D written as a two-byte varint
 ])
+@pytest.mark.slow
 def test_partial_fixed_record_in_blob_fails_fast(tmp_path, payload):
     path = tmp_path / "x.caffemodel"
     path.write_bytes(ld(100, ld(7, payload)))
@@ -129,6 +130,7 @@ def test_twenty_million_dims_are_refused_in_bounded_memory(tmp_path):
     assert growth < 100e6, growth
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [[0], [2**40, 2**40], [2**63, 2], [-1 & (2**64 - 1)], [3, 0, 5]])
 def test_absurd_dims_are_refused(tmp_path, dims):
     path = tmp_path / "dims.caffemodel"
@@ -195,6 +197,7 @@ def test_remove_never_deletes_outside_the_store(victim, tmp_path):
     assert sorted(p.name for p in victim.iterdir()) == ["data.json", "data.safetensors"]
 
 
+@pytest.mark.slow
 def test_store_functions_refuse_bad_names(victim, caffemodels, weights_file):
     for name in victim_names(victim):
         with pytest.raises(store.WeightsError, match="invalid weights name"):
@@ -289,6 +292,7 @@ def poisoned(weights_file, tmp_path, how: str):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["nan", "inf", "int", "bool", "f64-overflow"])
 def test_weights_add_refuses_non_finite_or_non_float_tensors(weights_file, tmp_path, how):
     path = poisoned(weights_file, tmp_path, how)
@@ -298,6 +302,7 @@ def test_weights_add_refuses_non_finite_or_non_float_tensors(weights_file, tmp_p
     assert store.installed_all() == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_weights_are_converted_to_fp32(weights_file, tmp_path, dtype):
     from safetensors.torch import save_file
@@ -311,6 +316,7 @@ def test_half_precision_weights_are_converted_to_fp32(weights_file, tmp_path, dt
     assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
 
 
+@pytest.mark.slow
 def test_poisoned_file_in_the_store_is_refused_at_load(weights_file, tmp_path):
     store.add_safetensors(weights_file, "mine")
     target = store.weights_dir() / "mine.safetensors"
@@ -320,6 +326,7 @@ def test_poisoned_file_in_the_store_is_refused_at_load(weights_file, tmp_path):
     assert not store.verify("mine").ok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mean", ["nan,0,0", "inf,1,2", "1e300,0,0", "-5,0,0", "300,0,0"])
 def test_non_finite_or_absurd_mean_is_refused(weights_file, caffemodels, tmp_path, mean):
     result = runner.invoke(app, ["weights", "add", str(weights_file), "--name", "m", "--mean", mean])
@@ -383,6 +390,7 @@ def test_nan_scores_are_errors_never_cached(weights_file, tmp_path):
     cache.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", [float("nan"), 1e300])  # 1e300 as double_data: inf in fp32
 def test_caffemodel_with_non_finite_weights_is_refused(caffemodels, tmp_path, bad):
     from caffe_schema import write_caffemodel

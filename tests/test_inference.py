@@ -110,6 +110,7 @@ def test_real_torch_compile_scores_like_eager(tmp_path, monkeypatch):
     assert (tmp_path / "compile-cache").is_dir()
 
 
+@pytest.mark.slow
 def test_run_score_compiles_only_when_asked_or_big(weights_file, monkeypatch):
     loaded = store.load_model(str(weights_file))
     compiled = []

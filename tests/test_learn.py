@@ -261,6 +261,7 @@ def _auc(scores: dict[str, float], truth: dict[str, int]) -> float:
     return metrics.roc_auc(np.asarray([truth[p] for p in paths]), np.asarray([scores[p] for p in paths]))
 
 
+@pytest.mark.slow
 def test_learn_ranks_unseen_scenes_and_scores_exactly_the_head(shoot, weights_file):
     result = run_cli("learn", shoot["train"], "--name", "mine", "--base", weights_file, "--json")
     assert result.exit_code == 0, result.output
@@ -303,6 +304,7 @@ def test_learn_ranks_unseen_scenes_and_scores_exactly_the_head(shoot, weights_fi
     assert max(abs(predicted[p] - learned[p]) for p in learned) < 1e-5
 
 
+@pytest.mark.slow
 def test_not_better_than_base_is_refused(shoot, weights_file, tmp_path):
     # A "taste" that is exactly the base model's: nothing can beat it, so nothing is installed.
     base = _scores([shoot["train"], "--weights", weights_file])
@@ -318,6 +320,7 @@ def test_not_better_than_base_is_refused(shoot, weights_file, tmp_path):
     assert not list(Path(os.environ["ILGNET_HOME"]).glob("weights/same.*"))
 
 
+@pytest.mark.slow
 def test_too_few_ratings_is_refused_unless_forced(shoot, weights_file):
     small = sorted(p for p in shoot["truth"] if "/test/" in p)[:12]
     csv = shoot["root"] / "few.csv"

@@ -75,6 +75,7 @@ def _score(args, env):
     return json.loads(result.stdout), result.stderr
 
 
+@pytest.mark.slow
 def test_auto_uses_bf16_only_after_the_guard_and_remembers(tmp_path, weights_file):
     photos = [str(p) for p in camera_photos(10)]
     env = {"ILGNET_NATIVE_BF16": "1"}
@@ -91,6 +92,7 @@ def test_auto_uses_bf16_only_after_the_guard_and_remembers(tmp_path, weights_fil
     assert {r["precision"] for r in fp32["results"]} == {"fp32"}
 
 
+@pytest.mark.slow
 def test_guard_keeps_fp32_for_weights_bf16_cannot_carry(tmp_path):
     weights = _fragile(tmp_path)
     photos = [str(p) for p in camera_photos(10)]
@@ -117,6 +119,7 @@ def test_exact_means_fp32(weights_file):
     assert result.exit_code == 2 and "fp32" in result.output
 
 
+@pytest.mark.slow
 def test_cache_never_serves_bf16_scores_to_an_fp32_run(weights_file):
     photos = [str(p) for p in camera_photos(3)]
     base = [*photos, "--weights", str(weights_file)]
@@ -128,6 +131,7 @@ def test_cache_never_serves_bf16_scores_to_an_fp32_run(weights_file):
     assert again["summary"]["cache_hits"] == 3  # fp32 scores are the better ones: reused
 
 
+@pytest.mark.slow
 def test_bf16_fidelity_on_the_shared_camera_photos(weights_file):
     """Random weights whose P(high) spreads over the photos: max |dP| and Spearman, bf16 vs fp32."""
     photos = camera_photos(24)

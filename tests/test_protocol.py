@@ -114,6 +114,7 @@ def _trunk_registry(tmp_path, monkeypatch, server, caffemodels) -> None:
     monkeypatch.setenv("ILGNET_REGISTRY", str(path))
 
 
+@pytest.mark.slow
 def test_mission_commands_run_as_typed(data_home, tmp_path, monkeypatch, server, caffemodels, weights_file):
     """`ilgnet eval --dataset ava1` and `ilgnet train` with ILGNET_DATA holding a tiny AVA."""
     lists = make_tiny_ava(data_home / "ava")
@@ -179,6 +180,7 @@ def test_paper_recipe_takes_the_partitions_solver_and_mean(tmp_path):
     assert run.config["mean"] == "ava2 mean image" and run.config["precision"] == "fp32"
 
 
+@pytest.mark.slow
 def test_validation_never_reads_the_test_list(tmp_path):
     folder = _tiny_partition(tmp_path, "ava1", "AVA1")
     (folder / "test.txt").write_text("this is not a list\n")  # reading it would fail
@@ -190,6 +192,7 @@ def test_validation_never_reads_the_test_list(tmp_path):
     assert {i for i, _ in val} <= {i for i, _ in read_label_list(folder / "train.txt")}
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_configuration(tmp_path):
     folder = _tiny_partition(tmp_path, "ilgnet-ava1", "AVA1")
     args = ["train", "--dataset", str(folder), "--images", str(tmp_path / "ava" / "images"), "--init", "random",
@@ -202,6 +205,7 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     assert runner.invoke(app, [*args, "--iters", "1", "--resume"]).exit_code == 0  # same settings: fine
 
 
+@pytest.mark.slow
 def test_paper_number_only_for_the_authors_lists(tmp_path, weights_file):
     """A folder named ava1 or a partition that merely claims the kind gets no paper row."""
     cases = {"ava1": ("ava1", False), "fake": ("ilgnet-ava1", False), "none": (None, False)}
@@ -217,6 +221,7 @@ def test_paper_number_only_for_the_authors_lists(tmp_path, weights_file):
         assert any("not comparable" in n for n in data["notes"])
 
 
+@pytest.mark.slow
 def test_eval_html_report(data_home, tmp_path, weights_file):
     make_tiny_ava(data_home / "ava")
     report = tmp_path / "eval.html"
@@ -270,6 +275,7 @@ def _mean_files(tmp_path: Path) -> dict[str, Path]:
     return {"binaryproto": proto, "npy": npy, "image": image}
 
 
+@pytest.mark.slow
 def test_import_takes_every_kind_of_mean(tmp_path, caffemodels):
     files = _mean_files(tmp_path)
     cases = {"ava1": "ava1 mean image", "ava2": "ava2 mean image", "imagenet": "per-channel 104,117,123 (imagenet)",
@@ -289,6 +295,7 @@ def test_import_takes_every_kind_of_mean(tmp_path, caffemodels):
     np.testing.assert_array_equal(store.load_model("copy").mean.image, files["image"][:, ::-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"", b"\x0a\x05hello", b"\x08\x01" * 10, b"not a mean at all" * 100])
 def test_unusable_mean_file_is_one_line_error(tmp_path, caffemodels, content):
     for suffix in (".binaryproto", ".npy"):
@@ -300,6 +307,7 @@ def test_unusable_mean_file_is_one_line_error(tmp_path, caffemodels, content):
     assert store.installed("bad") is None
 
 
+@pytest.mark.slow
 def test_non_finite_or_absurd_mean_is_refused(tmp_path, caffemodels):
     image = np.full((3, 256, 256), 100, np.float32)
     image[1, 5, 5] = np.nan

@@ -92,6 +92,7 @@ def _with_mean_tensor(tmp_path, weights_file, tensor):
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tensor", [None, np.ones((3, 256, 256), bool), np.ones((2, 2), np.float32)])
 def test_weights_promising_a_mean_image_they_lack_are_one_line(tmp_path, weights_file, tensor):
     path = _with_mean_tensor(tmp_path, weights_file, tensor)
@@ -99,6 +100,7 @@ def test_weights_promising_a_mean_image_they_lack_are_one_line(tmp_path, weights
     assert "mean" in out and store.installed("odd") is None
 
 
+@pytest.mark.slow
 def test_mean_files_are_checked_before_their_data_is_read(tmp_path, weights_file):
     strings = tmp_path / "str.npy"
     np.save(strings, np.array(["1", "abc", "3"]))
@@ -114,6 +116,7 @@ def test_mean_files_are_checked_before_their_data_is_read(tmp_path, weights_file
         assert mean.name in out
 
 
+@pytest.mark.slow
 def test_weights_files_follow_the_umask(tmp_path, weights_file):
     old = os.umask(0o022)
     try:

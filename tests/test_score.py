@@ -44,6 +44,7 @@ def expected_reason(expected: str) -> str:
     return expected.removeprefix("reject: ").replace(" by Pillow", "").rstrip(")")
 
 
+@pytest.mark.slow
 def test_every_shared_photo_scored_or_rejected_with_reason(tmp_path, weights_file):
     photos = shared_path("photos")
     report = tmp_path / "report.json"
@@ -92,6 +93,7 @@ def test_orientation_samples_are_the_same_picture(kind):
     assert wrong > 20
 
 
+@pytest.mark.slow
 def test_orientation_samples_score_the_same(loaded, monkeypatch):
     """Scores of the 9 samples vs the spread between different photos.
 
@@ -110,6 +112,7 @@ def test_orientation_samples_score_the_same(loaded, monkeypatch):
         assert spread <= (1e-3 if real else 0.1 * between), (kind, spread, between)
 
 
+@pytest.mark.slow
 def test_scores_do_not_depend_on_batch_workers_or_run(loaded):
     files = [str(p) for p in camera_photos(10)]
     runs = [run_score(files, loaded, batch_size=bs, workers=w) for bs, w in ((1, 0), (4, 0), (10, 2), (3, 1))]
@@ -132,6 +135,7 @@ def _misbehave(path: str, decoded) -> dict:
     return {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("workers", "bad"), [(1, "boom"), (2, "boom"), (2, "hang")])
 def test_a_crashing_or_hanging_decoder_costs_only_its_file(tmp_path, loaded, monkeypatch, workers, bad):
     from ilgnet_cli.photos import scoring
@@ -178,6 +182,7 @@ def test_cache_skips_unchanged_files_and_rescores_touched_ones(tmp_path, loaded)
         assert run_score(files[:1], loaded, cache=cache, exact=True).stats.decoded == 1
 
 
+@pytest.mark.slow
 def test_cli_second_run_uses_cache(tmp_path, weights_file):
     folder = tmp_path / "shoot"
     folder.mkdir()
@@ -190,6 +195,7 @@ def test_cli_second_run_uses_cache(tmp_path, weights_file):
     assert "3 from cache, 0 decoded" in second.stderr
 
 
+@pytest.mark.slow
 def test_file_names_that_are_not_utf8_survive_cache_and_reports(tmp_path, weights_file):
     """Latin-1 names from old cameras or zips: scored, cached, and written to every report."""
     folder = tmp_path / "latin1"
@@ -240,6 +246,7 @@ def _evil_folder(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_html_report_escapes_attacker_controlled_text(tmp_path, weights_file):
     folder = _evil_folder(tmp_path)
     report = tmp_path / "sheet.html"
@@ -263,6 +270,7 @@ def test_html_report_escapes_attacker_controlled_text(tmp_path, weights_file):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
 def test_html_report_renders_in_headless_chromium(tmp_path, weights_file):
     folder = _evil_folder(tmp_path)
@@ -286,6 +294,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path, weights_file):
         shutil.copy2(shot, os.environ["ILGNET_KEEP_SCREENSHOT"])
 
 
+@pytest.mark.slow
 def test_csv_and_json_reports_hold_every_file_and_errors(tmp_path, weights_file):
     folder = _evil_folder(tmp_path)
     out_csv, out_json = tmp_path / "r.csv", tmp_path / "r.json"
@@ -301,6 +310,7 @@ def test_csv_and_json_reports_hold_every_file_and_errors(tmp_path, weights_file)
     assert maker["camera"].startswith("</script>")
 
 
+@pytest.mark.slow
 def test_exit_codes(tmp_path, weights_file):
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -317,6 +327,7 @@ def test_exit_codes(tmp_path, weights_file):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_unwritable_outputs_fail_before_any_scoring(tmp_path, weights_file):
     """A typo in -o or --copy-top must cost seconds, not a finished run (and never a traceback)."""
     photo = camera_photos(1)[0]
@@ -340,6 +351,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+@pytest.mark.slow
 def test_interrupt_writes_partial_report_and_exits_130(tmp_path, weights_file):
     folder = tmp_path / "many"
     folder.mkdir()
@@ -388,6 +400,7 @@ def test_exif_failure_loses_only_exif(monkeypatch, loaded):
     assert result.info["exif"]["error"].startswith("EXIF unreadable: AssertionError")
 
 
+@pytest.mark.slow
 def test_copy_and_link_top_never_overwrite(tmp_path, weights_file):
     folder = tmp_path / "shoot"
     folder.mkdir()
@@ -410,6 +423,7 @@ def test_copy_and_link_top_never_overwrite(tmp_path, weights_file):
     assert all(p.is_symlink() and p.resolve().parent == folder.resolve() for p in links.iterdir())
 
 
+@pytest.mark.slow
 def test_min_score_filters_report(tmp_path, weights_file, loaded):
     files = [str(p) for p in camera_photos(6)]
     scores = sorted(r.score for r in run_score(files, loaded).results)

@@ -43,6 +43,7 @@ def small_task(tmp_path_factory):
     return make_blur_task(camera_photos(6), tmp_path_factory.mktemp("small"), crops_per_photo=2, test_photos=1)
 
 
+@pytest.mark.slow
 def test_learns_sharp_vs_blurred_from_random_init(blur_task, tmp_path):
     cfg = TrainConfig(partition=blur_task, out=tmp_path / "run", images=blur_task / "images", init="random",
                       recipe="fast", lr=1e-3, iters=20, batch_size=8, dropout=0.0, workers=0, device="cpu",
@@ -157,6 +158,7 @@ def test_caffe_sgd_update_rule():
     assert torch.allclose(w.detach(), w1 - v2)
 
 
+@pytest.mark.slow
 def test_eval_reports_metrics_baseline_and_missing(blur_task, weights_file, tmp_path):
     (blur_task / "images" / "1.jpg").rename(tmp_path / "hidden.jpg")  # one missing test image at most
     try:

@@ -55,6 +55,7 @@ def test_packaged_registry_lists_known_weights():
     assert rows["ilgnet-ava1"]["default"] and not rows["ilgnet-ava1"]["installed"]
 
 
+@pytest.mark.slow
 def test_fetch_with_mirror_fallback_converts_and_verifies(server, tmp_path, monkeypatch, caffemodels):
     server.add("/gone/ILGnet.caffemodel", status=404)
     good = server.add("/mirror/ILGnet.caffemodel", file=caffemodels["v2"])
@@ -98,6 +99,7 @@ def test_fetch_unknown_name(tmp_path, monkeypatch):
     assert result.exit_code == 1 and "unknown weights 'no-such-weights'" in result.output
 
 
+@pytest.mark.slow
 def test_score_fetches_default_weights_on_first_use(server, tmp_path, monkeypatch, caffemodels):
     server.add("/ILGnet-AVA1.caffemodel", file=caffemodels["v1"])
     write_registry(tmp_path, monkeypatch, {"test-ava1": entry([server.url("/ILGnet-AVA1.caffemodel")])})
@@ -142,6 +144,7 @@ def _fast_fetch(fetch):
     return wrapper
 
 
+@pytest.mark.slow
 def test_weights_add_and_remove(caffemodels, tmp_path):
     rec = store.import_caffemodel(caffemodels["v2"], "source", "ava2")
     result = runner.invoke(app, ["weights", "add", str(rec.path), "--name", "my-ava2"])

@@ -54,6 +54,7 @@ def _shoot(tmp_path: Path, n: int = 5) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @needs_exiftool
 @pytest.mark.parametrize("style", ["adobe", "darktable"])
 def test_sidecars_read_back_with_exiftool(tmp_path, weights_file, style):
@@ -117,6 +118,7 @@ def test_dry_run_writes_nothing(tmp_path, weights_file):
     '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
     '<x:xmpmeta xmlns:x="adobe:ns:meta/">&e;</x:xmpmeta>',
 ])
+@pytest.mark.slow
 def test_malicious_sidecar_is_refused_and_untouched(tmp_path, payload, weights_file):
     sidecar = tmp_path / "IMG_0001.xmp"
     sidecar.write_text(payload)
@@ -145,6 +147,7 @@ def _exif_bytes(base: Image.Image, when: str, subsec: str) -> bytes:
     return exif.tobytes()
 
 
+@pytest.mark.slow
 def test_burst_keeper_is_the_sharp_frame(tmp_path, weights_file):
     """A synthetic burst: copies of one photo 0.1 s apart, the best-scored one blurred."""
     folder = tmp_path / "burst"

@@ -29,6 +29,18 @@ def test_ranking_check_tolerates_ties_only():
     assert precision.judge([0.1, 0.5], [0.102, 0.499]).bf16
 
 
+def test_bf16_copy_is_the_model_in_bf16_and_leaves_the_original_alone():
+    model = ILGNet().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = precision.bf16_model(model)
+    assert not copy.training and model.training
+    for k, v in copy.state_dict().items():
+        assert v.dtype == torch.bfloat16 and torch.equal(v, before[k].to(torch.bfloat16)), k
+    for k, v in model.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, before[k]), k
+    assert all(a is not b for a, b in zip(copy.parameters(), model.parameters(), strict=True))
+
+
 def test_guard_accepts_faithful_bf16_on_densely_packed_scores():
     """A real collection packs 32 photos within a few hundredths: bf16 noise of 0.0014 (what it
     measures on random weights) swaps neighbours 0.002 apart, which is no change of order a

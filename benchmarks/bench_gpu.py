@@ -8,8 +8,10 @@ and scoring 2,000 synthetic JPEGs. Runs on CPU too with small sizes (a smoke tes
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -53,6 +55,7 @@ def main() -> None:
     args = ap.parse_args()
     cuda = torch.cuda.is_available() and args.device in ("auto", "cuda")
     tmp = Path(tempfile.mkdtemp(prefix="ilgnet-gpu-"))
+    atexit.register(shutil.rmtree, tmp, True)  # 600 MB of weights per run otherwise left behind
     print(f"device {'cuda: ' + torch.cuda.get_device_name() if cuda else 'cpu'}; torch {torch.__version__}; "
           f"workers {args.workers}")
     n_train = max(args.batches) * 4

@@ -19,8 +19,10 @@ Alternating repeats keep the two sides of every ratio under the same machine loa
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -132,6 +134,7 @@ def main() -> None:
 
     files = make_images(args.data, args.images)
     work = Path(tempfile.mkdtemp(prefix="ilgnet-bench-precision-"))
+    atexit.register(shutil.rmtree, work, True)  # 600 MB of weights per run otherwise left behind
     weights = random_weights(work)
     workers = max(1, min(8, os.cpu_count() or 1))
     lw = LoadedWeights(model=ILGNet().eval(), mean=parse_mean("ava1"), sha256="bench", name="random", path=weights)

@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import camera_photos
 
-from ilgnet_cli.model import inference, store
+from ilgnet_cli.model import inference, precision, store
 from ilgnet_cli.model.inference import COMPILE_MIN_PHOTOS, Forward, eval_mode, infer, should_compile
-from ilgnet_cli.photos.scoring import run_score
+from ilgnet_cli.photos.scoring import run_score, score_paths
 from ilgnet_cli.training.distributed import Dist, current
 
 
@@ -88,6 +88,27 @@ def test_compiled_graph_sees_one_batch_size_short_batches_are_padded(monkeypatch
     torch.testing.assert_close(fwd(full), eager(full))
     torch.testing.assert_close(fwd(short), eager(short))  # padding rows never leak into results
     assert seen == [6, 6]
+    # A short FIRST batch (undecodable files left out) must not pin the graph to its size.
+    seen.clear()
+    fwd = Forward(model, "bf16", compile=True, batch=6)
+    fwd(short)
+    fwd(full)
+    assert seen == [6, 6]
+
+
+def test_scores_are_ordinary_tensors_and_the_bf16_copy_shares_nothing():
+    model = Tiny()
+    p = Forward(model)(torch.randn(2, 3, 8, 8))
+    p.clamp_(0, 1)  # an inference tensor would refuse this outside inference mode
+    half = Tiny().to(torch.bfloat16)
+    copy = precision.bf16_model(half)
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(copy.parameters(), half.parameters(), strict=True))
+
+
+def test_scoring_refuses_precisions_results_cannot_record(weights_file):
+    loaded = store.load_model(str(weights_file))
+    with pytest.raises(ValueError, match="unknown precision"):
+        list(score_paths([str(camera_photos(1)[0])], loaded.model, loaded.mean, precision="autocast"))
 
 
 def test_compile_where_it_pays():

@@ -41,6 +41,22 @@ def test_bf16_copy_is_the_model_in_bf16_and_leaves_the_original_alone():
     assert all(a is not b for a, b in zip(copy.parameters(), model.parameters(), strict=True))
 
 
+def test_a_non_finite_score_is_never_faithful():
+    assert not precision.judge([0.50, 0.502, 0.503], [0.501, float("nan"), 0.503]).bf16
+    assert not precision.judge([float("nan"), 0.5], [0.5, 0.5]).bf16
+
+
+def test_verdicts_judged_by_other_bounds_are_judged_again(tmp_path):
+    store = precision.VerdictStore(tmp_path / "precision.json")
+    now = precision.judge([0.1, 0.5], [0.1, 0.5])
+    store.put("abc", "cpu:x", now)
+    assert store.get("abc", "cpu:x") == now
+    # What an earlier ilgnet stored (tie 0.001, no rule recorded): refused then, maybe faithful now.
+    old = {"bf16": False, "max_delta": 0.0014, "ranking_kept": False, "n": 32, "checked_at": "2026-11-30"}
+    (tmp_path / "precision.json").write_text(json.dumps({"abc|cpu:x": old}))
+    assert store.get("abc", "cpu:x") is None
+
+
 def test_guard_accepts_faithful_bf16_on_densely_packed_scores():
     """A real collection packs 32 photos within a few hundredths: bf16 noise of 0.0014 (what it
     measures on random weights) swaps neighbours 0.002 apart, which is no change of order a

@@ -34,11 +34,14 @@ class Forward:
     precision :func:`ilgnet_cli.model.precision.judge` chose (``on_verdict`` is told).
     ``autocast``: bf16 autocast on CUDA, the mixed precision training runs in (fp32 elsewhere).
     ``compile``: run the bf16 copy under ``torch.compile`` (artefacts cached under
-    ``$ILGNET_HOME/compile-cache``); any compile failure falls back to eager silently.
+    ``$ILGNET_HOME/compile-cache``); any compile failure falls back to eager silently. The
+    graph is built for ``batch`` rows (default: the first batch's size); shorter batches are
+    padded to it, longer ones run eager.
     """
 
     def __init__(self, model: torch.nn.Module, precision: str = "fp32", *,
-                 on_verdict: Callable[[Any], None] | None = None, compile: bool = False) -> None:
+                 on_verdict: Callable[[Any], None] | None = None, compile: bool = False,
+                 batch: int | None = None) -> None:
         from ilgnet_cli.model.precision import bf16_model
 
         if precision not in MODES:
@@ -49,7 +52,7 @@ class Forward:
         self.eager_bf16 = self.bf16
         self.precision, self.on_verdict = precision, on_verdict
         self.compiled = False
-        self.compiled_batch: int | None = None
+        self.compiled_batch: int | None = batch
         if compile and self.bf16 is not None:
             self.bf16, self.compiled = _compiled(self.bf16)
 
@@ -73,8 +76,9 @@ class Forward:
         return self.fp32(x)
 
     def _compiled_logits(self, x: torch.Tensor) -> torch.Tensor:
-        # A compiled graph is specialised to its batch size: a short last batch is padded to it
-        # (rows are independent) rather than paying for a second compilation.
+        # A compiled graph is specialised to its batch size: a short batch (the last one, or one
+        # with undecodable files left out) is padded to it (rows are independent) rather than
+        # paying for a second compilation.
         assert self.bf16 is not None
         n = x.shape[0]
         if self.compiled_batch is None:
@@ -99,7 +103,8 @@ class Forward:
         """P(high) per image of the batch, float32 on the CPU (the model in eval mode whatever
         mode it is in: training validates mid-run)."""
         with torch.inference_mode(), eval_mode(self.fp32):
-            return self._call(x)
+            p = self._call(x)
+        return p.clone()  # a normal tensor: callers may change it in place outside inference mode
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         if self.precision == "guard":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ MAX_DELTA = 0.005  # largest |P_bf16 - P_fp32| accepted on the guard batch
 # fp32 scores closer than this may change order in bf16: the score noise bf16 is allowed. With a
 # tighter tie (0.001) faithful bf16 (|dP| ~0.0014) was refused on any densely scored batch.
 TIE = MAX_DELTA
+RULE = f"max_delta={MAX_DELTA},tie={TIE}"
 MIN_GUARD = 8  # a verdict from fewer scored photos is used for this run but not stored
 
 
@@ -38,6 +40,7 @@ class Verdict:
     ranking_kept: bool
     n: int
     checked_at: str = ""
+    rule: str = ""  # the bounds it was judged by: a verdict under other bounds is judged again
 
     def describe(self) -> str:
         how = f"max |dP| {self.max_delta:.4f} on {self.n} photos"
@@ -95,7 +98,8 @@ def bf16_model(model: torch.nn.Module) -> torch.nn.Module:
 
     Each parameter is cast straight into the copy: copying 600 MB of fp32 first and casting it
     after took three times as long, paid at the start of every bf16 run."""
-    memo: dict[int, object] = {id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False)
+    memo: dict[int, object] = {id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16, copy=True),
+                                                         requires_grad=False)
                                for p in model.parameters()}
     clone = copy.deepcopy(model, memo)
     return clone.to(dtype=torch.bfloat16).to(memory_format=torch.channels_last).eval()
@@ -112,10 +116,13 @@ def ranking_kept(p32: list[float], p16: list[float], tie: float = TIE) -> bool:
 
 
 def judge(p32: list[float], p16: list[float]) -> Verdict:
-    delta = max((abs(a - b) for a, b in zip(p32, p16, strict=True)), default=0.0)
-    kept = ranking_kept(p32, p16)
+    """bf16 is kept only if every score is finite in both, moves by at most MAX_DELTA and pairs
+    further apart than TIE keep their order."""
+    finite = all(math.isfinite(v) for v in (*p32, *p16))
+    delta = max((abs(a - b) for a, b in zip(p32, p16, strict=True)), default=0.0) if finite else math.inf
+    kept = finite and ranking_kept(p32, p16)
     return Verdict(bf16=delta <= MAX_DELTA and kept, max_delta=delta, ranking_kept=kept, n=len(p32),
-                   checked_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
+                   checked_at=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(), rule=RULE)
 
 
 class VerdictStore:
@@ -134,9 +141,10 @@ class VerdictStore:
     def get(self, sha256: str, kind: str) -> Verdict | None:
         entry = self._read().get(f"{sha256}|{kind}")
         try:
-            return Verdict(**entry) if isinstance(entry, dict) else None
+            verdict = Verdict(**entry) if isinstance(entry, dict) else None
         except TypeError:
             return None
+        return verdict if verdict is not None and verdict.rule == RULE else None
 
     def put(self, sha256: str, kind: str, verdict: Verdict) -> None:
         from ilgnet_cli.fsutil import atomic_write_text

@@ -196,8 +196,10 @@ def score_paths(
         return
     model.eval()
     # channels_last is faster for these convolutions on CPU (oneDNN) and on CUDA (cuDNN).
+    if precision not in ("fp32", "bf16", "guard"):  # what results and the cache can record
+        raise ValueError(f"unknown precision {precision!r} (fp32, bf16, guard)")
     forward = Forward(model.to(memory_format=torch.channels_last), precision, on_verdict=on_verdict,
-                      compile=compile)
+                      compile=compile, batch=max(1, batch_size))
     dataset = _Images(files, mean, exact, extra, max_pixels)
     batch_size = max(1, batch_size)
     workers = max(0, workers)

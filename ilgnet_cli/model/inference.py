@@ -56,11 +56,6 @@ class Forward:
         if compile and self.bf16 is not None:
             self.bf16, self.compiled = _compiled(self.bf16)
 
-    @property
-    def reported(self) -> str:
-        """What results record: fp32 or bf16 (``guard`` until the first batch decides)."""
-        return "fp32" if self.precision == "autocast" else self.precision
-
     def _logits(self, x: torch.Tensor, bf16: bool) -> torch.Tensor:
         if bf16 and self.compiled:
             try:

@@ -264,7 +264,7 @@ def _infer_batches(forward: Forward, dataset: _Images, batches: Iterator, device
             meta = dict(meta)
             error = meta.pop("error", None)
             if i in scores:
-                meta["precision"] = forward.reported
+                meta["precision"] = forward.precision  # fp32 or bf16: a guard decides before results exist
             yield ScoreResult(
                 path=dataset.paths[i], score=scores.get(i), error=error,
                 width=meta.pop("width", None), height=meta.pop("height", None),

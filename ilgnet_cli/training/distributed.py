@@ -56,4 +56,4 @@ def init_distributed(device: torch.device) -> Dist:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=local_rank, device=device)
+    return current(device)

@@ -40,9 +40,9 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar, overload
 
 from ilgnet_cli.ava.records import read_ava
-from ilgnet_cli.download import Checksum, DownloadError, download
 from ilgnet_cli.errors import IlgnetError
-from ilgnet_cli.fsutil import current_umask
+from ilgnet_cli.runtime.download import Checksum, DownloadError, download
+from ilgnet_cli.runtime.fsutil import current_umask
 
 METADATA = ("AVA.txt", "tags.txt", "challenges.txt")
 # ASCII digits only: ``\d`` also matches "１２３" or "١٢", which int() would quietly turn into
@@ -821,7 +821,7 @@ def fetch_images(spec: dict, dest: Path, *, jobs: int, retries: int, backoff: fl
 
 
 def _check_image(path: str) -> str | None:
-    from ilgnet_cli.photos.decode import DecodeError, decode
+    from ilgnet_cli.data.decode import DecodeError, decode
 
     try:
         decode(path, draft=256)

@@ -19,7 +19,7 @@ from ilgnet_cli.cli.common import (
     out,
     progress_bar,
 )
-from ilgnet_cli.fsutil import display
+from ilgnet_cli.runtime.text import display
 
 DEFAULT_SOURCE = "hf-sxfly"
 

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ilgnet_cli.cli import options
 from ilgnet_cli.cli.common import (
     app,
     download_progress,
@@ -20,13 +21,12 @@ from ilgnet_cli.cli.common import (
     out,
     progress_bar,
 )
-from ilgnet_cli.fsutil import display
-from ilgnet_cli.photos.collection import default_workers
+from ilgnet_cli.runtime.text import display
 
 
 @app.command()
 def learn(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Rated photos (files or folders): their XMP ratings are read.", show_default=False)] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(help="Rated photos (files or folders): their XMP ratings are read.", show_default=False, metavar="PATH...")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Install the learned weights under this name (required unless --dry-run).")] = None,
     base: Annotated[str | None, typer.Option("--base", help="Weights to start from (default: the installed default weights).")] = None,
     keep: Annotated[list[Path] | None, typer.Option("--keep", help="A folder of liked photos (as 5 stars); repeatable.")] = None,
@@ -42,12 +42,12 @@ def learn(
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment and the bootstrap.")] = 0,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
     hidden: Annotated[bool, typer.Option("--hidden", help="Include hidden files and folders.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes (default: one per CPU core, at most 8).")] = None,
-    max_pixels: Annotated[int | None, typer.Option(min=1, help="Refuse images declaring more pixels.")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download the default weights.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    device: options.Device = "auto",
+    batch_size: options.BatchSize = 16,
+    workers: options.Workers = None,
+    max_pixels: options.MaxPixels = None,
+    offline: options.Offline = False,
+    as_json: options.Json = False,
 ) -> None:
     """Learn your taste from your ratings (XMP stars and rejects, --keep/--reject folders or a CSV).
 
@@ -61,7 +61,7 @@ def learn(
     from ilgnet_cli.model import store
     from ilgnet_cli.photos.discover import Selection
     from ilgnet_cli.photos.ratings import collect
-    from ilgnet_cli.photos.scoring import pick_device
+    from ilgnet_cli.runtime.device import pick_device
     from ilgnet_cli.training import learn as learning
 
     if name is None and not dry_run:
@@ -81,10 +81,9 @@ def learn(
         found = collect(paths or [], keep=keep, reject=reject, ratings_csv=ratings_csv, selection=selection,
                         missing=missing)
         found.problems.extend(f"no such file or folder: {m}" for m in missing)
-        if base is None:
-            progress, update = download_progress()
-            with progress:
-                base = store.ensure_default(allow_download=not offline, progress=update)
+        progress, update = download_progress()
+        with progress:
+            base = store.resolve_weights(base, allow_download=not offline, progress=update)
         loaded = store.load_model(base, dev)
         if not as_json:
             _learn_ratings_summary(found, thresholds)
@@ -92,9 +91,9 @@ def learn(
         bar, on_done = _learn_progress(sum(thresholds.label(p.rating) is not None for p in found.photos),
                                        as_json)
         with bar:
-            outcome = learning.run(found, loaded, name=None if dry_run else name, thresholds=thresholds,
+            outcome = learning.learn_taste(found, loaded, name=None if dry_run else name, thresholds=thresholds,
                                    folds=folds, seconds=group_seconds, seed=seed, force=force, mirror=mirror,
-                                   device=dev, workers=default_workers() if workers is None else workers,
+                                   device=dev, workers=options.workers_or_default(workers),
                                    batch_size=batch_size, max_pixels=max_pixels, progress=on_done)
     elapsed = time.monotonic() - started
     if as_json:

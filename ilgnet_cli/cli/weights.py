@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ilgnet_cli.cli.common import download_progress, errors_as_messages, fail, out, weights_app
-from ilgnet_cli.fsutil import display
+from ilgnet_cli.runtime.text import display
 
 
 class _Row(TypedDict):

@@ -139,7 +139,7 @@ class ILGNet(nn.Module):
     """Inception modules with connected Local and Global features (ILGNet).
 
     ``forward`` returns logits of shape (N, 2); ``softmax(logits)[:, 1]`` is the aesthetic score.
-    Input: (N, 3, 227, 227) BGR, 0-255, mean-subtracted (see :mod:`ilgnet_cli.model.preprocess`).
+    Input: (N, 3, 227, 227) BGR, 0-255, mean-subtracted (see :mod:`ilgnet_cli.model.transform`).
     """
 
     # Registered by name from INCEPTION_CFG in __init__ (Caffe's names), so declared for the type checker.
@@ -209,6 +209,39 @@ class ILGNet(nn.Module):
 
     def forward(self, data: torch.Tensor) -> torch.Tensor:
         return self.blobs(data)["loss1/classifier_cjy"]
+
+    def forward_features(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, :func:`pooled_features`): what ``ilgnet learn`` fits a taste on."""
+        blobs = self.blobs(data)
+        return blobs["loss1/classifier_cjy"], pooled_features(blobs)
+
+
+# temp2 has 256 units for inception_3b's 480 channels: the pooled feature keeps every ~1.9th
+# channel, so that all four branches (1x1, 3x3, 5x5, pool) are represented.
+I3B_CHANNELS = tuple(int(round(v)) for v in torch.linspace(0, 479, 256).tolist())
+FEATURE_DIM = 1024
+
+
+def pooled_features(blobs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The 1024-d trunk feature a taste reads: per-channel means of inception_3a (256) and of 256
+    of inception_3b's channels, and loss1/conv's 128 channels averaged over each 2x2 quadrant of
+    its 4x4 map (512, index c*4 + quadrant)."""
+    i3a = blobs["inception_3a/output"].mean(dim=(2, 3))
+    i3b = blobs["inception_3b/output"][:, list(I3B_CHANNELS)].mean(dim=(2, 3))
+    quads = F.avg_pool2d(blobs["loss1/conv"], 2).flatten(1)
+    return torch.cat((i3a, i3b, quads), dim=1)
+
+
+def empty_ilgnet(dropout: float = DROPOUT) -> ILGNet:
+    """ILGNet with no memory behind its parameters (on the meta device), for
+    ``load_state_dict(state, assign=True)``: loading weights never pays for 150.9 M random ones."""
+    with torch.device("meta"):
+        return ILGNet(dropout)
+
+
+def state_shapes() -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, without allocating them."""
+    return {k: tuple(v.shape) for k, v in empty_ilgnet().state_dict().items()}
 
 
 def score_from_logits(logits: torch.Tensor) -> torch.Tensor:

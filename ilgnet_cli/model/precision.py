@@ -147,7 +147,7 @@ class VerdictStore:
         return verdict if verdict is not None and verdict.rule == RULE else None
 
     def put(self, sha256: str, kind: str, verdict: Verdict) -> None:
-        from ilgnet_cli.fsutil import atomic_write_text
+        from ilgnet_cli.runtime.fsutil import atomic_write_text
 
         data = self._read()
         data[f"{sha256}|{kind}"] = asdict(verdict)

@@ -23,24 +23,38 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import platformdirs
 import torch
 
-from ilgnet_cli import __version__
-from ilgnet_cli.download import Checksum, DownloadError, DownloadStats, ProgressFn, SourceFailure, download, file_digest
+from ilgnet_cli._version import __version__
 from ilgnet_cli.errors import IlgnetError
-from ilgnet_cli.fsutil import atomic_write_bytes
 from ilgnet_cli.model.caffe_import import CaffeModelError, caffe_to_state_dict, read_caffemodel
-from ilgnet_cli.model.ilgnet import INPUT_SIZE, LABELS, ILGNet
-from ilgnet_cli.model.preprocess import (
+from ilgnet_cli.model.ilgnet import INPUT_SIZE, LABELS, empty_ilgnet, state_shapes
+from ilgnet_cli.model.transform import (
     MEAN_IMAGES,
     MEANS_BGR,
+    Crops,
+    DecodeMode,
     Mean,
     MeanError,
+    Transform,
     channel_mean,
     mean_from_image,
     parse_mean,
 )
+from ilgnet_cli.runtime.download import (
+    Checksum,
+    DownloadError,
+    DownloadStats,
+    ProgressFn,
+    SourceFailure,
+    download,
+    file_digest,
+)
+from ilgnet_cli.runtime.fsutil import UnreadableFile, atomic_write_bytes, read_json_object
+from ilgnet_cli.runtime.paths import cache_home, offline, store_home
+from ilgnet_cli.runtime.text import clip as _cut
+from ilgnet_cli.runtime.text import first_line
+from ilgnet_cli.runtime.text import quoted as _cut_name
 
 ARCH_FULL = "ilgnet"
 ARCH_TRUNK = "ilgnet-trunk"
@@ -89,16 +103,12 @@ class FetchError(NoWeightsError, DownloadError):
 
 
 def home() -> Path:
-    env = os.environ.get("ILGNET_HOME")
-    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("ilgnet"))
+    """The store's folder (``weights/`` lives in it); see :mod:`ilgnet_cli.runtime.paths`."""
+    return store_home()
 
 
 def weights_dir() -> Path:
-    return home() / "weights"
-
-
-def offline() -> bool:
-    return os.environ.get("ILGNET_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    return store_home() / "weights"
 
 
 # --------------------------------------------------------------------------- registry
@@ -130,17 +140,6 @@ class Registry:
         except KeyError:
             known = _cut(", ".join(sorted(self.weights)), 160)
             raise WeightsError(f"unknown weights {_cut_name(name)}; known: {known}") from None
-
-
-def _cut(value: object, limit: int = 80) -> str:
-    """``value`` for a one-line message: printable, at most ``limit`` characters."""
-    text = value if isinstance(value, str) else repr(value)
-    head = "".join(c if c.isprintable() else "?" for c in text[:limit + 1])
-    return head if len(head) <= limit else head[:limit - 3] + "..."
-
-
-def _cut_name(name: object) -> str:
-    return repr(name) if isinstance(name, str) and len(name) <= 80 and name.isprintable() else _cut(repr(name))
 
 
 # WeightSpec fields as the registry JSON spells them: (types, required).
@@ -315,7 +314,7 @@ def save_weights(path: str | Path, state: Mapping[str, np.ndarray | torch.Tensor
               for k, v in state.items()}
     if meta["mean"] == "image":
         arrays[MEAN_TENSOR] = np.ascontiguousarray(mean.image, dtype=np.float32)
-    from ilgnet_cli.fsutil import current_umask
+    from ilgnet_cli.runtime.fsutil import current_umask
 
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL, random
     os.close(fd)
@@ -449,18 +448,21 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     return state, meta
 
 
-def check_state(state: dict[str, torch.Tensor], *, full: bool) -> None:
-    expected = ILGNet().state_dict()
+def check_state(state: dict[str, torch.Tensor], *, full: bool, values: bool = True) -> None:
+    """The tensors fit ILGNet (names and shapes; ``full``: every layer, else the trunk), and
+    with ``values`` are finite fp32 (a pass over 600 MB: done at install and first load)."""
+    expected = state_shapes()
     missing = [k for k in expected if k not in state]
     if not full:
         missing = [k for k in missing if not k.startswith(("temp", "loss1.classifier"))]
-    wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    wrong = [k for k, v in state.items() if k in expected and tuple(v.shape) != expected[k]]
     extra = [k for k in state if k not in expected]
     if missing or wrong or extra:
         parts = [f"{label}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
                  for label, keys in (("missing", missing), ("wrong shape", wrong), ("unexpected", extra)) if keys]
         raise WeightsError(_cut("weights do not fit ILGNet (" + "; ".join(parts) + ")", 400))
-    check_values(state)
+    if values:
+        check_values(state)
 
 
 def check_values(state: dict[str, torch.Tensor] | dict[str, np.ndarray]) -> None:
@@ -506,52 +508,68 @@ def _meta_mean(meta: dict[str, str], path: Path) -> Mean:
 
 @dataclass
 class LoadedWeights:
-    """ILGNet with its weights and the preprocessing that belongs to them (for your own tensors)."""
+    """ILGNet with its weights, and the preprocessing that belongs to them (:meth:`transforms`)."""
 
-    model: ILGNet
+    model: torch.nn.Module
     mean: Mean
     sha256: str
     name: str
     path: Path
 
-    def preprocess(self, image: str | os.PathLike[str] | np.ndarray, *, draft: bool = False) -> torch.Tensor:
-        """A photo (file path, or an HxWx3 RGB uint8 array) -> the model input (3, 227, 227).
+    def to(self, device: torch.device | str) -> LoadedWeights:
+        self.model.to(device)
+        return self
 
-        Files are decoded as ``ilgnet score --exact`` does (EXIF orientation, any mode to RGB,
-        every pixel) unless ``draft``; then the authors' resize, centre crop and mean.
-        """
-        from ilgnet_cli.model.preprocess import RESIZE, preprocess
-        from ilgnet_cli.photos.decode import decode
+    def transforms(self, decode: DecodeMode | str = DecodeMode.EXACT, crops: Crops | str = Crops.CENTRE) -> Transform:
+        """What these weights are fed: their mean, and the decode mode and crops asked for
+        (default: the authors' pipeline, centre crop)."""
+        return Transform(self.mean, decode=DecodeMode(decode), crops=Crops(crops))
 
-        if not isinstance(image, np.ndarray):
-            image = decode(image, draft=RESIZE if draft else None).rgb
-        return preprocess(image, self.mean)
 
-    def score(self, images: list[str | os.PathLike[str] | np.ndarray] | torch.Tensor, *,
-              draft: bool = False) -> list[float]:
-        """P(high quality) for photos (paths or RGB arrays) or a batch of model inputs (N, 3, 227, 227)."""
-        from ilgnet_cli.model.inference import Forward, infer
-
-        batch = images if isinstance(images, torch.Tensor) else torch.stack(
-            [self.preprocess(im, draft=draft) for im in images])
-        device = next(self.model.parameters()).device
-        self.model.eval()
-        [(_, p)] = infer(Forward(self.model), [(None, batch)], device)
-        assert p is not None
-        return p.tolist()
+def _looks_like_path(value: str) -> bool:
+    return "/" in value or os.sep in value or Path(value).suffix.lower() in (".safetensors", ".caffemodel")
 
 
 def resolve(name_or_path: str) -> tuple[str, Path]:
-    """An installed name or a path to a .safetensors file -> (display name, path)."""
+    """An installed name or a path to a .safetensors file -> (display name, path).
+
+    A store name always means the store entry, even when a file of that name sits in the
+    working folder; a file is taken only when the value looks like a path (a ``/`` in it, or a
+    ``.safetensors`` name that is not installed)."""
+    if isinstance(name_or_path, str) and NAME_RE.fullmatch(name_or_path):
+        rec = installed(name_or_path)
+        if rec is not None:
+            return rec.name, rec.path
     candidate = Path(name_or_path).expanduser()
-    if candidate.suffix == ".safetensors" or candidate.exists():
-        if candidate.suffix == ".caffemodel":
-            raise WeightsError(f"{candidate.name}: import it first: ilgnet weights import {candidate}")
+    if _looks_like_path(name_or_path):
+        if candidate.suffix.lower() == ".caffemodel":
+            raise WeightsError(f"{_cut(candidate.name)}: import it first: ilgnet weights import {_cut(str(candidate))}")
         return candidate.stem, candidate
-    rec = installed(name_or_path)
-    if rec is None:
-        raise WeightsError(f"weights {_cut_name(name_or_path)} are not installed (see 'ilgnet weights list')")
-    return rec.name, rec.path
+    raise WeightsError(f"weights {_cut_name(name_or_path)} are not installed (see 'ilgnet weights list')")
+
+
+def resolve_weights(weights: str | None, *, allow_download: bool = True, progress: ProgressFn | None = None) -> str:
+    """What a run uses: ``weights`` as given (an installed name or a file), a registry name not
+    installed yet fetched on first use, or (None) the default weights."""
+    if weights is None:
+        return ensure_default(allow_download=allow_download, progress=progress)
+    if NAME_RE.fullmatch(weights) and installed(weights) is None:
+        registry = load_registry()
+        if weights in registry.weights and not (Path(weights).suffix == ".safetensors" and Path(weights).exists()):
+            return _fetch_for_use(weights, registry, allow_download=allow_download, progress=progress)
+    return weights
+
+
+def _fetch_for_use(name: str, registry: Registry, *, allow_download: bool, progress: ProgressFn | None) -> str:
+    if not allow_download or offline():
+        raise NoWeightsError(f"{_cut(name)} is not installed and downloads are off (--offline or ILGNET_OFFLINE)",
+                             _ways_for(registry, name))
+    try:
+        return fetch(name, registry=registry, progress=progress).name
+    except NoWeightsError:
+        raise  # already says what failed, then the ways
+    except Exception as exc:  # noqa: BLE001 - any failure ends in the same three options
+        raise NoWeightsError(f"could not fetch {_cut(name)}: {_one_line(exc)}", _ways_for(registry, name)) from None
 
 
 def load_model(name_or_path: str, device: torch.device | str = "cpu") -> LoadedWeights:
@@ -562,20 +580,12 @@ def load_model(name_or_path: str, device: torch.device | str = "cpu") -> LoadedW
         raise WeightsError(f"{_cut(name)} holds only the {_cut(meta['architecture'], 40)} (for training), "
                            "not a scoring model")
     check_state(state, full=True)
-    model = ILGNet()
-    model.load_state_dict(state)
+    model = empty_ilgnet()
+    model.load_state_dict(state, assign=True)  # the loaded tensors themselves: no second copy
     model.eval().to(device)
     rec = installed(name)
     sha = rec.sha256 if rec is not None and rec.path == path else file_digest(path)
     return LoadedWeights(model=model, mean=_meta_mean(meta, path), sha256=sha, name=name, path=path)
-
-
-def load(weights: str | None = None, device: str = "auto", *, allow_download: bool = True) -> LoadedWeights:
-    """Weights by name or ``.safetensors`` path (None: the default weights, fetched on first use
-    unless ``allow_download`` is False) on ``device`` (auto: CUDA, MPS, else CPU)."""
-    from ilgnet_cli.photos.scoring import pick_device
-
-    return load_model(weights or ensure_default(allow_download=allow_download), pick_device(device))
 
 
 # --------------------------------------------------------------------------- fetch / verify
@@ -584,7 +594,7 @@ def load(weights: str | None = None, device: str = "auto", *, allow_download: bo
 def fetch(name: str, *, registry: Registry | None = None, progress: ProgressFn | None = None,
           stats: DownloadStats | None = None, retries: int = 4, backoff: float = 1.0) -> Installed:
     """Download a registry entry (mirrors, resume, checksum) and convert it into the store."""
-    from ilgnet_cli.download import MAX_WEIGHTS_BYTES
+    from ilgnet_cli.runtime.download import MAX_WEIGHTS_BYTES
 
     registry = registry or load_registry()
     if offline():
@@ -604,7 +614,7 @@ def fetch(name: str, *, registry: Registry | None = None, progress: ProgressFn |
         checksum = Checksum.parse(spec.checksum) if spec.checksum else None
     except ValueError as exc:
         raise WeightsError(f"registry entry {name}: {exc}") from None
-    dest = home() / "downloads" / file
+    dest = cache_home() / "downloads" / file
     stats = stats if stats is not None else DownloadStats()
     done: list[Installed] = []
 
@@ -681,29 +691,60 @@ def verify(name: str) -> VerifyResult:
     return VerifyResult(name, True, f"ok (sha256 {actual[:12]}..., {len(state)} tensors)")
 
 
-def ensure_default(*, allow_download: bool = True, progress: ProgressFn | None = None) -> str:
-    """Name of usable scoring weights: the registry default, fetched on first use if allowed."""
+CONFIG = "config.json"  # the store's settings: {"default": NAME}
+
+
+def default_name(registry: Registry | None = None) -> str:
+    """The weights used when none are named: the one set by ``ilgnet weights default NAME``,
+    else the registry's (``ilgnet-ava1``)."""
+    try:
+        config = read_json_object(store_home() / CONFIG, 64 << 10)
+    except (OSError, UnreadableFile):
+        config = {}
+    chosen = config.get("default")
+    if isinstance(chosen, str) and NAME_RE.fullmatch(chosen):
+        return chosen
+    return (registry or load_registry()).default
+
+
+def set_default(name: str) -> str:
+    """Make ``name`` (installed, or known to the registry) the weights used when none are named."""
+    _check_name(name)
     registry = load_registry()
-    default = registry.default
+    rec = installed(name)
+    if rec is None and name not in registry.weights:
+        raise WeightsError(f"weights {_cut_name(name)} are neither installed nor known (see 'ilgnet weights list')")
+    if rec is not None and rec.architecture == ARCH_TRUNK:
+        raise WeightsError(f"{_cut(name)} holds only a trunk for training; it cannot score photos")
+    atomic_write_bytes(store_home() / CONFIG, json.dumps({"default": name}, indent=2).encode() + b"\n")
+    return name
+
+
+def ensure_default(*, allow_download: bool = True, progress: ProgressFn | None = None) -> str:
+    """Name of the default weights (:func:`default_name`), fetched on first use if allowed.
+
+    Never silently another set: when the default is absent and cannot be fetched, the error
+    names the installed ones and asks for ``-w``."""
+    registry = load_registry()
+    default = default_name(registry)
     if installed(default) is not None:
         return default
-    full = [i for i in installed_all() if i.architecture == ARCH_FULL]
-    if full:
-        return full[0].name
-    if not allow_download or offline():
-        raise NoWeightsError("no ILGNet weights installed (downloads are off)", _ways_for(registry, default))
+    if default not in registry.weights:
+        raise NoWeightsError(f"the default weights {_cut_name(default)} are not installed any more; "
+                             "choose others: ilgnet weights default NAME")
     try:
-        return fetch(default, registry=registry, progress=progress).name
-    except NoWeightsError:
-        raise  # already says what failed, then the ways
-    except Exception as exc:  # noqa: BLE001 - any failure ends in the same three options
-        raise NoWeightsError(f"could not fetch {_cut(default)}: {_one_line(exc)}",
-                             _ways_for(registry, default)) from None
+        return _fetch_for_use(default, registry, allow_download=allow_download, progress=progress)
+    except NoWeightsError as exc:
+        others = [i.name for i in installed_all() if i.architecture != ARCH_TRUNK]
+        if not others:
+            raise
+        shown = ", ".join(others[:6]) + (" ..." if len(others) > 6 else "")
+        raise NoWeightsError(f"{exc}; installed instead: {shown} (use -w NAME, or make one the default: "
+                             f"ilgnet weights default NAME)", exc.details) from None
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
+    return first_line(exc, 300)
 
 
 def remove(name: str) -> bool:

@@ -37,9 +37,19 @@ class ExifInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> ExifInfo:
+        """Fields of the right type only: cached rows come from a file anyone could edit."""
         if not data:
             return cls()
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        kinds = {"has_gps": (bool,), "iso": (int,), "focal_length_35mm": (int,),
+                 "exposure_s": (int, float), "aperture": (int, float), "focal_length": (int, float)}
+        fields: dict[str, Any] = {}
+        for k, v in data.items():
+            if k not in cls.__dataclass_fields__ or v is None:
+                continue
+            want = kinds.get(k, (str,))
+            if isinstance(v, want) and (want == (bool,) or not isinstance(v, bool)):
+                fields[k] = v
+        return cls(**fields)
 
     @property
     def camera(self) -> str:

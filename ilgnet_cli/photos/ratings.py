@@ -135,7 +135,7 @@ def embedded_xmp(path: str) -> bytes | None:
     """The XMP packet inside an image file, or None. Never raises."""
     from PIL import Image
 
-    import ilgnet_cli.photos.decode  # noqa: F401 - registers the HEIF opener
+    import ilgnet_cli.data.decode  # noqa: F401 - registers the HEIF opener
 
     try:
         with warnings.catch_warnings():

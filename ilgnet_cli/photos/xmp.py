@@ -402,7 +402,7 @@ def plan_and_write(path: Path, stars: int, score: float, model: str, *, overwrit
     Raises XmpError (one line, naming the file) for a sidecar it will not touch, which is then
     left byte for byte; OSError for one it cannot read or write.
     """
-    from ilgnet_cli.fsutil import atomic_write_bytes
+    from ilgnet_cli.runtime.fsutil import atomic_write_bytes
 
     data = _read_existing(path)
     text, enc = _decode(data, path) if data is not None else (TEMPLATE, _Encoding("utf-8"))
@@ -453,7 +453,7 @@ def _clash_key(path: Path) -> tuple[str, str]:
 
 
 def _claim_order(claim: tuple) -> tuple[bool, str]:
-    from ilgnet_cli.photos.decode import RAW_EXTENSIONS
+    from ilgnet_cli.data.decode import RAW_EXTENSIONS
 
     image = Path(claim[0].path)
     return image.suffix.lower() not in RAW_EXTENSIONS, str(image)

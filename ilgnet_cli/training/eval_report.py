@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ilgnet_cli.fsutil import printable
+from ilgnet_cli.runtime.text import printable
 from ilgnet_cli.training import metrics
 
 if TYPE_CHECKING:

@@ -10,46 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
 
-from ilgnet_cli.ava.records import available, read_ava, read_label_list, resized_image
+from ilgnet_cli.ava.records import available, read_ava, read_label_list
+from ilgnet_cli.ava.source import AvaImages
 from ilgnet_cli.errors import DataError, UsageError
-from ilgnet_cli.model.inference import Forward, infer
-from ilgnet_cli.model.preprocess import CROP, RESIZE, parse_mean, to_blob
+from ilgnet_cli.model.transform import Crops, DecodeMode, Transform
+from ilgnet_cli.predict.predictor import Predictor
+from ilgnet_cli.runtime.distributed import current
 from ilgnet_cli.training import metrics
-from ilgnet_cli.training.distributed import current
 
 TTA = ("none", "mirror", "10crop")
 PRECISIONS = ("fp32", "bf16")
-
-
-def crops(tta: str) -> list[tuple[int, int, bool]]:
-    """(top, left, mirror) crops of the 256x256 image for each TTA mode."""
-    c, e = (RESIZE - CROP) // 2, RESIZE - CROP
-    centre = [(c, c, False)]
-    if tta == "none":
-        return centre
-    if tta == "mirror":
-        return centre + [(c, c, True)]
-    five = [(0, 0), (0, e), (e, 0), (e, e), (c, c)]
-    return [(t, left, m) for m in (False, True) for t, left in five]
-
-
-class _EvalImages(Dataset):
-    def __init__(self, items: list[tuple[int, int]], images: Path, mean, tta: str, cache=None,
-                 draft: bool = False) -> None:
-        self.items, self.images, self.mean, self.crops = items, images, parse_mean(mean), crops(tta)
-        self.cache, self.draft = cache, draft
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        image_id, label = self.items[i]
-        img = resized_image(image_id, self.images, self.cache, draft=self.draft)
-        blobs = np.stack([to_blob(img, self.mean, t, left, m) for t, left, m in self.crops])
-        return i, torch.from_numpy(blobs), label
+_CROPS = {"none": Crops.CENTRE, "mirror": Crops.MIRROR, "10crop": Crops.TENCROP}
 
 
 @dataclass
@@ -75,29 +47,36 @@ class EvalResult:
                 "metrics": self.metrics.to_json(), "notes": self.notes}
 
 
-def predict(model: torch.nn.Module, items: list[tuple[int, int]], images: Path, mean, *, tta: str = "none",
-            device: torch.device, batch_size: int = 32, workers: int = 0, cache=None, draft: bool = False,
-            precision: str = "fp32") -> np.ndarray:
-    """P(high) per item (averaged over TTA crops); shards across torchrun ranks and gathers."""
-    here = current(device)
-    shard = here.shard(range(len(items)))
-    ds = _EvalImages([items[i] for i in shard], images, mean, tta, cache, draft)
-    cuda = device.type == "cuda"
+def predict(model: torch.nn.Module, items: list[tuple[int, int]], images: Path, transform: Transform, *,
+            device: torch.device, batch_size: int = 32, workers: int = 0, cache=None,
+            precision: str = "fp32", autocast: bool = False) -> np.ndarray:
+    """P(high) per item (averaged over the transform's crops; NaN where the image could not be
+    read); shards across torchrun ranks and gathers on rank 0 (the other ranks get NaNs)."""
+    predictor = Predictor(model, transform, device=device, precision=precision, batch_size=batch_size,
+                          workers=workers, autocast=autocast)
+    preds = predictor.predict_all(AvaImages(items, images, cache), current(device))
     out = np.full(len(items), np.nan)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=cuda)
-    for idx, p in infer(Forward(model, precision), ((idx, x) for idx, x, _ in loader), device):
-        assert p is not None
-        out[[shard[i] for i in idx.tolist()]] = p.numpy()
-    if here.world > 1:
-        t = torch.from_numpy(np.nan_to_num(out, nan=0.0)).to(device if cuda else "cpu")
-        mask = torch.from_numpy((~np.isnan(out)).astype(np.float64)).to(t.device)
-        dist.all_reduce(t)
-        dist.all_reduce(mask)
-        out = np.where(mask.cpu().numpy() > 0, t.cpu().numpy(), np.nan)
+    for pred in preds or []:
+        if pred.score is not None:
+            out[pred.index] = pred.score
     return out
 
 
-def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images: Path | None = None,
+# The authors' weights for each protocol: what `ilgnet eval --dataset KIND` uses without -w.
+DEFAULT_WEIGHTS = {"ava1": "ilgnet-ava1", "ava2": "ilgnet-ava2"}
+
+
+def default_weights(dataset: str) -> str:
+    """The weights ``eval`` uses for ``dataset`` when none are given: the authors' model of the
+    dataset's protocol; a partition folder of your own has no default (say which weights)."""
+    from ilgnet_cli.ava.partition import KINDS, PROTOCOL
+
+    if dataset in KINDS:
+        return DEFAULT_WEIGHTS[PROTOCOL[dataset]]
+    raise UsageError(f"no default weights for the partition {dataset[:80]!r}: give them with -w NAME")
+
+
+def evaluate(dataset: str, weights: str | None, *, ava_dir: Path | None = None, images: Path | None = None,
              tta: str = "none", device: str = "auto", batch_size: int = 32, workers: int = 0,
              prepared: Path | None = None, rounds: int = 1000, draft: bool = False,
              precision: str = "fp32") -> EvalResult | None:
@@ -109,11 +88,12 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
     """
     from ilgnet_cli.ava.partition import is_authors_test_list, read_kind, resolve_partition
     from ilgnet_cli.ava.prepare import decode_mode
-    from ilgnet_cli.datadir import default_ava, missing_ava_hint
     from ilgnet_cli.model import store
-    from ilgnet_cli.photos.scoring import pick_device
-    from ilgnet_cli.training.distributed import init_distributed
+    from ilgnet_cli.runtime.device import pick_device
+    from ilgnet_cli.runtime.distributed import init_distributed
+    from ilgnet_cli.runtime.paths import default_ava, missing_ava_hint
 
+    weights = weights or default_weights(dataset)
     if tta not in TTA:
         raise UsageError(f"test-time augmentation must be one of {', '.join(TTA)}")
     if precision not in PRECISIONS:
@@ -133,6 +113,7 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
         cache = PreparedImages(prepared)
         if cache.decode != mode:
             raise UsageError(f"{prepared} was prepared with {cache.decode} decoding, not {mode}")
+    notes: list[str] = []
     present = available(items, images, cache)
     if not present:
         hint = missing_ava_hint(ava_dir) if images == ava_dir / "images" else "check the image folder"
@@ -140,13 +121,19 @@ def evaluate(dataset: str, weights: str, *, ava_dir: Path | None = None, images:
     dd = init_distributed(pick_device(device))
     dev = dd.device
     loaded = store.load_model(weights, dev)
-    p = predict(loaded.model, present, images, loaded.mean, tta=tta, device=dev, batch_size=batch_size,
-                workers=workers, cache=cache, draft=draft, precision=precision)
+    transform = loaded.transforms(DecodeMode.DRAFT if draft else DecodeMode.EXACT, _CROPS[tta])
+    p = predict(loaded.model, present, images, transform, device=dev, batch_size=batch_size,
+                workers=workers, cache=cache, precision=precision)
     if dd.rank != 0:
         return None
+    unread = int(np.isnan(p).sum())
+    if unread:
+        notes.append(f"{unread} test images could not be read and were not scored")
+        keep = ~np.isnan(p)
+        present = [it for it, k in zip(present, keep, strict=True) if k]
+        p = p[keep]
     y = np.array([label for _, label in present])
     votes = None
-    notes = []
     ava_txt = ava_dir / "AVA.txt"
     if ava_txt.exists():
         ava = read_ava(ava_txt)

@@ -34,25 +34,28 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
-from ilgnet_cli import __version__
-from ilgnet_cli.ava.records import PartitionDataset, available, read_label_list, write_label_list
+from ilgnet_cli._version import __version__
+from ilgnet_cli.ava.records import available, read_label_list, write_label_list
+from ilgnet_cli.ava.source import AvaImages
 from ilgnet_cli.errors import DataError, UsageError
-from ilgnet_cli.fsutil import atomic_write_text
 from ilgnet_cli.model.ilgnet import HEAD_LAYERS, ILGNet
-from ilgnet_cli.model.inference import Forward, infer
 from ilgnet_cli.model.store import save_weights
-from ilgnet_cli.training.distributed import Dist, init_distributed
+from ilgnet_cli.model.transform import Crops, DecodeMode, Transform
+from ilgnet_cli.predict.predictor import Predictor
+from ilgnet_cli.runtime.distributed import Dist, init_distributed
+from ilgnet_cli.runtime.fsutil import atomic_write_text
 
 if TYPE_CHECKING:
     from ilgnet_cli.ava.prepare import PreparedImages
-    from ilgnet_cli.model.preprocess import Mean
+    from ilgnet_cli.model.transform import Mean
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,7 @@ def make_optimizer(model: ILGNet, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 class _EpochSampler(DistributedSampler):
-    """DistributedSampler that can start mid-epoch (resume) and tells the dataset its epoch."""
+    """DistributedSampler that can start mid-epoch (resume) and hands out (index, epoch) pairs."""
 
     start = 0
 
@@ -205,17 +208,23 @@ class _EpochSampler(DistributedSampler):
         return super().__len__() - self.start
 
 
-class _EpochDataset(torch.utils.data.Dataset):
-    def __init__(self, base: PartitionDataset) -> None:
-        self.base = base
+class TrainingImages(torch.utils.data.Dataset):
+    """The one training Dataset: (index, epoch) -> (random crop of the 256x256 image, label).
+
+    The crop and mirror come from a generator seeded by (seed, epoch, index): the same run gives
+    the same crops whatever the number of workers (needed for exact resume and DDP parity)."""
+
+    def __init__(self, source: AvaImages, transform: Transform, seed: int) -> None:
+        self.source, self.transform, self.seed = source, transform.with_(crops=Crops.RANDOM), seed
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.source)
 
-    def __getitem__(self, item: tuple[int, int]):
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = item
-        self.base.epoch = epoch  # per item: persistent workers never see a stale epoch
-        return self.base[index]
+        rgb = self.source.resized(index, self.transform)
+        rng = np.random.default_rng((self.seed, epoch, index))
+        return torch.from_numpy(self.transform.blobs(rgb, rng)), self.source.label(index)
 
 
 # --------------------------------------------------------------------------- config and state
@@ -268,6 +277,7 @@ class RunSetup:
     cache: PreparedImages | None
     images: Path
     config: dict
+    transform: Transform
 
 
 def _sha256_items(items: list[tuple[int, int]]) -> str:
@@ -276,7 +286,7 @@ def _sha256_items(items: list[tuple[int, int]]) -> str:
 
 def _new_run_dir(cfg: TrainConfig, dd: Dist) -> Path:
     """The run folder: --out, else the latest run of this partition (resume) or a new one."""
-    from ilgnet_cli.datadir import runs_dir
+    from ilgnet_cli.runtime.paths import runs_dir
 
     if cfg.out is not None:
         return Path(cfg.out)
@@ -387,8 +397,10 @@ def _setup(cfg: TrainConfig, dd: Dist, cuda: bool) -> RunSetup:
     if cfg.resume:
         _check_resume_config(run_dir, config)
     every = cfg.checkpoint_every or min(recipe.test_interval, total)
+    transform = Transform(mean, decode=DecodeMode.DRAFT if cfg.draft else DecodeMode.EXACT)
     return RunSetup(run_dir=run_dir, recipe=recipe, total=total, global_batch=global_batch, every=every, amp=amp,
-                    mean=mean, train_items=items, val_items=val_items, cache=cache, images=images, config=config)
+                    mean=mean, train_items=items, val_items=val_items, cache=cache, images=images, config=config,
+                    transform=transform)
 
 
 def _save_checkpoint(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, step: int, state: dict,
@@ -462,22 +474,21 @@ def _resume(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, cuda
                         f"({type(exc).__name__}); start a new run folder") from None
 
 
-def _loader(ds: PartitionDataset, sampler: _EpochSampler, batch: int, cfg: TrainConfig, cuda: bool) -> DataLoader:
-    return DataLoader(_EpochDataset(ds), batch_size=batch, sampler=sampler, num_workers=cfg.workers,
+def _loader(ds: TrainingImages, sampler: _EpochSampler, batch: int, cfg: TrainConfig, cuda: bool) -> DataLoader:
+    return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=cfg.workers,
                       pin_memory=cuda, persistent_workers=cfg.workers > 0, drop_last=True,
                       prefetch_factor=4 if cfg.workers > 0 else None)
 
 
-def validate(model: torch.nn.Module, ds: PartitionDataset, device: torch.device, batch: int, workers: int,
-             amp: bool) -> float:
-    """Accuracy on ``ds`` (rank 0 alone: no gathering), in the run's precision."""
-    # PartitionDataset is a map-style dataset by duck typing (ava.records does not import torch).
-    loader: DataLoader[Any] = DataLoader(cast("Dataset[Any]", ds), batch_size=batch, num_workers=workers)
+def validate(model: torch.nn.Module, source: AvaImages, transform: Transform, device: torch.device, batch: int,
+             workers: int, amp: bool) -> float:
+    """Accuracy on ``source`` (rank 0 alone: no gathering), in the run's precision."""
+    predictor = Predictor(model, transform, device=device, batch_size=batch, workers=workers, autocast=amp)
     correct = total = 0
-    for y, p in infer(Forward(model, "autocast" if amp else "fp32"), ((y, x) for x, y in loader), device):
-        assert p is not None
-        correct += int(((p > 0.5).long() == y).sum())
-        total += len(y)
+    for pred in predictor.predict(source):
+        total += 1
+        if pred.score is not None:
+            correct += int((pred.score > 0.5) == bool(source.label(pred.index)))
     return correct / max(1, total)
 
 
@@ -522,14 +533,14 @@ class _RunLog:
 
 
 def _validate_and_checkpoint(run: RunSetup, model: ILGNet, optimizer: torch.optim.Optimizer, step: int, best: float,
-                             val_ds: PartitionDataset | None, device: torch.device, per_rank: int, cfg: TrainConfig,
+                             val_ds: AvaImages | None, device: torch.device, per_rank: int, cfg: TrainConfig,
                              log: _RunLog) -> float:
     """Rank 0: validate, keep best.safetensors, write the checkpoint set -> the new best accuracy."""
     if val_ds is None:
         # No validation images: the latest model is the best we know.
         save_weights(run.run_dir / "best.safetensors", model.state_dict(), run.mean, metadata={"step": str(step)})
     else:
-        val_acc = validate(model, val_ds, device, per_rank, cfg.workers, run.amp)
+        val_acc = validate(model, val_ds, run.transform, device, per_rank, cfg.workers, run.amp)
         log.write({"step": step, "val_accuracy": val_acc, "val_n": len(val_ds)})
         if val_acc > best:
             best = val_acc
@@ -541,7 +552,7 @@ def _validate_and_checkpoint(run: RunSetup, model: ILGNet, optimizer: torch.opti
 
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) training; returns a summary. Works alone or under torchrun."""
-    from ilgnet_cli.photos.scoring import pick_device
+    from ilgnet_cli.runtime.device import pick_device
 
     dd = init_distributed(pick_device(cfg.device))
     device = dd.device
@@ -550,10 +561,8 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
         torch.use_deterministic_algorithms(True)
     run = _setup(cfg, dd, cuda)
     recipe, total, per_rank = run.recipe, run.total, run.global_batch // dd.world
-    train_ds = PartitionDataset(run.train_items, run.images, run.mean, train=True, seed=cfg.seed, cache=run.cache,
-                                draft=cfg.draft)
-    val_ds = PartitionDataset(run.val_items, run.images, run.mean, cache=run.cache, draft=cfg.draft) \
-        if run.val_items else None
+    train_ds = TrainingImages(AvaImages(run.train_items, run.images, run.cache), run.transform, cfg.seed)
+    val_ds = AvaImages(run.val_items, run.images, run.cache) if run.val_items else None
     steps_per_epoch = len(train_ds) // run.global_batch
 
     torch.manual_seed(cfg.seed + dd.rank)
@@ -579,7 +588,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
             progress({"event": "start", "run_dir": str(run.run_dir), "total": total, "step": step,
                       "val_n": len(run.val_items), "train_n": len(train_ds)})
 
-    sampler = _EpochSampler(cast("Dataset[Any]", train_ds), num_replicas=dd.world, rank=dd.rank, shuffle=True,
+    sampler = _EpochSampler(train_ds, num_replicas=dd.world, rank=dd.rank, shuffle=True,
                             seed=cfg.seed, drop_last=True)
     ddp_model.train()
     t0, seen, last_log = time.monotonic(), 0, time.monotonic()

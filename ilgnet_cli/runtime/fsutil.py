@@ -8,14 +8,13 @@ should have: an existing file's own mode, else ``0o666 & ~umask`` like any other
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import tempfile
-import unicodedata
 from pathlib import Path
 
 from ilgnet_cli.errors import UsageError
+from ilgnet_cli.runtime.text import display
 
 
 def current_umask() -> int:
@@ -45,8 +44,39 @@ def _mode_for(path: Path) -> int:
     return 0o666 & ~current_umask()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+class OutputRefused(UsageError):
+    """An output path that must not be written: one line saying why."""
+
+
+def check_target(path: str | Path, *, image_ok: bool = False) -> None:
+    """The one check every writer makes before replacing ``path``: nothing there, or a regular
+    file. A symbolic link (``/dev/stdout``), device (``/dev/null``), FIFO, socket or folder is
+    refused, never replaced or written through; so is anything whose name or content says it is
+    a photo (every RAW format included), unless ``image_ok``."""
     path = Path(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # cannot tell (no permission): the write itself will say why it fails
+    what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "a folder" if stat.S_ISDIR(st.st_mode)
+            else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+            or stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else None)
+    if what is not None:
+        raise OutputRefused(f"will not write {display(str(path))}: it is {what} (only a regular file is replaced)")
+    if not image_ok:
+        from ilgnet_cli.runtime.formats import image_reason
+
+        if (reason := image_reason(path)) is not None:
+            raise OutputRefused(f"will not write over {display(str(path))}: {reason}")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, image_ok: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename), after
+    :func:`check_target`. A failure names the file and removes the temp file."""
+    path = Path(path)
+    check_target(path, image_ok=image_ok)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -55,7 +85,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        check_target(path, image_ok=image_ok)  # again: something may have appeared meanwhile
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # "No space left on device" should say where
+            exc.filename = str(path)
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -109,67 +145,6 @@ def atomic_write_text(path: str | Path, text: str, errors: str = "strict") -> No
     atomic_write_bytes(path, text.encode("utf-8", errors))
 
 
-# File names that are not valid UTF-8 (old cameras, Windows zips, NAS shares) reach Python as
-# strings with lone surrogates (PEP 383). They must survive every report and the cache.
-
-
-def printable(text: str) -> str:
-    """``text`` for humans: undecodable file-name bytes become U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-# Characters that move the cursor, recolour or retitle the terminal, or reorder what is shown
-# (bidi overrides make "gpj.exe" read "exe.jpg"): C0/C1 controls, DEL, line/paragraph separators
-# and format characters. ZWJ/ZWNJ stay: emoji and Indic scripts need them and they move nothing.
-_KEEP_FORMAT = frozenset("\u200c\u200d")
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _unsafe(ch: str) -> bool:
-    return ch not in _KEEP_FORMAT and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")
-
-
-def _escape_char(ch: str) -> str:
-    cp = ord(ch)
-    return _NAMED.get(ch) or (f"\\x{cp:02x}" if cp < 0x100 else f"\\u{cp:04x}" if cp < 0x10000 else f"\\U{cp:08x}")
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with control, bidi and other invisible format characters as visible escapes
-    (``\\x1b``, ``\\u202e``, ``\\n``); undecodable file-name bytes are left as they are."""
-    if text.isprintable():  # the usual case, and str.isprintable() is False for every unsafe char
-        return text
-    return "".join(_escape_char(ch) if _unsafe(ch) else ch for ch in text)
-
-
-def display(text: str | None) -> str:
-    """Untrusted text (file names, EXIF, sidecars, error reasons) for a terminal or a page:
-    one line, nothing that drives the terminal, undecodable bytes as U+FFFD."""
-    return escape_controls(printable(text or ""))
-
-
-def json_escaped(text: str) -> str:
-    """JSON text with undecodable file-name bytes as ``\\udcXX`` escapes: valid JSON, and
-    ``os.fsencode(json.loads(...))`` gives back the exact bytes of the name. Control, bidi and
-    format characters that ``json.dumps(ensure_ascii=False)`` leaves raw (DEL, C1, U+202E...)
-    become ``\\uXXXX`` too, so ``--json`` on a terminal cannot drive it; the names load back exact."""
-    return _NON_ASCII.sub(_json_char, text.encode("utf-8", "backslashreplace").decode("utf-8"))
-
-
-_NON_ASCII = re.compile("[^\x00-\x7e]")  # json.dumps has already escaped C0 controls
-
-
-def _json_char(m: re.Match[str]) -> str:
-    ch = m.group()
-    if not _unsafe(ch):
-        return ch
-    cp = ord(ch)
-    if cp < 0x10000:
-        return f"\\u{cp:04x}"
-    cp -= 0x10000
-    return f"\\u{0xD800 + (cp >> 10):04x}\\u{0xDC00 + (cp & 0x3FF):04x}"
-
-
 def db_text(path: str) -> str | bytes:
     """A path as an SQLite key: TEXT when it is valid UTF-8, else its exact bytes as a BLOB."""
     try:
@@ -189,6 +164,13 @@ def _probe_folder(folder: Path) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
+
+
+def check_output_file(path: str | Path) -> None:
+    """:func:`check_target` and :func:`check_writable_file`: before long work, so that a wrong
+    ``--output`` costs seconds, not the whole run."""
+    check_target(path)
+    check_writable_file(path)
 
 
 def check_writable_file(path: str | Path) -> None:
@@ -211,3 +193,52 @@ def check_writable_folder(path: str | Path) -> None:
         raise UsageError(f"cannot use {display(str(path))} as a folder: a file of that name exists")
     if problem := _probe_folder(path):
         raise UsageError(f"cannot use {display(str(path))} as a folder: {problem}")
+
+
+class UnreadableFile(OSError):
+    """A file ilgnet keeps for itself that is not what it should be (not a regular file, too
+    large, not JSON of the right shape); callers treat it as absent or damaged, never trust it."""
+
+
+def read_regular(path: str | Path, limit: int) -> bytes:
+    """The bytes of ``path``, which must be a regular file of at most ``limit`` bytes.
+
+    Opened without blocking (a FIFO planted at the name would hang every run) and checked after
+    opening (a name swapped between a check and the open changes nothing). Raises
+    FileNotFoundError when absent, :class:`UnreadableFile` for anything else wrong."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnreadableFile(f"{display(str(path))}: not a regular file")
+        if st.st_size > limit:
+            raise UnreadableFile(f"{display(str(path))}: {st.st_size} bytes, more than the {limit} expected")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise UnreadableFile(f"{display(str(path))}: more than the {limit} bytes expected")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_json_object(path: str | Path, limit: int = 1 << 20) -> dict:
+    """A JSON object from a small regular file. Raises FileNotFoundError when absent and
+    :class:`UnreadableFile` (one line) when it is not a JSON object within ``limit`` bytes;
+    nesting deeper than Python's recursion limit is refused, never a traceback."""
+    import json
+
+    data = read_regular(path, limit)
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as exc:
+        raise UnreadableFile(f"{display(str(path))}: not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(value, dict):
+        raise UnreadableFile(f"{display(str(path))}: not a JSON object")
+    return value

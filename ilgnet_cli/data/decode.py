@@ -7,6 +7,7 @@ tests): "truncated image data", "not identifiable as an image", "decompression b
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import warnings
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile
 
 from ilgnet_cli.errors import IlgnetError
+from ilgnet_cli.runtime.formats import RAW_EXTENSIONS
 
 try:  # HEIC/HEIF/AVIF; a regular dependency, but decoding the rest must not need it.
     import pillow_heif
@@ -46,10 +48,6 @@ _TRANSPOSE = {
 }
 
 
-# Camera RAW formats, decoded with rawpy (LibRaw) rather than Pillow (which would only see a
-# TIFF thumbnail in some of them).
-RAW_EXTENSIONS = frozenset({".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
-                            ".dng", ".pef", ".srw", ".x3f", ".3fr", ".iiq", ".erf", ".mef", ".mos", ".rwl"})
 # LibRaw's flip: 3 = 180 degrees, 5 = 90 counter-clockwise, 6 = 90 clockwise.
 _RAW_ROT90 = {3: 2, 5: 1, 6: -1}
 
@@ -64,6 +62,7 @@ class Decoded:
     format: str
     size: tuple[int, int]  # full (width, height) as stored, before draft and orientation
     orientation: int
+    scale: int = 1  # libjpeg's DCT reduction (1, 2, 4 or 8): 1 = every pixel decoded
 
 
 def _orientation(img: Image.Image) -> int:
@@ -160,15 +159,30 @@ def _reason(exc: BaseException) -> str:
     return f"cannot decode: {first[:120]}"
 
 
-def decode(path: str | os.PathLike[str], draft: int | None = None, max_pixels: int | None = None) -> Decoded:
+def draft_size(size: tuple[int, int], draft: int | None, long_side: int | None) -> tuple[int, int] | None:
+    """The smallest (width, height) libjpeg may decode a ``size`` JPEG to, or None (every pixel)."""
+    w, h = size
+    if long_side is not None:
+        if max(w, h) < 2 * long_side:  # no DCT scale keeps the long side: decode it all
+            return None
+        f = long_side / max(w, h)
+        return max(1, math.ceil(w * f)), max(1, math.ceil(h * f))
+    if draft:
+        return draft, draft
+    return None
+
+
+def decode(path: str | os.PathLike[str], draft: int | None = None, max_pixels: int | None = None, *,
+           long_side: int | None = None) -> Decoded:
     """Decode ``path`` to RGB with EXIF orientation applied.
 
-    ``draft``: for JPEGs, let libjpeg downscale by 1/2, 1/4 or 1/8 in the DCT while keeping
-    both sides >= ``draft`` pixels (much faster on big photos; ``None`` = full decode).
-    Only the first frame of animated or multi-page files is used.
+    For JPEGs, libjpeg may downscale by 1/2, 1/4 or 1/8 in the DCT (much faster on big photos):
+    ``draft`` keeps both sides >= ``draft`` pixels, ``long_side`` keeps the long side >=
+    ``long_side``; with neither, every pixel is decoded. Only the first frame of animated or
+    multi-page files is used.
     """
     if Path(path).suffix.lower() in RAW_EXTENSIONS:
-        return decode_raw(path, draft, max_pixels)
+        return decode_raw(path, draft, max_pixels, long_side=long_side)
     img = open_image(path, max_pixels)
     try:
         with warnings.catch_warnings():
@@ -176,8 +190,10 @@ def decode(path: str | os.PathLike[str], draft: int | None = None, max_pixels: i
             fmt = img.format or "?"
             size = img.size
             orientation = _orientation(img)
-            if draft and fmt in ("JPEG", "MPO"):
-                img.draft("RGB", (draft, draft))
+            request = draft_size(size, draft, long_side) if fmt in ("JPEG", "MPO") else None
+            if request is not None:
+                img.draft("RGB", request)
+            scale = max(1, round(size[0] / max(1, img.size[0])))
             img.load()
             rotated = img
             for op in _TRANSPOSE.get(orientation, ()):
@@ -193,12 +209,14 @@ def decode(path: str | os.PathLike[str], draft: int | None = None, max_pixels: i
         img.close()
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise DecodeError(f"unexpected decoded shape {rgb.shape}")
-    return Decoded(rgb=rgb, format=fmt, size=size, orientation=orientation)
+    return Decoded(rgb=rgb, format=fmt, size=size, orientation=orientation, scale=scale)
 
 
-def decode_raw(path: str | os.PathLike[str], draft: int | None = None, max_pixels: int | None = None) -> Decoded:
+def decode_raw(path: str | os.PathLike[str], draft: int | None = None, max_pixels: int | None = None, *,
+               long_side: int | None = None) -> Decoded:
     """A camera RAW: its embedded preview when one is at least ``draft`` (or 256) px on the short
-    side (fast), else a half-size demosaic; the RAW's orientation applied."""
+    side and ``long_side`` on the long side (fast), else a half-size demosaic; the RAW's
+    orientation applied."""
     import rawpy
 
     target = draft or 256
@@ -221,7 +239,8 @@ def decode_raw(path: str | os.PathLike[str], draft: int | None = None, max_pixel
                         preview = np.asarray(img.convert("RGB"))
                 else:
                     preview = np.asarray(thumb.data)
-                if preview.ndim == 3 and preview.shape[2] == 3 and min(preview.shape[:2]) >= target:
+                if (preview.ndim == 3 and preview.shape[2] == 3 and min(preview.shape[:2]) >= target
+                        and max(preview.shape[:2]) >= (long_side or 0)):
                     rgb, how = preview, "preview"
             if rgb is None:
                 rgb = raw.postprocess(half_size=True, use_camera_wb=True, output_bps=8)

@@ -1,4 +1,5 @@
-"""One process or many under torchrun: which rank this is and which device it uses.
+"""One process or many under torchrun: which rank this is, which device it uses, which share of
+the work is its own, and the one way results come back together on rank 0.
 
 Shared by ``train``, ``eval`` and sharded ``score``.
 """
@@ -22,7 +23,6 @@ class Dist:
 
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
@@ -33,14 +33,23 @@ class Dist:
         """This rank's share of ``items``: every world-th, from its rank (score and eval alike)."""
         return items[self.rank::self.world]
 
+    def gather(self, part: T) -> list[T] | None:
+        """Every rank's ``part``, in rank order, on rank 0 (None on the others); ``[part]`` alone."""
+        if self.world == 1:
+            return [part]
+        parts: list[T | None] = [None] * self.world
+        dist.all_gather_object(parts, part)
+        if not self.main:
+            return None
+        return [p for p in parts if p is not None]
+
 
 def current(device: torch.device | None = None) -> Dist:
     """This process's place in an already initialised job (rank 0 of 1 outside torchrun)."""
     device = device or torch.device("cpu")
     if not dist.is_initialized():
         return Dist(device=device)
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(),
-                local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
 
 
 def init_distributed(device: torch.device) -> Dist:
@@ -50,10 +59,15 @@ def init_distributed(device: torch.device) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(device=device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return current(device)
+
+
+def finish() -> None:
+    """End the process group, if this process started one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

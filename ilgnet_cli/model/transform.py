@@ -1,17 +1,30 @@
-"""The one preprocessing path shared by scoring, evaluation and training.
+"""What the model is fed, owned by the weights: :class:`Transform` (decode mode, resize, crops,
+mean) with :meth:`Transform.describe`. Scoring, evaluation, training and ``ilgnet learn`` all
+preprocess through it, and nothing else does.
 
 The authors built their 256x256 LMDB with Caffe's ``convert_imageset`` (OpenCV decode,
 ``cv::resize`` with the default bilinear interpolation, no aspect preservation) and fed the
 net a 227x227 crop of it, BGR, 0-255, minus their mean image (``mean_file`` in train.prototxt
-and val.prototxt). We reproduce that:
+and val.prototxt). The ``exact`` decode mode is exactly that:
 
-1. decode (``ilgnet_cli.photos.decode``), EXIF orientation applied, any mode -> 8-bit RGB;
+1. decode every pixel (:mod:`ilgnet_cli.data.decode`), EXIF orientation applied, any mode -> RGB;
 2. resize to 256x256 exactly as ``cv2.resize(..., INTER_LINEAR)`` does (half-pixel centres,
    two taps, no antialiasing, OpenCV's fixed-point rounding: bit-identical uint8 output);
 3. centre crop 227 at offset (256 - 227) // 2 = 14, as Caffe's test-phase crop;
 4. RGB -> BGR, float32, minus the mean that belongs to the weights: for the authors' models the
    256x256 mean image cropped at the same window (Caffe's DataTransformer), for ImageNet
    GoogLeNet its per-channel constants.
+
+AVA's photos were uploads to dpchallenge.com, whose rules allowed at most 640 pixels a side
+(later 720, then 800 until October 2014; dpchallenge.com/challenge_rules.php and its rules
+wiki): the model never saw the 19x point-sampled downscale that step 2 makes of a 24 MP camera
+photo. The ``reference`` mode therefore first brings a photo larger than :data:`REFERENCE_SIDE`
+(800, the largest any AVA image can be) down to it with an anti-aliased (Lanczos) resize, as a
+photographer resizing for dpchallenge would, then runs the authors' steps 2-4; on AVA's own
+images it is the authors' pipeline unchanged. ``fast`` gets the same picture cheaply: libjpeg
+decodes a JPEG at 1/2, 1/4 or 1/8 scale in the DCT, keeping the long side at least
+:data:`REFERENCE_SIDE`, then the same Lanczos resize. ``draft`` is the old shortcut (DCT-scaled
+to just over 256 pixels, then step 2); benchmarks/bench_fidelity.py measures every mode.
 
 Training replaces step 3 with a random crop and a random horizontal mirror; the mean image is
 cropped at the same window and mirrored with it, as Caffe does.
@@ -20,16 +33,23 @@ cropped at the same window and mirrored with it, as Caffe does.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ilgnet_cli.errors import UsageError
 
+if TYPE_CHECKING:
+    import torch
+
 RESIZE = 256
 CROP = 227
+CENTRE = (RESIZE - CROP) // 2  # Caffe's test-phase crop offset
+# The largest side a dpchallenge.com upload could have while AVA was collected (see above).
+REFERENCE_SIDE = 800
 # Per-channel (B, G, R) averages of the authors' mean images (for reference and old weight files).
 MEANS_BGR: dict[str, tuple[float, float, float]] = {
     "ava1": (91.0018, 99.4639, 107.8456),
@@ -39,8 +59,9 @@ MEANS_BGR: dict[str, tuple[float, float, float]] = {
 }
 # Bumped whenever the pixels fed to the model, or what the cache stores with a score, change
 # (part of the score-cache key). 2: cached entries carry the sharpness for best-of-burst;
-# 3: sharpness measured on every second pixel; 4: the authors' mean image, not its channel means.
-PREPROCESS_VERSION = 4
+# 3: sharpness measured on every second pixel; 4: the authors' mean image, not its channel means;
+# 5: decode modes (fast/reference/exact/draft) and typed result fields.
+PREPROCESS_VERSION = 5
 
 
 def _taps(src: int, dst: int, clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -127,11 +148,20 @@ class Mean:
         window = self.image[:, top:top + CROP, left:left + CROP]
         return window[:, :, ::-1] if mirror else window
 
+    @property
+    def digest(self) -> str:
+        """sha256 of what is subtracted (the float32 image, else the three values): two means
+        are the same mean exactly when their digests are."""
+        import hashlib
+
+        data = self.image if self.image is not None else np.asarray(self.bgr, dtype=np.float32)
+        return hashlib.sha256(np.ascontiguousarray(data, dtype=np.float32).tobytes()).hexdigest()
+
     def describe(self) -> str:
         if self.name in MEAN_IMAGES:
             return f"{self.name} mean image"
         if self.image is not None:
-            return "mean image (from a file)"
+            return f"mean image sha256:{self.digest[:12]} (from a file)"
         values = ",".join(f"{v:g}" for v in self.bgr)
         return f"per-channel {values}" + (" (imagenet)" if self.name == "imagenet" else "")
 
@@ -258,16 +288,125 @@ def to_blob(resized: np.ndarray, mean: Mean, top: int, left: int, mirror: bool =
     return np.ascontiguousarray(blob[:, :, ::-1]) if mirror else blob
 
 
-CENTRE = (RESIZE - CROP) // 2  # Caffe's test-phase crop offset
+def antialias(rgb: np.ndarray, side: int = REFERENCE_SIDE) -> np.ndarray:
+    """``rgb`` with its long side brought down to ``side`` by a Lanczos resize (the aspect kept);
+    an image already that small is returned as it is (never upscaled)."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    if max(h, w) <= side:
+        return rgb
+    scale = side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.Resampling.LANCZOS))
+
+
+class DecodeMode(str, Enum):
+    """How a photo becomes the 256x256 image (see the module docstring)."""
+
+    FAST = "fast"  # DCT-scaled JPEG decode to >= 800 px, then as reference
+    REFERENCE = "reference"  # every pixel, anti-aliased to <= 800 px, then the authors' resize
+    EXACT = "exact"  # the authors' pipeline: every pixel, INTER_LINEAR to 256
+    DRAFT = "draft"  # DCT-scaled to just over 256 px, then INTER_LINEAR (ilgnet 0.2's default)
+
+
+class Crops(str, Enum):
+    """Which 227x227 windows of the 256x256 image the model sees."""
+
+    CENTRE = "centre"  # Caffe's test phase
+    MIRROR = "mirror"  # centre and its mirror image (averaged)
+    TENCROP = "10crop"  # four corners and centre, each also mirrored (averaged)
+    RANDOM = "random"  # training: a random window, mirrored at random
+
+
+def windows(crops: Crops) -> list[tuple[int, int, bool]]:
+    """(top, left, mirror) of each test-time window."""
+    c, e = CENTRE, RESIZE - CROP
+    if crops is Crops.CENTRE:
+        return [(c, c, False)]
+    if crops is Crops.MIRROR:
+        return [(c, c, False), (c, c, True)]
+    if crops is Crops.TENCROP:
+        five = [(0, 0), (0, e), (e, 0), (e, e), (c, c)]
+        return [(t, left, m) for m in (False, True) for t, left in five]
+    raise ValueError("random crops have no fixed windows")
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Photo -> model input, as the weights it belongs to expect.
+
+    ``decode`` says how files are decoded (the data layer asks :meth:`decode_request`) and how a
+    decoded picture is brought to 256x256 (:meth:`resize`); ``crops`` which windows the model
+    sees; ``mean`` what is subtracted. Calling it on a decoded RGB array gives ``(3, 227, 227)``
+    for one window, ``(k, 3, 227, 227)`` for k test-time windows.
+    """
+
+    mean: Mean
+    decode: DecodeMode = DecodeMode.EXACT
+    crops: Crops = Crops.CENTRE
+    reference_side: int = REFERENCE_SIDE
+
+    def with_(self, **changes: object) -> Transform:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def faithful(self) -> Transform:
+        """The transform a shortcut is checked against: ``reference`` for ``fast``/``draft``."""
+        if self.decode in (DecodeMode.FAST, DecodeMode.DRAFT):
+            return self.with_(decode=DecodeMode.REFERENCE)
+        return self
+
+    @property
+    def key(self) -> str:
+        """What changes the pixels, for cache keys: ``fast-800``, ``exact``, ``draft``..."""
+        if self.decode in (DecodeMode.FAST, DecodeMode.REFERENCE):
+            return f"{self.decode.value}-{self.reference_side}"
+        return self.decode.value
+
+    def decode_request(self) -> dict[str, int]:
+        """Keyword arguments for :func:`ilgnet_cli.data.decode.decode`: how small a JPEG may be
+        decoded in the DCT (nothing: every pixel)."""
+        if self.decode is DecodeMode.FAST:
+            return {"long_side": self.reference_side}
+        if self.decode is DecodeMode.DRAFT:
+            return {"draft": RESIZE}
+        return {}
+
+    def resize(self, rgb: np.ndarray) -> np.ndarray:
+        """A decoded RGB image -> the 256x256 image the crops are taken from."""
+        if rgb.shape[:2] == (RESIZE, RESIZE) and self.decode is DecodeMode.EXACT:
+            return rgb
+        if self.decode in (DecodeMode.FAST, DecodeMode.REFERENCE):
+            rgb = antialias(rgb, self.reference_side)
+        return resize_bilinear(rgb)
+
+    def blobs(self, resized: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The crops of a 256x256 image, minus the mean: ``(3, H, W)`` or ``(k, 3, H, W)``."""
+        if self.crops is Crops.RANDOM:
+            if rng is None:
+                raise ValueError("random crops need a random generator")
+            top, left = (int(v) for v in rng.integers(0, RESIZE - CROP + 1, size=2))
+            return to_blob(resized, self.mean, top, left, mirror=bool(rng.integers(0, 2)))
+        blobs = [to_blob(resized, self.mean, t, left, m) for t, left, m in windows(self.crops)]
+        return blobs[0] if len(blobs) == 1 else np.stack(blobs)
+
+    def __call__(self, rgb: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
+        """A decoded RGB uint8 image (HxWx3) -> the model input."""
+        import torch
+
+        return torch.from_numpy(self.blobs(self.resize(rgb), rng))
+
+    def describe(self) -> str:
+        how = {DecodeMode.FAST: f"fast decode (DCT-scaled to >= {self.reference_side} px, Lanczos to "
+                                f"{self.reference_side})",
+               DecodeMode.REFERENCE: f"full decode, Lanczos to {self.reference_side} px",
+               DecodeMode.EXACT: "full decode (the authors' pipeline)",
+               DecodeMode.DRAFT: "draft decode (DCT-scaled to >= 256 px)"}[self.decode]
+        return (f"{how}, INTER_LINEAR to {RESIZE}x{RESIZE}, {self.crops.value} {CROP}x{CROP} crop"
+                f"{'s' if self.crops not in (Crops.CENTRE, Crops.RANDOM) else ''}, BGR minus {self.mean.describe()}")
 
 
 def preprocess(rgb: np.ndarray, mean: Mean) -> torch.Tensor:
-    """Decoded RGB uint8 image (HxWx3) -> model input (3, 227, 227), deterministic centre crop."""
-    return torch.from_numpy(to_blob(resize_bilinear(rgb), mean, CENTRE, CENTRE))
-
-
-def preprocess_train(rgb: np.ndarray, mean: Mean, rng: np.random.Generator) -> torch.Tensor:
-    """Training variant: random 227 crop of the 256x256 image and a random mirror (Caffe's)."""
-    resized = rgb if rgb.shape[:2] == (RESIZE, RESIZE) else resize_bilinear(rgb)
-    top, left = (int(v) for v in rng.integers(0, RESIZE - CROP + 1, size=2))
-    return torch.from_numpy(to_blob(resized, mean, top, left, mirror=bool(rng.integers(0, 2))))
+    """The authors' test transform of a decoded RGB image: ``Transform(mean)(rgb)``."""
+    return Transform(mean)(rgb)

@@ -1,0 +1,193 @@
+"""Plain helpers the tests import (pytest's default import mode puts tests/ on sys.path): where
+the shared reference data is, stand-in models, and results built by hand for the report tests.
+Fixtures built on them live in conftest.py."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+TESTS = Path(__file__).resolve().parent
+SHARED = TESTS.parent.parent / "shared"
+# The user's own store, read before the autouse fixture points ILGNET_HOME at an empty one:
+# ILGNET_TEST_WEIGHTS=ilgnet-ava1 names weights installed there.
+USER_HOME = os.environ.get("ILGNET_HOME")
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason when it is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared reference data not available: {path}")
+    return path
+
+
+def camera_photos(n: int = 8) -> list[Path]:
+    """The first ``n`` shared camera JPEGs (sorted by name), or skip."""
+    folder = shared_path("photos", "camera")
+    photos = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".jpg")
+    if len(photos) < n:
+        pytest.skip(f"need {n} camera photos in {folder}")
+    return photos[:n]
+
+
+def real_weights(monkeypatch):
+    """The real weights ILGNET_TEST_WEIGHTS names (a store name or a .safetensors path), or None."""
+    from ilgnet_cli.model import store
+
+    name = os.environ.get("ILGNET_TEST_WEIGHTS")
+    if not name:
+        return None
+    if USER_HOME is None:
+        monkeypatch.delenv("ILGNET_HOME")
+    else:
+        monkeypatch.setenv("ILGNET_HOME", USER_HOME)
+    return store.load_model(name)
+
+
+# --------------------------------------------------------------------------- real-size ILGNet
+
+
+def random_ilgnet_layers(seed: int = 0) -> list[tuple[str, str, list[np.ndarray]]]:
+    """Random ILGNet weights as (caffe layer, type, [weight, bias]), logits kept unsaturated.
+
+    Weights are Xavier-like; the classifier is scaled down (x0.05) so that softmax probabilities
+    on real photos stay far from 0 and 1, where a probability comparison is meaningful.
+    """
+    from ilgnet_cli.model.ilgnet import ILGNet
+
+    torch.manual_seed(seed)
+    model = ILGNet()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in model.parameterised_layers():
+            m.bias.uniform_(-0.1, 0.3, generator=gen)
+        cls = model.loss1["classifier_cjy"]
+        cls.weight.mul_(0.05)
+    layers = []
+    for name, m in model.parameterised_layers():
+        kind = "Convolution" if m.weight.ndim == 4 else "InnerProduct"
+        layers.append((name, kind, [m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()]))
+    return layers
+
+
+def layers_state(layers) -> dict[str, np.ndarray]:
+    """(caffe layer, type, [weight, bias]) -> a state dict of ILGNet's keys."""
+    state = {}
+    for name, _, (w, b) in layers:
+        key = name.replace("/", ".")
+        state[f"{key}.weight"], state[f"{key}.bias"] = w, b
+    return state
+
+
+# --------------------------------------------------------------------------- the tiny stand-in
+
+
+class TinyNet(nn.Module):
+    """A stand-in for ILGNet on the scoring path: the same input (n, 3, 227, 227), two logits
+    (index 1 = high), ``forward_features`` returning (logits, features) as ILGNet's does, every
+    image an independent row. About 2,000 parameters: a forward pass over 32 crops takes
+    milliseconds, so reports, the predictor and the gate run on real photos in the default suite.
+
+    ``gain`` scales the logits; ``offset`` adds the same large vector to both logit rows, which
+    changes no fp32 probability (softmax ignores a common shift) but leaves bf16's three digits
+    too few for their difference: weights bf16 cannot carry.
+    """
+
+    def __init__(self, seed: int = 0, gain: float = 1.0, offset: float = 0.0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.conv1 = nn.Conv2d(3, 8, 7, stride=4)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2)
+        self.fc = nn.Linear(16, 2)
+        with torch.no_grad():
+            for conv in (self.conv1, self.conv2):
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) / conv.weight[0].numel() ** 0.5)
+                conv.bias.zero_()
+            self.fc.weight.zero_()
+            self.fc.bias.zero_()
+            self.fc.weight[1] = torch.randn(16, generator=gen) * gain / 4  # gain 1: log-odds std ~0.6 on photos
+            if offset:
+                self.fc.weight.add_(torch.randn(16, generator=gen).abs() * offset)
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.relu(self.conv1(x / 64))
+        h = torch.relu(self.conv2(h))
+        feats = h.mean(dim=(2, 3))
+        # Each image's features against their own mean and spread (rows stay independent): the
+        # logits then follow what differs between photos, and P(high) spreads over 0..1.
+        centred = (feats - feats.mean(dim=1, keepdim=True)) / (feats.std(dim=1, keepdim=True) + 1e-3)
+        return self.fc(centred), feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)[0]
+
+
+def tiny_weights(seed: int = 0, gain: float = 0.5, offset: float = 0.0, *, name: str = "tiny",
+                 mean: str = "ava1"):
+    """A :class:`TinyNet` as loaded weights (what ``score_collection(weights=...)``, ``score_files``
+    and the reports take); its sha256 is that of its tensors, so two different stand-ins never
+    share cache rows or verdicts."""
+    from ilgnet_cli.model.store import LoadedWeights
+    from ilgnet_cli.model.transform import parse_mean
+
+    model = TinyNet(seed, gain, offset).eval()
+    digest = hashlib.sha256()
+    for key, value in model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.numpy().tobytes())
+    return LoadedWeights(model=model, mean=parse_mean(mean), sha256=digest.hexdigest(), name=name,
+                         path=Path(f"/nonexistent/{name}.safetensors"))
+
+
+# --------------------------------------------------------------------------- results by hand
+
+
+def result(path: str, score: float | None = 0.5, error: str | None = None, *, width: int = 10, height: int = 10,
+           **exif):
+    """A :class:`ScoreResult` as a run leaves it (``exif``: ExifInfo fields)."""
+    from ilgnet_cli.photos.exif import ExifInfo
+    from ilgnet_cli.photos.results import ScoreResult
+
+    return ScoreResult(path=path, score=None if error else score, error=error, width=width, height=height,
+                       format=None if error else "JPEG", exif=ExifInfo(**exif))
+
+
+def run_of(*results, weights: str = "random"):
+    """A finished :class:`ScoreRun` over ``results``."""
+    from ilgnet_cli.photos.results import RunStats, ScoreRun
+
+    ok = sum(r.ok for r in results)
+    stats = RunStats(files=len(results), scored=ok, errors=len(results) - ok)
+    return ScoreRun(list(results), stats, weights, "0" * 64)
+
+
+def grouped(run, groups: list[list]) -> None:
+    """Give ``run`` bursts as best-of-burst leaves them: ``groups`` of results (keeper first),
+    ordered best keeper first, each member marked with its place."""
+    from ilgnet_cli.photos.bursts import Burst
+    from ilgnet_cli.photos.results import BurstMark
+
+    groups = sorted(groups, key=lambda g: -g[0].score)
+    run.bursts = []
+    for i, members in enumerate(groups, 1):
+        for j, m in enumerate(members):
+            m.burst = BurstMark(i, len(members), j == 0)
+        run.bursts.append(Burst(i, members))
+
+
+def one_line(text: str, *needles: str, limit: int = 400) -> str:
+    """``text`` is exactly one non-blank line, holds every needle and no traceback; the line."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text[:2000]
+    assert "Traceback" not in text
+    assert len(lines[0]) <= limit, f"{len(lines[0])} chars: {lines[0][:300]}"
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,34 @@ def real_weights(monkeypatch):
     else:
         monkeypatch.setenv("ILGNET_HOME", USER_HOME)
     return store.load_model(name)
+
+
+# --------------------------------------------------------------------------- Caffe, independently
+
+_CROP = 227  # Caffe's crop in train/val.prototxt (written here, not imported: this is the reference)
+
+
+def authors_mean(which: str = "AVA1") -> np.ndarray:
+    """The authors' mean image straight from their release (not ilgnet's shipped copy)."""
+    with warnings.catch_warnings():  # their .npy was written by Python 2: numpy says so
+        warnings.simplefilter("ignore", UserWarning)
+        return np.load(shared_path("ilgnet", "mean", f"{which}_mean.npy"), allow_pickle=False,
+                       encoding="latin1").astype(np.float32)
+
+
+def caffe_transform(bgr256: np.ndarray, mean: np.ndarray, h_off: int, w_off: int, mirror: bool) -> np.ndarray:
+    """Caffe's DataTransformer::Transform(Datum) for uint8 data with a mean file, loop for loop."""
+    height, width = bgr256.shape[:2]
+    datum = bgr256.transpose(2, 0, 1).reshape(-1).astype(np.float32)  # Datum: C,H,W
+    flat_mean = mean.reshape(-1)
+    out = np.empty(3 * _CROP * _CROP, np.float32)
+    for c in range(3):
+        for h in range(_CROP):
+            for w in range(_CROP):
+                data_index = (c * height + h_off + h) * width + w_off + w
+                top_index = (c * _CROP + h) * _CROP + ((_CROP - 1 - w) if mirror else w)
+                out[top_index] = datum[data_index] - flat_mean[data_index]
+    return out.reshape(3, _CROP, _CROP)
 
 
 # --------------------------------------------------------------------------- real-size ILGNet

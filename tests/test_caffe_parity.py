@@ -14,8 +14,8 @@ import pytest
 import torch
 from helpers import authors_mean, caffe_transform, camera_photos, shared_path
 
-from ilgnet_cli.model import store
 from ilgnet_cli.data.decode import decode
+from ilgnet_cli.model import store
 from ilgnet_cli.model.transform import CROP, RESIZE, parse_mean, preprocess
 
 cv2 = pytest.importorskip("cv2")

@@ -135,6 +135,8 @@ class Cli:
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
             finally:
+                sys.stdout.flush()  # print() output is buffered in the wrapper until flushed
+                sys.stderr.flush()
                 sys.argv = saved_argv
                 for sig, handler in handlers.items():
                     signal.signal(sig, handler)

@@ -1,29 +1,201 @@
-"""`ilgnet download ava` against hostile inputs: manifests that aim outside DEST, planted symlinks,
-archive bombs, malformed JSON and odd image names. Every refusal is one AVADownloadError line,
-decided before anything is written where it should not be."""
+"""`ilgnet download ava`: fetching from mirrors (resume, fallback, checksums), importing a copy
+the user has (folder, zip, tar.gz, 7z volumes), the shipped manifests, and hostile input:
+manifests that aim outside DEST, planted symlinks, archive bombs, malformed JSON (fuzzed) and odd
+image names. Every refusal is one AVADownloadError line, decided before anything is written where
+it should not be."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
+import tempfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from helpers import camera_photos
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ilgnet_cli.ava import download as ava_download
-from ilgnet_cli.ava.download import AVADownloadError, Manifest, Report, download_ava, extract_archive, import_from
+from ilgnet_cli.ava.download import (
+    AVADownloadError,
+    Manifest,
+    Report,
+    UnsafeArchiveError,
+    download_ava,
+    extract_archive,
+    import_from,
+    plan_files,
+)
 from ilgnet_cli.ava.records import AVARecord, write_ava
-from ilgnet_cli.cli import app
-from ilgnet_cli.download import DownloadError
+from ilgnet_cli.runtime.download import DownloadError
 
-runner = CliRunner()
 AVA_LINE = "1 {id} 0 0 1 2 5 9 5 2 1 0 0 0 0\n"
+
+
+# --------------------------------------------------------------------------- download / import
+
+
+def _mini_ava(folder: Path, n: int = 5) -> list[int]:
+    ids = [1000 + i for i in range(n)]
+    write_ava(folder / "AVA.txt", [AVARecord(i, (0, 0, 1, 2, 5, 9, 5, 2, 1, i % 3)) for i in ids])
+    return ids
+
+
+def _mirror(server, tmp_path: Path, ids: list[int]) -> Path:
+    """A local AVA-format mirror; one image only on the mirror, one dropped mid-file, one corrupt."""
+    meta = tmp_path / "mirror-meta"
+    meta.mkdir()
+    _mini_ava(meta, len(ids))
+    server.add("/meta/AVA.txt", data=(meta / "AVA.txt").read_bytes())
+    photos = camera_photos(len(ids))
+    for i, (image_id, photo) in enumerate(zip(ids, photos, strict=True)):
+        data = photo.read_bytes()
+        if i == 0:
+            server.add(f"/primary/{image_id}.jpg", status=404)
+        elif i == 1:
+            server.add(f"/primary/{image_id}.jpg", data=data, drop_after=20_000, drop_times=1)
+        elif i == 2:
+            data = data[:2000]  # corrupt: truncated JPEG
+            server.add(f"/primary/{image_id}.jpg", data=data)
+        else:
+            server.add(f"/primary/{image_id}.jpg", data=data)
+        server.add(f"/mirror/{image_id}.jpg", data=data)
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({
+        "name": "local-test", "verified": True,
+        "files": [{"name": "AVA.txt", "urls": [server.url("/meta/AVA.txt")], "target": "AVA.txt"}],
+        "images": {"urls": [server.url("/primary/{id}.jpg"), server.url("/mirror/{id}.jpg")]},
+    }))
+    return manifest
+
+
+def test_download_from_local_mirror_resumes_falls_back_and_verifies(server, tmp_path):
+    ids = [1000 + i for i in range(5)]
+    manifest = _mirror(server, tmp_path, ids)
+    dest = tmp_path / "AVA"
+    report = download_ava(dest, manifest=manifest, jobs=2, backoff=0)
+    assert report.listed == 5 and report.present == 5 and report.downloaded == 5
+    assert report.corrupt == [ids[2]]
+    assert (dest / "corrupt.txt").read_text().split() == [str(ids[2])]
+    assert (dest / "missing.txt").read_text() == ""
+    assert len(server.routes[f"/mirror/{ids[0]}.jpg"].requests) == 1  # 404 -> mirror
+    dropped = server.routes[f"/primary/{ids[1]}.jpg"].requests
+    assert len(dropped) == 2 and dropped[1]["range"] is not None  # resumed with Range
+    assert (dest / "images" / f"{ids[1]}.jpg").read_bytes() == camera_photos(5)[1].read_bytes()
+    assert not list(dest.rglob("*.part"))
+    # Idempotent: a second run downloads nothing.
+    before = sum(len(r.requests) for r in server.routes.values())
+    again = download_ava(dest, manifest=manifest, jobs=2, backoff=0)
+    assert again.downloaded == 0 and sum(len(r.requests) for r in server.routes.values()) == before
+
+
+def test_checksum_mismatch_rejected_and_listed_missing(server, tmp_path):
+    ids = [1000 + i for i in range(5)]
+    manifest = _mirror(server, tmp_path, ids)
+    spec = json.loads(manifest.read_text())
+    spec["images"]["checksums"] = {str(ids[3]): "0" * 64}
+    manifest.write_text(json.dumps(spec))
+    report = download_ava(tmp_path / "AVA", manifest=manifest, jobs=1, backoff=0, retries=0)
+    assert report.missing == [ids[3]] and any("checksum mismatch" in f for f in report.failures)
+    assert not (tmp_path / "AVA" / "images" / f"{ids[3]}.jpg").exists()
+
+
+def _evil_zip(path: Path) -> None:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("AVA.txt", "1 1 0 0 0 0 1 0 0 0 0 0 0 0 1\n")
+        zf.writestr("../evil.txt", "escaped")
+        zf.writestr("/tmp/ilgnet-absolute-evil.txt", "escaped")
+
+
+def test_unsafe_zip_is_refused_without_writing_anything(tmp_path, cli):
+    archive = tmp_path / "evil.zip"
+    _evil_zip(archive)
+    dest = tmp_path / "sub" / "AVA"
+    with pytest.raises(UnsafeArchiveError, match="escaping|absolute"):
+        extract_archive(archive, dest)
+    assert not (tmp_path / "sub" / "evil.txt").exists() and not Path("/tmp/ilgnet-absolute-evil.txt").exists()
+    assert not any(dest.rglob("*"))
+    result = cli("download", "ava", "--dest", str(dest), "--from", str(archive))
+    assert result.code == 1 and "archive member" in result.output
+
+
+def test_unsafe_tar_symlink_is_refused(tmp_path):
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("images/link.jpg")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tf.addfile(info)
+    with pytest.raises(UnsafeArchiveError, match="not a plain file"):
+        extract_archive(archive, tmp_path / "out")
+
+
+def _payload_tree(folder: Path, ids: list[int]) -> None:
+    (folder / "AVA_dataset" / "images").mkdir(parents=True)
+    write_ava(folder / "AVA_dataset" / "AVA.txt", [AVARecord(i, (0, 0, 1, 2, 5, 9, 5, 2, 1, 0)) for i in ids])
+    for image_id, photo in zip(ids, camera_photos(len(ids)), strict=True):
+        shutil.copy2(photo, folder / "AVA_dataset" / "images" / f"{image_id}.jpg")
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip", "tar.gz", "7z-volumes"])
+def test_import_existing_copy(tmp_path, kind, cli):
+    ids = [7, 8, 9]
+    src = tmp_path / "src"
+    _payload_tree(src, ids)
+    if kind == "folder":
+        given = src
+    elif kind == "zip":
+        given = tmp_path / "AVA.zip"
+        shutil.make_archive(str(given.with_suffix("")), "zip", src)
+    elif kind == "tar.gz":
+        given = tmp_path / "AVA.tar.gz"
+        with tarfile.open(given, "w:gz") as tf:
+            tf.add(src / "AVA_dataset", arcname="AVA_dataset")
+    else:
+        import py7zr
+
+        whole = io.BytesIO()
+        with py7zr.SevenZipFile(whole, "w") as z:
+            z.writeall(src / "AVA_dataset", arcname="AVA_dataset")
+        data = whole.getvalue()
+        step = len(data) // 3 + 1
+        for n in range(3):
+            (tmp_path / f"AVA_dataset.7z.{n + 1:03d}").write_bytes(data[n * step:(n + 1) * step])
+        given = tmp_path / "AVA_dataset.7z.001"
+    dest = tmp_path / "AVA"
+    result = cli("download", "ava", "--dest", str(dest), "--from", str(given), "--json")
+    assert result.code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["present"] == 3 and summary["missing"] == 0 and summary["corrupt"] == 0
+    assert sorted(p.name for p in (dest / "images").iterdir()) == ["7.jpg", "8.jpg", "9.jpg"]
+    if kind == "folder":  # hard-linked, the user's copy untouched
+        assert (src / "AVA_dataset" / "images" / "7.jpg").exists()
+        assert (dest / "images" / "7.jpg").stat().st_ino == (src / "AVA_dataset" / "images" / "7.jpg").stat().st_ino
+    assert not (dest / ".extract").exists() or not any((dest / ".extract").iterdir())
+
+
+def test_shipped_manifests_load_and_are_marked_unverified(cli):
+    from ilgnet_cli.ava.download import manifest_help, shipped_manifests
+
+    known = shipped_manifests()
+    assert {"hf-sxfly", "hf-iceclear", "hf-will33am"} <= set(known)
+    for path in known.values():
+        m = Manifest.load(path)
+        assert m.files and all(f.urls for f in m.files) and not m.verified
+        assert any(f.archive for f in m.files) and any(f.target == "AVA.txt" for f in m.files)
+    assert "hf-sxfly (unverified)" in manifest_help()
+    assert "unverified" in cli("download", "ava", "--help").output
+
+
+# --------------------------------------------------------------------------- hostile input
 
 
 def _manifest(tmp_path: Path, spec: dict) -> Path:
@@ -64,7 +236,7 @@ def test_manifest_names_and_targets_outside_dest_are_refused_before_downloading(
         assert not list(where.glob("ilgnet-hostile*"))
 
 
-def test_archive_entry_cannot_overwrite_a_file_outside_dest(server, tmp_path):
+def test_archive_entry_cannot_overwrite_a_file_outside_dest(server, tmp_path, cli):
     victim = tmp_path / "victim.zip"
     victim.write_bytes(b"precious")
     buf = io.BytesIO()
@@ -73,8 +245,8 @@ def test_archive_entry_cannot_overwrite_a_file_outside_dest(server, tmp_path):
     server.add("/a.zip", data=buf.getvalue())
     manifest = _manifest(tmp_path, {"name": "evil", "files": [
         {"name": "../../victim.zip", "urls": [server.url("/a.zip")], "archive": "zip"}]})
-    result = runner.invoke(app, ["download", "ava", "--dest", str(tmp_path / "d" / "AVA"), "--manifest", str(manifest)])
-    assert result.exit_code != 0
+    result = cli("download", "ava", "--dest", str(tmp_path / "d" / "AVA"), "--manifest", str(manifest))
+    assert result.code != 0
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
     assert victim.read_bytes() == b"precious" and _requests(server) == 0
 
@@ -249,11 +421,11 @@ def test_7z_with_too_many_members_is_refused(tmp_path, monkeypatch):
     _assert_refused_cleanly(dest)
 
 
-def test_refused_archive_through_the_cli_is_one_line_and_leaves_no_extract_folder(tmp_path):
+def test_refused_archive_through_the_cli_is_one_line_and_leaves_no_extract_folder(tmp_path, cli):
     archive = _zip(tmp_path / "bomb.zip", {"900003.jpg": b"\0" * (80 << 20)})
     dest = tmp_path / "AVA"
-    result = runner.invoke(app, ["download", "ava", "--dest", str(dest), "--from", str(archive)])
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    result = cli("download", "ava", "--dest", str(dest), "--from", str(archive))
+    assert result.code == 1 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (dest / ".extract").exists()
 
@@ -311,10 +483,10 @@ def test_malformed_manifest_is_one_line_error(tmp_path, spec):
     assert "\n" not in str(info.value) and len(str(info.value)) < 300
 
 
-def test_malformed_manifest_through_the_cli(tmp_path):
+def test_malformed_manifest_through_the_cli(tmp_path, cli):
     path = _manifest(tmp_path, {"name": "m", "images": {"urls": ["http://127.0.0.1:9/{idx}.jpg"]}})
-    result = runner.invoke(app, ["download", "ava", "--dest", str(tmp_path / "AVA"), "--manifest", str(path)])
-    assert result.exit_code != 0 and "Traceback" not in result.output
+    result = cli("download", "ava", "--dest", str(tmp_path / "AVA"), "--manifest", str(path))
+    assert result.code != 0 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and "idx" in result.output
 
 
@@ -514,3 +686,120 @@ def test_plain_file_of_unknown_size_is_capped_while_downloading(server, tmp_path
     with pytest.raises(DownloadError, match="AVA.txt"):
         download_ava(dest, manifest=manifest, retries=0, backoff=0)
     assert not (dest / "AVA.txt").exists()
+
+
+# --------------------------------------------------------------------------- fuzzed manifests
+
+
+VALID = {
+    "name": "local", "description": "d", "verified": True, "note": "n",
+    "files": [
+        {"name": "AVA.txt", "urls": ["http://127.0.0.1:1/AVA.txt"], "target": "AVA.txt"},
+        {"name": "AVA.zip", "urls": ["https://example.org/AVA.zip"], "size": 10,
+         "checksum": "sha256:" + "0" * 64, "archive": "zip"},
+        {"name": "generic_test.jpgl", "urls": ["http://a/g"], "target": "aesthetics_image_lists/generic_test.jpgl"},
+    ],
+    "images": {"urls": ["http://a/{id}.jpg", "http://b/{id:06d}.jpg"], "checksums": {"1": "a" * 64}},
+}
+
+# Strings biased towards the characters that matter here: path separators, dots, braces, NULs.
+tricky = st.lists(st.sampled_from(list("./\\{}:%0 id\x00ab1\uff11") + ["..", "{id}", "http://"]),
+                  max_size=12).map("".join)
+scalars = st.none() | st.booleans() | st.integers(-(10**30), 10**30) | st.floats(allow_nan=True) | tricky | st.text(
+    max_size=20)
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                           | st.dictionaries(st.text(max_size=10) | st.sampled_from(sorted(VALID) + ["urls", "target"]),
+                                             inner, max_size=4), max_leaves=20)
+
+
+def _paths(value, prefix=()):
+    """Every (path, leaf) in a JSON value, so a mutation can replace any node."""
+    yield prefix, value
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _paths(v, (*prefix, i))
+
+
+def _replace(value, path, new):
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _replace(value[path[0]], path[1:], new)
+    return copy
+
+
+NODES = [p for p, _ in _paths(VALID)]
+
+
+@st.composite
+def mutated(draw):
+    spec = VALID
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(NODES))
+        try:
+            spec = _replace(spec, path, draw(json_values))
+        except (KeyError, IndexError, TypeError):  # an earlier mutation removed the node
+            pass
+    return spec
+
+
+def _check(raw, folder: Path) -> None:
+    path = folder / "m.json"
+    path.write_text(json.dumps(raw, allow_nan=True))
+    start = time.monotonic()
+    try:
+        m = Manifest.load(path)
+    except AVADownloadError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) < 400
+        return
+    finally:
+        assert time.monotonic() - start < 2.0
+    assert isinstance(m, Manifest)
+    dest = folder / "AVA"
+    try:
+        plan = plan_files(m, dest)
+    except AVADownloadError as exc:  # e.g. a name that resolves to DEST/.downloads itself
+        assert "\n" not in str(exc)
+        return
+    for _, download_to, target in plan:
+        assert download_to.parent == (dest / ".downloads").resolve()
+        assert target.is_relative_to(dest.resolve()) and target != dest.resolve()
+    if m.images:
+        for template in m.images["urls"]:
+            assert len(template.format(id=123456)) < 10_000
+
+
+def test_valid_manifest_loads():
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.json"
+        path.write_text(json.dumps(VALID))
+        assert len(Manifest.load(path).files) == 3
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(json_values)
+def test_any_json_value_is_a_manifest_or_one_line_error(raw):
+    with tempfile.TemporaryDirectory() as tmp:
+        _check(raw, Path(tmp))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_mutated_valid_manifest_is_a_manifest_or_one_line_error(raw):
+    with tempfile.TemporaryDirectory() as tmp:
+        _check(raw, Path(tmp))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_are_a_manifest_or_one_line_error(data):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.json"
+        path.write_bytes(data)
+        try:
+            Manifest.load(path)
+        except AVADownloadError as exc:
+            assert "\n" not in str(exc)

@@ -43,6 +43,15 @@ def shared():
 
 
 @pytest.fixture
+def umask():
+    """``umask(mask)`` sets the process umask for the test; the old one comes back after it."""
+    old = os.umask(0o022)
+    os.umask(old)
+    yield os.umask
+    os.umask(old)
+
+
+@pytest.fixture
 def server():
     srv = LocalServer()
     try:

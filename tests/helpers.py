@@ -175,6 +175,40 @@ def tiny_weights(seed: int = 0, gain: float = 0.5, offset: float = 0.0, *, name:
                          path=Path(f"/nonexistent/{name}.safetensors"))
 
 
+# --------------------------------------------------------------------------- files
+
+
+def write_dng(path, rgb: np.ndarray, preview_scale: int = 1, orientation: int = 1) -> None:
+    """A minimal DNG 1.4: IFD0 = RGB preview, SubIFD = 16-bit RGGB CFA data of the same scene
+    (tifffile; the test is skipped without it)."""
+    tifffile = pytest.importorskip("tifffile")
+    h, w = rgb.shape[0] // 2 * 2, rgb.shape[1] // 2 * 2
+    rgb = rgb[:h, :w]
+    cfa = np.zeros((h, w), np.uint16)
+    cfa[0::2, 0::2] = rgb[0::2, 0::2, 0]
+    cfa[0::2, 1::2] = rgb[0::2, 1::2, 1]
+    cfa[1::2, 0::2] = rgb[1::2, 0::2, 1]
+    cfa[1::2, 1::2] = rgb[1::2, 1::2, 2]
+    cfa = cfa * 256
+    preview = np.ascontiguousarray(rgb[::preview_scale, ::preview_scale])
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(preview, photometric="rgb", subfiletype=1, subifds=1, extratags=[
+            (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+            (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+            (50708, "s", 0, "ilgnet TestCam", True),  # UniqueCameraModel
+            (271, "s", 0, "ilgnet", True), (272, "s", 0, "TestCam", True),
+            (274, "H", 1, orientation, True),
+            (50721, "2i", 9, (1, 1, 0, 1, 0, 1) * 3, True),  # ColorMatrix1 (identity)
+            (50778, "H", 1, 21, True),  # CalibrationIlluminant1 = D65
+            (50728, "2I", 3, (1, 1, 1, 1, 1, 1), True),  # AsShotNeutral
+        ])
+        tw.write(cfa, photometric=32803, subfiletype=0, extratags=[
+            (33421, "H", 2, (2, 2), True),  # CFARepeatPatternDim
+            (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern RGGB
+            (50717, "I", 1, 65535, True),  # WhiteLevel
+        ])
+
+
 # --------------------------------------------------------------------------- results by hand
 
 

@@ -170,23 +170,39 @@ def camera() -> Callable[[int], list[Path]]:
     return camera_photos
 
 
+@pytest.fixture(scope="session")
+def small_photos(tmp_path_factory) -> Callable[[int, int], list[Path]]:
+    """``small_photos(n, size)``: the first n camera JPEGs downscaled to fit size x size, EXIF
+    and times kept; made once per session (decoding the originals is what costs)."""
+
+    def get(n: int, size: int) -> list[Path]:
+        folder = tmp_path_factory.getbasetemp() / f"small-photos-{size}"
+        folder.mkdir(exist_ok=True)
+        out = []
+        for src in camera_photos(n):
+            target = folder / src.name
+            if not target.exists():
+                _small_copy(src, target, size)
+            out.append(target)
+        return out
+
+    return get
+
+
 @pytest.fixture
-def photo_folder(tmp_path) -> Callable[..., Path]:
+def photo_folder(tmp_path, small_photos) -> Callable[..., Path]:
     """``photo_folder(n=4, name="shoot", *, names=None, size=None)``: a folder of copies of the
     first ``n`` shared camera JPEGs (their own names unless ``names`` are given; EXIF and times
     kept). ``size``: downscaled to fit size x size (EXIF kept), for tests that need photos, not
-    these photos' full pixels. Each call makes another folder under tmp_path."""
+    these photos' full pixels (decoding them is then ten times cheaper). Each call with another
+    ``name`` makes another folder under tmp_path."""
 
     def make(n: int = 4, name: str = "shoot", *, names: list[str] | None = None, size: int | None = None) -> Path:
         folder = tmp_path / name
         folder.mkdir(parents=True, exist_ok=True)
-        sources = camera_photos(n)
+        sources = camera_photos(n) if size is None else small_photos(n, size)
         for i, src in enumerate(sources):
-            target = folder / (names[i] if names else src.name)
-            if size is None:
-                shutil.copy2(src, target)
-            else:
-                _small_copy(src, target, size)
+            shutil.copy2(src, folder / (names[i] if names else src.name))
         return folder
 
     return make

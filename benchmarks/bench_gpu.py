@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ilgnet_cli.model.ilgnet import ILGNet  # noqa: E402
-from ilgnet_cli.model.preprocess import parse_mean  # noqa: E402
+from ilgnet_cli.model.transform import parse_mean  # noqa: E402
 from ilgnet_cli.model.store import LoadedWeights  # noqa: E402
 from ilgnet_cli.photos.scoring import run_score  # noqa: E402
 from ilgnet_cli.training.train import TrainConfig, train  # noqa: E402

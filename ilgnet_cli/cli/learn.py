@@ -36,6 +36,7 @@ def learn(
     disliked: Annotated[float, typer.Option("--disliked", help="Ratings from 1 up to this, and rejects, are disliked (0: only rejects).")] = 2.0,
     folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds (grouped by scene).")] = 5,
     group_seconds: Annotated[float, typer.Option(min=0.0, help="Shots of one camera body this close in time are one scene.")] = 5.0,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace installed weights of the same --name (never the base).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Install even with too few ratings or no measured gain over the base.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Learn and evaluate; install nothing.")] = False,
     mirror: Annotated[bool, typer.Option("--mirror/--no-mirror", help="Also learn from each photo's mirror image.")] = True,
@@ -74,7 +75,7 @@ def learn(
         except UsageError as exc:
             raise fail(str(exc), 2) from None
         if name is not None:
-            learning.check_name(name)
+            learning.check_name(name, replace=replace)
         dev = pick_device(device)
         selection = Selection(recursive=recursive, hidden=hidden)
         missing: list[str] = []
@@ -91,7 +92,7 @@ def learn(
         bar, on_done = _learn_progress(sum(thresholds.label(p.rating) is not None for p in found.photos),
                                        as_json)
         with bar:
-            outcome = learning.learn_taste(found, loaded, name=None if dry_run else name, thresholds=thresholds,
+            outcome = learning.learn_taste(found, loaded, name=None if dry_run else name, replace=replace, thresholds=thresholds,
                                    folds=folds, seconds=group_seconds, seed=seed, force=force, mirror=mirror,
                                    device=dev, workers=options.workers_or_default(workers),
                                    batch_size=batch_size, max_pixels=max_pixels, progress=on_done)

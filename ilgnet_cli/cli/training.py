@@ -71,6 +71,7 @@ def train(
     images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg images (default: AVA/images).")] = None,
     prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare' (default: AVA/prepared/PARTITION when it exists).")] = None,
     init: Annotated[str, typer.Option(help="bvlc-googlenet (ImageNet trunk, fetched if needed), random, or ILGNet weights (name or file).")] = "bvlc-googlenet",
+    offline: options.Offline = False,
     recipe: Annotated[RecipeName, typer.Option(help="paper: the authors' Caffe solver of the dataset (AVA1 or AVA2). fast: AdamW + cosine.")] = RecipeName.paper,
     iters: Annotated[int | None, typer.Option(min=1, help="Iterations (default: paper: the solver's max_iter; fast: --epochs).")] = None,
     epochs: Annotated[float | None, typer.Option(min=0.0, help="Epochs over the training list (fast: default 1).")] = None,
@@ -121,7 +122,8 @@ def train(
                           prepared=prepared, init=init, recipe=recipe.value, iters=iters, epochs=epochs,
                           batch_size=batch_size, lr=lr, dropout=dropout, device=device, amp=amp, workers=options.workers_or_default(workers),
                           seed=seed, checkpoint_every=checkpoint_every, val_size=val_size, val_list=val_list,
-                          mean=mean, draft=draft, deterministic=deterministic, resume=resume)
+                          mean=mean, draft=draft, deterministic=deterministic, resume=resume,
+                          offline=offline)
         with progress:
             summary = run(cfg, progress=update)
     if not is_main:
@@ -157,6 +159,8 @@ def eval_cmd(
     batch_size: options.BatchSize = 32,
     workers: options.Workers = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the report: .html (plots) or .json.")] = None,
+    offline: options.Offline = False,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Evaluate even when the weights trained on test images (or their training data is unknown); the overlap is shown beside the accuracy and the paper comparison hidden.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Accuracy next to the test set's majority baseline and the paper, with balanced accuracy, ROC AUC, CIs."""
@@ -172,7 +176,7 @@ def eval_cmd(
             raise fail("eval runs in fp32 (as Caffe) or bf16 when asked; auto is for scoring", 2)
         result = evaluate(dataset, weights, ava_dir=ava_dir(ava), images=images, tta=tta.value, device=device,
                           batch_size=batch_size, workers=options.workers_or_default(workers), prepared=prepared,
-                          draft=draft, precision=precision.value)
+                          draft=draft, precision=precision.value, allow_overlap=allow_overlap, offline=offline)
         if result is not None and output is not None:
             if output.suffix.lower() == ".json":
                 atomic_write_text(output, json.dumps(result.to_json(), indent=2) + "\n")
@@ -187,8 +191,9 @@ def eval_cmd(
         print(json.dumps(result.to_json(), indent=2))
         return
     m = result.metrics
-    table = Table(title=f"{escape(display(result.dataset))}: {m.n} test images ({result.missing} missing); "
-                        f"{result.precision}, {result.decode} decoding, tta {result.tta}")
+    table = Table(title=f"{escape(display(result.dataset))}: {m.n} of {result.listed} test images scored; "
+                        f"{result.precision}, {result.decode} decoding, tta {result.tta}; weights trained on: "
+                        f"{escape(display(result.trained_on))}")
     for col in ("", "accuracy", "note"):
         table.add_column(col)
     for row in comparison_rows(result):

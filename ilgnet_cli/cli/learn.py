@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +20,7 @@ from ilgnet_cli.cli.common import (
     out,
     progress_bar,
 )
-from ilgnet_cli.runtime.text import display
+from ilgnet_cli.runtime.text import display, strict_json
 
 
 @app.command()
@@ -98,7 +97,7 @@ def learn(
                                    batch_size=batch_size, max_pixels=max_pixels, progress=on_done)
     elapsed = time.monotonic() - started
     if as_json:
-        print(json.dumps(_learn_json(found, outcome, thresholds, loaded, elapsed), indent=2))
+        print(strict_json(_learn_json(found, outcome, thresholds, loaded, elapsed), indent=2))
     else:
         _learn_report(outcome, loaded.name, elapsed, force, dry_run)
     if outcome.installed is None and not (dry_run and outcome.refusal is None):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from enum import Enum
 from pathlib import Path
@@ -22,7 +21,7 @@ from ilgnet_cli.cli.common import (
     progress_bar,
 )
 from ilgnet_cli.runtime.precision import Precision
-from ilgnet_cli.runtime.text import display
+from ilgnet_cli.runtime.text import display, strict_json
 
 DATASET_HELP = ("ava1 or ava2 (the paper's protocol: the authors' lists), standard, ilgnet-ava1, ilgnet-ava2, "
                 "or a partition folder from 'ilgnet partition'.")
@@ -129,7 +128,7 @@ def train(
     if not is_main:
         return
     if as_json:
-        print(json.dumps(summary))
+        print(strict_json(summary))
         return
     best = summary["best_val_accuracy"]
     line = f"trained {summary['steps']}/{summary['total']} iterations on {summary['world']} process(es)"
@@ -179,7 +178,7 @@ def eval_cmd(
                           draft=draft, precision=precision.value, allow_overlap=allow_overlap, offline=offline)
         if result is not None and output is not None:
             if output.suffix.lower() == ".json":
-                atomic_write_text(output, json.dumps(result.to_json(), indent=2) + "\n")
+                atomic_write_text(output, strict_json(result.to_json(), indent=2) + "\n")
             else:
                 from ilgnet_cli.training.eval_report import to_html
 
@@ -188,7 +187,7 @@ def eval_cmd(
     if result is None:
         return
     if as_json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(strict_json(result.to_json(), indent=2))
         return
     m = result.metrics
     table = Table(title=f"{escape(display(result.dataset))}: {m.n} of {result.listed} test images scored; "

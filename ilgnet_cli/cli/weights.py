@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, TypedDict
 
@@ -12,7 +11,7 @@ from rich.table import Table
 
 from ilgnet_cli.cli import options
 from ilgnet_cli.cli.common import download_progress, err, errors_as_messages, fail, out, weights_app
-from ilgnet_cli.runtime.text import display
+from ilgnet_cli.runtime.text import display, strict_json
 
 
 class _Row(TypedDict):
@@ -66,7 +65,7 @@ def weights_list(as_json: options.Json = False) -> None:
             "trained_on": trained_on.describe() if trained_on is not None else "unknown",
         })
     if as_json:
-        out.print_json(json.dumps({"home": str(store.home()), "weights": rows}))
+        out.print_json(strict_json({"home": str(store.home()), "weights": rows}))
         return
     # One short row per set, its description on a line of its own: readable at 80 columns.
     table = Table(title=f"weights (store: {escape(display(str(store.home())))})", show_lines=True)
@@ -166,7 +165,7 @@ def weights_verify(
         names = [name] if name else sorted({i.name for i in store.installed_all()} | set(store._unrecorded()))
         results = [store.verify(n) for n in names]
     if as_json:
-        out.print_json(json.dumps({"repaired": mended, "weights": [r.__dict__ for r in results]}))
+        out.print_json(strict_json({"repaired": mended, "weights": [r.__dict__ for r in results]}))
     else:
         for line in mended:
             out.print(f"[yellow]repaired[/] {escape(display(line))}", highlight=False)

@@ -54,6 +54,7 @@ from ilgnet_cli.predict.predictor import Predictor
 from ilgnet_cli.runtime.distributed import Dist, init_distributed
 from ilgnet_cli.runtime.fsutil import atomic_write_text
 from ilgnet_cli.runtime.paths import AVA_SIZE_HINT, offline
+from ilgnet_cli.runtime.text import strict_json
 
 if TYPE_CHECKING:
     from ilgnet_cli.ava.prepare import PreparedImages
@@ -548,7 +549,7 @@ class _RunLog:
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(strict_json(record) + "\n")
         if self.writer is not None:
             for key in ("loss", "lr", "val_accuracy"):
                 if key in record:

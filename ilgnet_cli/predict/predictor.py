@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 from ilgnet_cli.data.source import Item, Source
 from ilgnet_cli.model.transform import DecodeMode, Transform
 from ilgnet_cli.predict.gate import BUDGET, Gate, Shortcut
-from ilgnet_cli.runtime.device import native_bf16
+from ilgnet_cli.runtime.device import exact_fp32, native_bf16
 from ilgnet_cli.runtime.distributed import Dist
 from ilgnet_cli.runtime.forward import Forward, Output, should_compile
 from ilgnet_cli.runtime.precision import Precision
@@ -176,6 +176,7 @@ class Predictor:
                  gate: Gate | None = None, features: bool = False, compile: bool | None = None,
                  compile_dir: Any = None, autocast: bool = False) -> None:
         self.device = torch.device(device)
+        exact_fp32(self.device)
         self.precision = Precision.parse(precision)
         self.batch_size, self.workers = max(1, batch_size), max(0, workers)
         self.gate = gate

@@ -590,11 +590,12 @@ def _ids_extra(run: RunSetup) -> dict[str, np.ndarray]:
 
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) training; returns a summary. Works alone or under torchrun."""
-    from ilgnet_cli.runtime.device import pick_device
+    from ilgnet_cli.runtime.device import exact_fp32, pick_device
 
     dd = init_distributed(pick_device(cfg.device))
     device = dd.device
     cuda = device.type == "cuda"
+    exact_fp32(device)  # the paper recipe is Caffe's fp32; --amp is the mixed precision, asked for
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     run = _setup(cfg, dd, cuda)

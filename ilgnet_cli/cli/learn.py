@@ -94,7 +94,8 @@ def learn(
             outcome = learning.learn_taste(found, loaded, name=None if dry_run else name, replace=replace, thresholds=thresholds,
                                    folds=folds, seconds=group_seconds, seed=seed, force=force, mirror=mirror,
                                    device=dev, workers=options.workers_or_default(workers),
-                                   batch_size=batch_size, max_pixels=max_pixels, progress=on_done)
+                                   batch_size=batch_size, max_pixels=max_pixels, progress=on_done,
+                                   grouping=bar.grouping)
     elapsed = time.monotonic() - started
     if as_json:
         print(strict_json(_learn_json(found, outcome, thresholds, loaded, elapsed), indent=2))
@@ -105,8 +106,17 @@ def learn(
 
 
 def _learn_progress(total: int, quiet: bool):
+    """The bar of the two long steps: reading the photos, then comparing them to group scenes."""
     bar = progress_bar(quiet=quiet)
     task = bar.add_task("reading photos", total=total)
+    grouping_task: list = []
+
+    def grouping(done: int, of: int) -> None:
+        if not grouping_task:
+            grouping_task.append(bar.add_task("grouping scenes", total=of))
+        bar.update(grouping_task[0], completed=done, total=of)
+
+    bar.grouping = grouping  # type: ignore[attr-defined]
     return bar, lambda done: bar.update(task, completed=done)
 
 

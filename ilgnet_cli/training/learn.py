@@ -518,7 +518,7 @@ class Dataset:
 
 
 def labelled(feats: Features, ratings: dict[str, float], thresholds: Thresholds, *,
-             seconds: float = DEFAULT_GROUP_SECONDS) -> Dataset:
+             seconds: float = DEFAULT_GROUP_SECONDS, progress: Callable[[int, int], None] | None = None) -> Dataset:
     """Keep the photos with a label; groups are computed over them."""
     keep, y, stars, left_out = [], [], [], 0
     for i, p in enumerate(feats.paths):
@@ -533,7 +533,7 @@ def labelled(feats: Features, ratings: dict[str, float], thresholds: Thresholds,
     sub = Features(paths=[feats.paths[i] for i in idx], h=feats.h[idx],
                    h_mirror=feats.h_mirror[idx] if feats.h_mirror is not None else None,
                    base_scores=feats.base_scores[idx], info=[feats.info[i] for i in idx], errors=feats.errors)
-    groups = scene_groups(sub.paths, sub.info, seconds=seconds)
+    groups = scene_groups(sub.paths, sub.info, seconds=seconds, progress=progress)
     return Dataset(sub, np.asarray(y, np.int64), np.asarray(stars, np.float64), groups, left_out)
 
 
@@ -588,7 +588,8 @@ def learn_taste(ratings: Any, loaded: Any, *, name: str | None, replace: bool = 
                 thresholds: Thresholds = Thresholds(),
         folds: int = DEFAULT_FOLDS, seconds: float = DEFAULT_GROUP_SECONDS, seed: int = 0, force: bool = False,
         mirror: bool = True, device: torch.device | str = "cpu", workers: int = 0, batch_size: int = 16,
-        max_pixels: int | None = None, progress: Callable[[int], None] | None = None) -> Outcome:
+        max_pixels: int | None = None, progress: Callable[[int], None] | None = None,
+        grouping: Callable[[int, int], None] | None = None) -> Outcome:
     """Ratings -> features -> grouped CV -> head -> installed as ``name`` (None: evaluate only).
 
     Installs only when the learned weights beat the base beyond noise on held-out folds and
@@ -605,7 +606,7 @@ def learn_taste(ratings: Any, loaded: Any, *, name: str | None, replace: bool = 
                         "nothing to learn from")
     feats = extract(files, loaded, device=device, batch_size=batch_size, workers=workers, mirror=mirror,
                     max_pixels=max_pixels, progress=progress)
-    data = labelled(feats, rating_of, thresholds, seconds=seconds)
+    data = labelled(feats, rating_of, thresholds, seconds=seconds, progress=grouping)
     out = Outcome(data=data, cv=None, head=None, refusal=check_enough(data.y), decode_errors=feats.errors,
                   labelled_before_decoding=len(files))
     if len(np.unique(data.y)) < 2:

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ilgnet_cli.download import Checksum, DownloadError, DownloadStats, download
+from ilgnet_cli.runtime.download import Checksum, DownloadError, DownloadStats, download
 
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
 SHA = Checksum("sha256", hashlib.sha256(PAYLOAD).hexdigest())

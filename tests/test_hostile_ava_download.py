@@ -20,7 +20,7 @@ from ilgnet_cli.ava import download as ava_download
 from ilgnet_cli.ava.download import AVADownloadError, Manifest, Report, download_ava, extract_archive, import_from
 from ilgnet_cli.ava.records import AVARecord, write_ava
 from ilgnet_cli.cli import app
-from ilgnet_cli.download import DownloadError
+from ilgnet_cli.runtime.download import DownloadError
 
 runner = CliRunner()
 AVA_LINE = "1 {id} 0 0 1 2 5 9 5 2 1 0 0 0 0\n"

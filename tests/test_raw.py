@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ilgnet_cli.cli import app
-from ilgnet_cli.photos.decode import decode
+from ilgnet_cli.data.decode import decode
 from ilgnet_cli.photos.exif import read_exif
 
 tifffile = pytest.importorskip("tifffile")
@@ -85,7 +85,7 @@ def test_raw_orientation_applied(tmp_path, photo_rgb):
 def test_broken_raw_gets_a_reason(tmp_path):
     path = tmp_path / "broken.nef"
     path.write_bytes(b"II*\x00" + b"\x00" * 100)
-    from ilgnet_cli.photos.decode import DecodeError
+    from ilgnet_cli.data.decode import DecodeError
 
     with pytest.raises(DecodeError, match="cannot decode RAW"):
         decode(path)

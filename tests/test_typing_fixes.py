@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from ilgnet_cli.photos.decode import decode
+from ilgnet_cli.data.decode import decode
 
 tifffile = pytest.importorskip("tifffile")
 from test_raw import write_dng  # noqa: E402 - needs tifffile

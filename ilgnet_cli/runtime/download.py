@@ -623,6 +623,8 @@ def download(
                 unreachable = _unreachable(exc)
                 if isinstance(exc, ValueError) or _is_bad_url(exc):
                     break
+                if unreachable and attempt >= 1:  # no network: waiting longer will not bring it back
+                    break
                 if attempt < retries:
                     time.sleep(min(MAX_BACKOFF, backoff * 2 ** min(attempt, 30)))
                     continue

@@ -632,6 +632,9 @@ def export_top(results: Iterable[ScoreResult], dest: str | Path, *, link: bool =
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob(".ilgnet-copy.*.tmp"):  # a copy cut short by kill -9: ours, never a keeper
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
     manifest = _read_manifest(dest)
     exported_of = {e["source"]: name for name, e in manifest.items() if _still_ours(dest / name, e, link)}
     rows = list(results)

@@ -702,6 +702,11 @@ def fetch(name: str, *, registry: Registry | None = None, progress: ProgressFn |
         # next mirror is tried) and installs nothing.
         try:
             digest = file_digest(path)
+            pinned = _config().get("pinned", {})
+            before = pinned.get(name) if isinstance(pinned, dict) else None
+            if checksum is None and isinstance(before, str) and before != digest:
+                return (f"sha256 {digest[:12]}... differs from the file fetched before ({before[:12]}..., pinned "
+                        "in the store's config.json); remove the pin there if the publisher changed the file")
             if spec.kind == "caffemodel":
                 done.append(import_caffemodel(path, name, spec.mean, trunk=spec.architecture == ARCH_TRUNK,
                                               source=stats.url or path.name, provenance=spec.provenance))

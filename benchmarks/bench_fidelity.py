@@ -19,8 +19,9 @@ Decode modes (ilgnet_cli.model.transform), each fed to the model in fp32:
              INTER_LINEAR to 256x256 and centre crop;
   exact      the authors' pipeline (every pixel, INTER_LINEAR to 256x256: a 19x point-sampled
              downscale of a 24 MP photo);
-  fast       libjpeg's DCT scaling to the smallest scale keeping >= 800 px, then as reference
-             (the default of `ilgnet score`);
+  fast       libjpeg's DCT scaling to the smallest scale keeping >= 1600 px, then as reference
+             (the default of `ilgnet score`, checked there by the fidelity gate);
+  draft      DCT-scaled to just over 256 px, then INTER_LINEAR (ilgnet 0.2's default);
   fast@1/s   the same at a forced DCT scale 1/2, 1/4, 1/8 (Lanczos to 800 when larger);
   draft@1/s  the DCT scale straight into INTER_LINEAR (draft@1/8 ~ ilgnet 0.2's default);
 and bf16 against fp32 on the fast and reference inputs.
@@ -67,8 +68,9 @@ def _resized(path: str) -> dict[str, np.ndarray]:
     """Every mode's 256x256 image of one JPEG (in a worker process)."""
     full = decode(path).rgb
     out = {"exact": resize_bilinear(full), "reference": resize_bilinear(antialias(full, REFERENCE_SIDE))}
-    fast = decode(path, long_side=REFERENCE_SIDE)
+    fast = decode(path, long_side=2 * REFERENCE_SIDE)  # as Transform(decode=fast) asks
     out["fast"] = resize_bilinear(antialias(fast.rgb, REFERENCE_SIDE))
+    out["draft"] = resize_bilinear(decode(path, draft=256).rgb)  # ilgnet 0.2's default
     h, w = full.shape[:2]
     for s in SCALES:
         d = decode(path, draft=max(1, min(w, h) // s))  # both sides >= full/s: libjpeg picks 1/s
@@ -170,7 +172,8 @@ def row(*cells: object) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jpegs", type=int, default=200, help="real-sized JPEGs made from the camera photos")
-    ap.add_argument("--train-iters", type=int, default=20, help="SGD steps for each trained model (batch 8)")
+    ap.add_argument("--train-iters", type=int, default=20, help="SGD steps for the blur model (batch 8)")
+    ap.add_argument("--exposure-iters", type=int, default=80, help="SGD steps for the exposure model (batch 8)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--keep", type=Path, help="keep (and reuse) the trained models in this folder")
     args = ap.parse_args()
@@ -184,9 +187,9 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; decode-check bound: accept "
               f"|d log-odds| <= {ACCEPT} per shortcut, {BOUND} in all (|dP| <= {BOUND / 4})")
         kinds: dict[str, store.LoadedWeights] = {}
-        for task in ("blur", "exposure"):
+        for task, iters in (("blur", args.train_iters), ("exposure", args.exposure_iters)):
             t = time.perf_counter()
-            lw, auc = trained(task, models, args.train_iters)
+            lw, auc = trained(task, models, iters)
             kinds[f"trained {task} (AUC {auc:.2f})"] = lw
             print(f"trained {task}: held-out AUC {auc:.3f} ({time.perf_counter() - t:.0f} s)", flush=True)
         kinds["random-spread"] = spread_weights(work)

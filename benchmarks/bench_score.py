@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ilgnet_cli.model.ilgnet import ILGNet  # noqa: E402
-from ilgnet_cli.model.preprocess import MEANS_BGR, parse_mean  # noqa: E402
+from ilgnet_cli.model.transform import MEANS_BGR, parse_mean  # noqa: E402
 from ilgnet_cli.model.store import LoadedWeights  # noqa: E402
 from ilgnet_cli.photos.scoring import _collate, _Images, exif_extra, run_score  # noqa: E402
 

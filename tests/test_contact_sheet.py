@@ -26,7 +26,7 @@ from rich.console import Console
 
 from ilgnet_cli.photos import reports
 from ilgnet_cli.photos.bursts import Burst
-from ilgnet_cli.photos.decode import decode
+from ilgnet_cli.data.decode import decode
 from ilgnet_cli.photos.scoring import RunStats, ScoreResult, ScoreRun
 from ilgnet_cli.photos.xmp import stars_for
 

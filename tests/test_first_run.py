@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from ilgnet_cli import download as dl
 from ilgnet_cli.cli import app
-from ilgnet_cli.download import Checksum, DownloadError, DownloadStats, download
+from ilgnet_cli.runtime.download import Checksum, DownloadError, DownloadStats, download
 from ilgnet_cli.model import store
 
 runner = CliRunner()

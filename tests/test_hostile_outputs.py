@@ -21,7 +21,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from ilgnet_cli.fsutil import atomic_write_text, display
+from ilgnet_cli.runtime.fsutil import atomic_write_text
+from ilgnet_cli.runtime.text import display
 from ilgnet_cli.photos import reports
 from ilgnet_cli.photos.discover import Selection, find_images
 from ilgnet_cli.photos.scoring import RunStats, ScoreResult, ScoreRun

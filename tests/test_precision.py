@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from ilgnet_cli.cli import app
 from ilgnet_cli.model import precision, store
 from ilgnet_cli.model.ilgnet import CaffeLRN, ILGNet, score_from_logits
-from ilgnet_cli.model.preprocess import parse_mean, preprocess
-from ilgnet_cli.photos.decode import decode
+from ilgnet_cli.model.transform import parse_mean, preprocess
+from ilgnet_cli.data.decode import decode
 from ilgnet_cli.training.metrics import spearman
 
 runner = CliRunner()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from blur_task import make_blur_task
+from trained import make_blur_task
 from conftest import camera_photos, real_weights, shared_path
 
 from ilgnet_cli.ava.records import read_label_list

@@ -81,8 +81,8 @@ def test_orientation_samples_are_the_same_picture(kind):
     The samples were re-encoded after rotating, so they differ by JPEG noise (measured: mean
     |diff| 0.3-1.8 grey levels of the 256x256 input); a wrong or missing rotation gives > 20.
     """
-    from ilgnet_cli.model.preprocess import resize_bilinear
-    from ilgnet_cli.photos.decode import decode
+    from ilgnet_cli.model.transform import resize_bilinear
+    from ilgnet_cli.data.decode import decode
 
     files = _orientation_files(kind)
     ref = resize_bilinear(decode(files[1], draft=256).rgb).astype(float)
@@ -435,7 +435,7 @@ def test_min_score_filters_report(tmp_path, weights_file, loaded):
 
 
 def test_odd_formats_convert_correctly(tmp_path, loaded):
-    from ilgnet_cli.photos.decode import decode
+    from ilgnet_cli.data.decode import decode
 
     ramp = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
     Image.fromarray(ramp, "F").save(tmp_path / "float.tiff")

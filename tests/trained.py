@@ -66,12 +66,12 @@ def make_blur_task(photos: list[Path], out: Path, crops_per_photo: int = 4, test
     return make_task(photos, out, "blur", crops_per_photo, test_photos, seed)
 
 
-def train_task(task: Path, out: Path, iters: int = 20, seed: int = 0) -> Path:
+def train_task(task: Path, out: Path, iters: int = 20, seed: int = 0, device: str = "cpu") -> Path:
     """ILGNet trained on ``task`` from random init (the fast recipe, batch 8, no dropout: about a
     minute on 2 cores for 20 steps); the path of its weights."""
     from ilgnet_cli.training.train import TrainConfig, train
 
     train(TrainConfig(partition=task, out=out, images=task / "images", init="random", recipe="fast", lr=1e-3,
-                      iters=iters, batch_size=8, dropout=0.0, workers=0, device="cpu",
+                      iters=iters, batch_size=8, dropout=0.0, workers=0, device=device,
                       checkpoint_every=max(1, iters // 2), seed=seed))
     return out / "checkpoints" / "last" / "model.safetensors"

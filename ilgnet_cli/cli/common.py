@@ -54,7 +54,7 @@ app.add_typer(weights_app, name="weights")
 download_app = typer.Typer(help="Download datasets.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(download_app, name="download")
 
-out = Console()
+out = Console(soft_wrap=True)  # lines of text are never hard-wrapped (tables fit the width)
 # Messages are never hard-wrapped: a piped log keeps each warning and each printed command whole.
 err = Console(stderr=True, soft_wrap=True)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -21,7 +20,7 @@ from ilgnet_cli.cli.common import (
     out,
     progress_bar,
 )
-from ilgnet_cli.runtime.text import display
+from ilgnet_cli.runtime.text import display, strict_json
 
 
 @app.command()
@@ -36,6 +35,7 @@ def learn(
     disliked: Annotated[float, typer.Option("--disliked", help="Ratings from 1 up to this, and rejects, are disliked (0: only rejects).")] = 2.0,
     folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds (grouped by scene).")] = 5,
     group_seconds: Annotated[float, typer.Option(min=0.0, help="Shots of one camera body this close in time are one scene.")] = 5.0,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace installed weights of the same --name (never the base).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Install even with too few ratings or no measured gain over the base.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Learn and evaluate; install nothing.")] = False,
     mirror: Annotated[bool, typer.Option("--mirror/--no-mirror", help="Also learn from each photo's mirror image.")] = True,
@@ -74,7 +74,7 @@ def learn(
         except UsageError as exc:
             raise fail(str(exc), 2) from None
         if name is not None:
-            learning.check_name(name)
+            learning.check_name(name, replace=replace)
         dev = pick_device(device)
         selection = Selection(recursive=recursive, hidden=hidden)
         missing: list[str] = []
@@ -91,13 +91,14 @@ def learn(
         bar, on_done = _learn_progress(sum(thresholds.label(p.rating) is not None for p in found.photos),
                                        as_json)
         with bar:
-            outcome = learning.learn_taste(found, loaded, name=None if dry_run else name, thresholds=thresholds,
+            outcome = learning.learn_taste(found, loaded, name=None if dry_run else name, replace=replace, thresholds=thresholds,
                                    folds=folds, seconds=group_seconds, seed=seed, force=force, mirror=mirror,
                                    device=dev, workers=options.workers_or_default(workers),
-                                   batch_size=batch_size, max_pixels=max_pixels, progress=on_done)
+                                   batch_size=batch_size, max_pixels=max_pixels, progress=on_done,
+                                   grouping=bar.grouping)
     elapsed = time.monotonic() - started
     if as_json:
-        print(json.dumps(_learn_json(found, outcome, thresholds, loaded, elapsed), indent=2))
+        print(strict_json(_learn_json(found, outcome, thresholds, loaded, elapsed), indent=2))
     else:
         _learn_report(outcome, loaded.name, elapsed, force, dry_run)
     if outcome.installed is None and not (dry_run and outcome.refusal is None):
@@ -105,8 +106,17 @@ def learn(
 
 
 def _learn_progress(total: int, quiet: bool):
+    """The bar of the two long steps: reading the photos, then comparing them to group scenes."""
     bar = progress_bar(quiet=quiet)
     task = bar.add_task("reading photos", total=total)
+    grouping_task: list = []
+
+    def grouping(done: int, of: int) -> None:
+        if not grouping_task:
+            grouping_task.append(bar.add_task("grouping scenes", total=of))
+        bar.update(grouping_task[0], completed=done, total=of)
+
+    bar.grouping = grouping  # type: ignore[attr-defined]
     return bar, lambda done: bar.update(task, completed=done)
 
 

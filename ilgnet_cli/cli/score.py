@@ -121,6 +121,9 @@ def score(
             check_output_file(output)
         export_to = copy_top or link_top
         if export_to is not None:
+            if any(os.path.isdir(p) and os.path.realpath(p) == os.path.realpath(export_to) for p in paths):
+                raise fail(f"{'--copy-top' if copy_top else '--link-top'} {escape(display(str(export_to)))} is a "
+                           "folder being scored: give another folder (a sub-folder such as keepers/ is fine)", 2)
             check_writable_folder(export_to)
         outputs = [p for p in (copy_top, link_top, output if fmt != "table" else None) if p is not None]
         started = time.monotonic()

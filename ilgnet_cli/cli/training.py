@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from enum import Enum
 from pathlib import Path
@@ -22,7 +21,7 @@ from ilgnet_cli.cli.common import (
     progress_bar,
 )
 from ilgnet_cli.runtime.precision import Precision
-from ilgnet_cli.runtime.text import display
+from ilgnet_cli.runtime.text import display, strict_json
 
 DATASET_HELP = ("ava1 or ava2 (the paper's protocol: the authors' lists), standard, ilgnet-ava1, ilgnet-ava2, "
                 "or a partition folder from 'ilgnet partition'.")
@@ -71,6 +70,7 @@ def train(
     images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg images (default: AVA/images).")] = None,
     prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare' (default: AVA/prepared/PARTITION when it exists).")] = None,
     init: Annotated[str, typer.Option(help="bvlc-googlenet (ImageNet trunk, fetched if needed), random, or ILGNet weights (name or file).")] = "bvlc-googlenet",
+    offline: options.Offline = False,
     recipe: Annotated[RecipeName, typer.Option(help="paper: the authors' Caffe solver of the dataset (AVA1 or AVA2). fast: AdamW + cosine.")] = RecipeName.paper,
     iters: Annotated[int | None, typer.Option(min=1, help="Iterations (default: paper: the solver's max_iter; fast: --epochs).")] = None,
     epochs: Annotated[float | None, typer.Option(min=0.0, help="Epochs over the training list (fast: default 1).")] = None,
@@ -121,13 +121,14 @@ def train(
                           prepared=prepared, init=init, recipe=recipe.value, iters=iters, epochs=epochs,
                           batch_size=batch_size, lr=lr, dropout=dropout, device=device, amp=amp, workers=options.workers_or_default(workers),
                           seed=seed, checkpoint_every=checkpoint_every, val_size=val_size, val_list=val_list,
-                          mean=mean, draft=draft, deterministic=deterministic, resume=resume)
+                          mean=mean, draft=draft, deterministic=deterministic, resume=resume,
+                          offline=offline)
         with progress:
             summary = run(cfg, progress=update)
     if not is_main:
         return
     if as_json:
-        print(json.dumps(summary))
+        print(strict_json(summary))
         return
     best = summary["best_val_accuracy"]
     line = f"trained {summary['steps']}/{summary['total']} iterations on {summary['world']} process(es)"
@@ -157,6 +158,8 @@ def eval_cmd(
     batch_size: options.BatchSize = 32,
     workers: options.Workers = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the report: .html (plots) or .json.")] = None,
+    offline: options.Offline = False,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Evaluate even when the weights trained on test images (or their training data is unknown); the overlap is shown beside the accuracy and the paper comparison hidden.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Accuracy next to the test set's majority baseline and the paper, with balanced accuracy, ROC AUC, CIs."""
@@ -172,10 +175,10 @@ def eval_cmd(
             raise fail("eval runs in fp32 (as Caffe) or bf16 when asked; auto is for scoring", 2)
         result = evaluate(dataset, weights, ava_dir=ava_dir(ava), images=images, tta=tta.value, device=device,
                           batch_size=batch_size, workers=options.workers_or_default(workers), prepared=prepared,
-                          draft=draft, precision=precision.value)
+                          draft=draft, precision=precision.value, allow_overlap=allow_overlap, offline=offline)
         if result is not None and output is not None:
             if output.suffix.lower() == ".json":
-                atomic_write_text(output, json.dumps(result.to_json(), indent=2) + "\n")
+                atomic_write_text(output, strict_json(result.to_json(), indent=2) + "\n")
             else:
                 from ilgnet_cli.training.eval_report import to_html
 
@@ -184,11 +187,12 @@ def eval_cmd(
     if result is None:
         return
     if as_json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(strict_json(result.to_json(), indent=2))
         return
     m = result.metrics
-    table = Table(title=f"{escape(display(result.dataset))}: {m.n} test images ({result.missing} missing); "
-                        f"{result.precision}, {result.decode} decoding, tta {result.tta}")
+    table = Table(title=f"{escape(display(result.dataset))}: {m.n} of {result.listed} test images scored; "
+                        f"{result.precision}, {result.decode} decoding, tta {result.tta}; weights trained on: "
+                        f"{escape(display(result.trained_on))}")
     for col in ("", "accuracy", "note"):
         table.add_column(col)
     for row in comparison_rows(result):

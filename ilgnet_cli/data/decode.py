@@ -145,6 +145,27 @@ def open_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> I
     return img
 
 
+# A progressive JPEG decodes each scan over the whole picture: real ones have about ten (at most a
+# few dozen); a hostile file with thousands costs minutes of CPU per decode. More than this is refused.
+MAX_SCANS = 256
+_SCAN_CHUNK = 1 << 20
+
+
+def check_scans(path: str | os.PathLike[str]) -> None:
+    """Raise DecodeError when a JPEG holds more than :data:`MAX_SCANS` scans (SOS markers).
+
+    Counted on the bytes: inside entropy-coded data a 0xFF byte is always followed by 0x00 or a
+    restart marker, so ``FF DA`` occurs only as a marker (embedded thumbnails add their own few)."""
+    count, tail = 0, b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_SCAN_CHUNK):
+            data = tail + chunk
+            count += data.count(b"\xff\xda")
+            if count > MAX_SCANS:
+                raise DecodeError(f"too many JPEG scans (more than {MAX_SCANS}): refused, decoding would take minutes")
+            tail = data[-1:]  # a marker split over two reads is counted once, in the next
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).lower()
     if "truncated" in text or "premature end" in text or "unexpected end" in text:
@@ -188,6 +209,8 @@ def decode(path: str | os.PathLike[str], draft: int | None = None, max_pixels: i
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's per-file warnings become our reasons
             fmt = img.format or "?"
+            if fmt in ("JPEG", "MPO"):
+                check_scans(path)
             size = img.size
             orientation = _orientation(img)
             request = draft_size(size, draft, long_side) if fmt in ("JPEG", "MPO") else None

@@ -19,12 +19,14 @@ AVA's photos were uploads to dpchallenge.com, whose rules allowed at most 640 pi
 (later 720, then 800 until October 2014; dpchallenge.com/challenge_rules.php and its rules
 wiki): the model never saw the 19x point-sampled downscale that step 2 makes of a 24 MP camera
 photo. The ``reference`` mode therefore first brings a photo larger than :data:`REFERENCE_SIDE`
-(800, the largest any AVA image can be) down to it with an anti-aliased (Lanczos) resize, as a
-photographer resizing for dpchallenge would, then runs the authors' steps 2-4; on AVA's own
-images it is the authors' pipeline unchanged. ``fast`` gets the same picture cheaply: libjpeg
-decodes a JPEG at 1/2, 1/4 or 1/8 scale in the DCT, keeping the long side at least
-:data:`REFERENCE_SIDE`, then the same Lanczos resize. ``draft`` is the old shortcut (DCT-scaled
-to just over 256 pixels, then step 2); benchmarks/bench_fidelity.py measures every mode.
+(800, the largest any AVA image can be) down to it with Pillow's Lanczos resize (every pixel
+decoded, no reducing gap), as a photographer resizing for dpchallenge would, then runs the
+authors' steps 2-4; on AVA's own images it is the authors' pipeline unchanged. ``fast`` gets
+nearly the same picture for less: libjpeg decodes a JPEG at 1/2, 1/4 or 1/8 scale in the DCT,
+keeping the long side at least twice :data:`REFERENCE_SIDE`, then the same Lanczos resize; it
+is a shortcut, checked against ``reference`` by the fidelity gate. ``draft`` is ilgnet 0.2's
+shortcut (DCT-scaled to just over 256 pixels, then step 2). benchmarks/bench_fidelity.py
+measures every mode against the reference and against ``exact``.
 
 Training replaces step 3 with a random crop and a random horizontal mirror; the mean image is
 cropped at the same window and mirrored with it, as Caffe does.
@@ -304,7 +306,7 @@ def antialias(rgb: np.ndarray, side: int = REFERENCE_SIDE) -> np.ndarray:
 class DecodeMode(str, Enum):
     """How a photo becomes the 256x256 image (see the module docstring)."""
 
-    FAST = "fast"  # DCT-scaled JPEG decode to >= 800 px, then as reference
+    FAST = "fast"  # DCT-scaled JPEG decode to >= 1600 px, then as reference
     REFERENCE = "reference"  # every pixel, anti-aliased to <= 800 px, then the authors' resize
     EXACT = "exact"  # the authors' pipeline: every pixel, INTER_LINEAR to 256
     DRAFT = "draft"  # DCT-scaled to just over 256 px, then INTER_LINEAR (ilgnet 0.2's default)
@@ -368,7 +370,9 @@ class Transform:
         """Keyword arguments for :func:`ilgnet_cli.data.decode.decode`: how small a JPEG may be
         decoded in the DCT (nothing: every pixel)."""
         if self.decode is DecodeMode.FAST:
-            return {"long_side": self.reference_side}
+            # Twice the reference side: the DCT's own filtering then only touches detail the Lanczos
+            # step removes anyway (at 1x, trained weights moved 3x more: benchmarks/bench_fidelity.py).
+            return {"long_side": 2 * self.reference_side}
         if self.decode is DecodeMode.DRAFT:
             return {"draft": RESIZE}
         return {}
@@ -398,7 +402,7 @@ class Transform:
         return torch.from_numpy(self.blobs(self.resize(rgb), rng))
 
     def describe(self) -> str:
-        how = {DecodeMode.FAST: f"fast decode (DCT-scaled to >= {self.reference_side} px, Lanczos to "
+        how = {DecodeMode.FAST: f"fast decode (DCT-scaled to >= {2 * self.reference_side} px, Lanczos to "
                                 f"{self.reference_side})",
                DecodeMode.REFERENCE: f"full decode, Lanczos to {self.reference_side} px",
                DecodeMode.EXACT: "full decode (the authors' pipeline)",

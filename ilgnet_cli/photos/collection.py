@@ -108,6 +108,11 @@ def score_files(
     precision = Precision.parse(precision)
     transform = transform or weights.transforms()
     fidelity = None
+    if gate and len(files) <= batch_size:
+        # A run that fits in one batch gains nothing from a shortcut: checking it would cost as much
+        # as the faithful path itself (an fp32 pass of the batch, a full decode per worker).
+        transform = transform.faithful
+        precision = Precision.FP32 if precision is Precision.AUTO else precision
     if gate:
         bf16 = precision is Precision.AUTO and native_bf16(device)
         keys = {Shortcut.DECODE: verdict_key(Shortcut.DECODE, weights_sha256=weights.sha256, device="", versions="",
@@ -121,8 +126,10 @@ def score_files(
                           workers=workers, gate=fidelity, compile=compile, compile_dir=cache_home() / "compile-cache")
     bf16_allowed = predictor.served_precision == "bf16"
     mode = predictor.transform.key
-    # fp32 scores are always good enough; bf16 ones while bf16 is what this run serves.
-    lookups = [mode, mode + "+bf16"] if bf16_allowed else [mode]
+    # fp32 scores are always good enough, the faithful decode's first; bf16 ones while bf16 is what
+    # this run serves.
+    modes = list(dict.fromkeys([predictor.transform.faithful.key, mode]))
+    lookups = modes + [m + "+bf16" for m in modes] if bf16_allowed else modes
 
     stats = RunStats(files=len(files) + len(missing or []))
     done: dict[int, ScoreResult] = {}

@@ -31,7 +31,7 @@ from ilgnet_cli.photos.discover import EXPORT_MANIFEST
 from ilgnet_cli.photos.exif import ExifInfo
 from ilgnet_cli.photos.results import ScoreResult, ScoreRun
 from ilgnet_cli.runtime.fsutil import atomic_write_text, copy_new
-from ilgnet_cli.runtime.text import display, escape_controls, json_escaped, printable
+from ilgnet_cli.runtime.text import display, escape_controls, json_escaped, printable, strict_json
 
 FORMATS = ("table", "csv", "json", "html")
 CSV_FIELDS = ("rank", "score", "path", "status", "error", "width", "height", "format", "captured", "camera",
@@ -107,7 +107,7 @@ def to_json(run: ScoreRun, min_score: float | None = None, top: int | None = Non
         "results": [record(r, i) for i, r in enumerate(rows, 1)],
         "errors": [{"path": r.path, "reason": r.error} for r in run.errors],
     }
-    return json_escaped(json.dumps(payload, indent=2, ensure_ascii=False))
+    return json_escaped(strict_json(payload, indent=2, ensure_ascii=False))
 
 
 def to_csv(run: ScoreRun, min_score: float | None = None, top: int | None = None) -> str:
@@ -355,6 +355,42 @@ def histogram_svg(dist: Distribution, bins: int = 20, width: int = 640, height: 
 # --------------------------------------------------------------------------- HTML
 
 
+# A thumbnail is decoded in a worker process under a deadline, as photos are when scored: a file that
+# hangs or crashes its decoder costs only its preview, never the report.
+THUMBNAIL_TIMEOUT_S = 60
+
+
+def make_thumbnails(jobs: list[tuple[str, int]], max_pixels: int | None = None,
+               timeout: float = THUMBNAIL_TIMEOUT_S) -> dict[tuple[str, int], str | None]:
+    """Data URIs of (path, size) thumbnails, made in worker processes; None where the photo could
+    not be decoded in ``timeout`` seconds (the stuck worker is ended)."""
+    import multiprocessing as mp
+
+    from ilgnet_cli.runtime.system import default_signals, default_workers
+
+    out: dict[tuple[str, int], str | None] = {}
+    todo = list(dict.fromkeys(jobs))
+    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+    while todo:
+        pool = ctx.Pool(min(default_workers(), len(todo)), initializer=default_signals, maxtasksperchild=50)
+        try:
+            pending = [(job, pool.apply_async(thumbnail_data_uri, (job[0], job[1], max_pixels))) for job in todo]
+            todo = []
+            for i, (job, res) in enumerate(pending):
+                try:
+                    out[job] = res.get(timeout)
+                except mp.TimeoutError:
+                    out[job] = None  # the stuck one: the pool is ended, the rest start again
+                    todo = [j for j, _ in pending[i + 1:] if j not in out]
+                    break
+                except Exception:  # noqa: BLE001 - a decoder crash in the worker: no preview
+                    out[job] = None
+        finally:
+            pool.terminate()
+            pool.join()
+    return out
+
+
 def thumbnail_data_uri(path: str, size: int = 240, max_pixels: int | None = None) -> str | None:
     """A small JPEG of the photo (orientation applied) as a data: URI, or None if undecodable."""
     from PIL import Image
@@ -452,8 +488,13 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
     def esc(text: str) -> str:  # untrusted text: markup escaped, controls and bidi overrides visible
         return html.escape(display(text))
 
+    rows = selected(run, min_score, top)
+    cells = _groups(run, rows)
+    wanted = [(c[0].path, 240) for c in cells] + [(m.path, 160) for c in cells if len(c) > 1 for m in c[1:]]
+    previews = make_thumbnails(wanted, max_pixels) if thumbnails else {}
+
     def picture(r: ScoreResult, size: int, inner: str = "", css: str = "") -> str:
-        uri = thumbnail_data_uri(r.path, size=size, max_pixels=max_pixels) if thumbnails else None
+        uri = previews.get((r.path, size))
         name = os.path.basename(r.path)
         img = (f'<img src="{esc(uri)}" alt="{esc(name)}" loading="lazy">' if uri
                else '<div class="noimg">no preview</div>')
@@ -468,9 +509,8 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
                 + f'<br><span class="name" title="{esc(r.path)}">{esc(os.path.basename(r.path))}</span>'
                 f'<br><span class="exif">{esc(_caption(exif_of(r)))}</span></figcaption>')
 
-    rows = selected(run, min_score, top)
     figures = []
-    for rank, cell in enumerate(_groups(run, rows), 1):
+    for rank, cell in enumerate(cells, 1):
         first = cell[0]
         if len(cell) == 1:  # a single shot, or a burst of one: an ordinary cell
             figures.append(f'<figure class="shot">{picture(first, 240)}{caption(f"#{rank}", first)}</figure>')
@@ -592,6 +632,9 @@ def export_top(results: Iterable[ScoreResult], dest: str | Path, *, link: bool =
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob(".ilgnet-copy.*.tmp"):  # a copy cut short by kill -9: ours, never a keeper
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
     manifest = _read_manifest(dest)
     exported_of = {e["source"]: name for name, e in manifest.items() if _still_ours(dest / name, e, link)}
     rows = list(results)

@@ -32,10 +32,11 @@ from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 from ilgnet_cli.data.source import Item, Source
 from ilgnet_cli.model.transform import DecodeMode, Transform
 from ilgnet_cli.predict.gate import BUDGET, Gate, Shortcut
-from ilgnet_cli.runtime.device import native_bf16
+from ilgnet_cli.runtime.device import exact_fp32, native_bf16
 from ilgnet_cli.runtime.distributed import Dist
 from ilgnet_cli.runtime.forward import Forward, Output, should_compile
 from ilgnet_cli.runtime.precision import Precision
+from ilgnet_cli.runtime.system import default_signals
 
 # Seconds one item may take in a worker (read + decode + extras) before the worker is ended.
 # Generous: a 100 MB RAW on a slow network share must not hit it; an endless loop must.
@@ -131,6 +132,7 @@ def _collate(rows: list[tuple[int, Item, torch.Tensor | None]]):
 def _worker_init(_: int) -> None:
     # Decoding is numpy/Pillow work; torch threads in workers would only fight the model.
     torch.set_num_threads(1)
+    default_signals()
     # Native decoders (libtiff, libheif) print their own diagnostics straight to fd 2; the
     # report already carries a one-line reason for that file, so keep the terminal clean.
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -174,6 +176,7 @@ class Predictor:
                  gate: Gate | None = None, features: bool = False, compile: bool | None = None,
                  compile_dir: Any = None, autocast: bool = False) -> None:
         self.device = torch.device(device)
+        exact_fp32(self.device)
         self.precision = Precision.parse(precision)
         self.batch_size, self.workers = max(1, batch_size), max(0, workers)
         self.gate = gate

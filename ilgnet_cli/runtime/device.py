@@ -111,3 +111,12 @@ def backend_versions() -> str:
         if torch.backends.cudnn.is_available():
             parts.append(f"cudnn {torch.backends.cudnn.version()}")
     return ", ".join(parts)
+
+
+def exact_fp32(device: torch.device) -> None:
+    """fp32 means fp32 on CUDA too: PyTorch lets cuDNN run fp32 convolutions in TF32 (10-bit
+    mantissas) on Ampere and later by default, which would move "fp32" scores as far as bf16 does.
+    Caffe computed in fp32; so do ilgnet's fp32 paths (bf16 is a precision of its own)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False

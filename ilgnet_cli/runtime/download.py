@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ilgnet_cli.errors import IlgnetError
+from ilgnet_cli.runtime.text import clip
 
 USER_AGENT = "ilgnet-cli (+https://github.com/ilgnet/ilgnet-cli)"
 CHUNK = 1 << 20
@@ -78,7 +79,7 @@ class SourceFailure:
 
     def line(self) -> str:
         tries = f" ({self.attempts} attempts)" if self.attempts > 1 else ""
-        return f"{_cut(self.url)}: {self.reason}{tries}"
+        return f"{clip(self.url)}: {self.reason}{tries}"
 
 
 class DownloadError(IlgnetError):
@@ -91,11 +92,6 @@ class DownloadError(IlgnetError):
         super().__init__(message)
         self.sources = sources
 
-
-def _cut(text: object, limit: int = 80) -> str:
-    """One line of at most ``limit`` characters: server-chosen text goes into our messages."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -110,9 +106,9 @@ class Checksum:
         algo, digest = algo.lower(), digest.lower()
         # shake_* digests have no fixed length (hexdigest() would need one): not usable here.
         if algo not in hashlib.algorithms_available or algo.startswith("shake"):
-            raise ValueError(f"checksum must look like sha256:<hex>, got {_cut(repr(text))}")
+            raise ValueError(f"checksum must look like sha256:<hex>, got {clip(repr(text))}")
         if len(digest) != 2 * hashlib.new(algo).digest_size or not re.fullmatch(r"[0-9a-f]+", digest):
-            raise ValueError(f"checksum {_cut(repr(text))} is not a {algo} hex digest")
+            raise ValueError(f"checksum {clip(repr(text))} is not a {algo} hex digest")
         return cls(algo, digest)
 
     def __str__(self) -> str:
@@ -188,7 +184,7 @@ def _drive_page_error(page: str, page_url: str) -> str | None:
         return "Google asks to sign in: the file is not shared with 'Anyone with the link'"
     m = _DRIVE_ERROR.search(page)
     if m:
-        return "Google Drive: " + _cut(html.unescape(_ANY_TAG.sub(" ", m.group(1))), 160)
+        return "Google Drive: " + clip(html.unescape(_ANY_TAG.sub(" ", m.group(1))), 160)
     title = _TITLE.search(page)
     if title and "quota exceeded" in title.group(1).lower():
         return "Google Drive: download quota exceeded for this file (it may take up to 24 hours)"
@@ -254,7 +250,7 @@ class _Transient(Exception):
 def _check_scheme(url: str) -> None:
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ALLOWED_SCHEMES:
-        raise _Permanent(f"not an http(s) URL ({_cut(scheme or 'no scheme', 20)})")
+        raise _Permanent(f"not an http(s) URL ({clip(scheme or 'no scheme', 20)})")
 
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
@@ -265,7 +261,7 @@ class _RedirectHandler(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib API
         newurl = urllib.parse.urljoin(req.full_url, newurl)
         if urllib.parse.urlsplit(newurl).scheme.lower() not in ALLOWED_SCHEMES:
-            raise _Permanent(f"redirect to a non-http(s) URL ({_cut(newurl, 40)})")
+            raise _Permanent(f"redirect to a non-http(s) URL ({clip(newurl, 40)})")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
@@ -435,7 +431,7 @@ def _resume_start(resp, offset: int, limits: _Limits) -> int | None:
     start, end = (int(m.group(1)), int(m.group(2))) if m else (-1, -1)
     total = int(m.group(3)) if m and m.group(3) != "*" else None
     if start != offset or end < start or (total is not None and end + 1 != total):
-        raise _Restart(f"206 with Content-Range {_cut(repr(header), 40)} for offset {offset}")
+        raise _Restart(f"206 with Content-Range {clip(repr(header), 40)} for offset {offset}")
     if total is not None and limits.expected_size is not None and total != limits.expected_size:
         raise _Permanent(f"server has {total} bytes, expected {limits.expected_size}")
     return end + 1
@@ -467,8 +463,8 @@ def _fetch_once(url: str, part: Path, limits: _Limits, progress: ProgressFn | No
                 # Only a verified part counts as complete; otherwise start over.
                 raise _Restart("server refused the resume range (HTTP 416)") from None
             if exc.code in PERMANENT_HTTP or 300 <= exc.code < 400:
-                raise _Permanent(f"HTTP {exc.code} {_cut(exc.reason, 40)}") from None
-            raise _Transient(f"HTTP {exc.code} {_cut(exc.reason, 40)}") from None
+                raise _Permanent(f"HTTP {exc.code} {clip(exc.reason, 40)}") from None
+            raise _Transient(f"HTTP {exc.code} {clip(exc.reason, 40)}") from None
         with resp:
             limits.socket_timeout()  # the watchdog may have cut the headers short: that is no reply
             ctype = (resp.headers.get("Content-Type") or "").lower()
@@ -549,7 +545,7 @@ def _receive(resp, part: Path, offset: int, limits: _Limits, progress: ProgressF
 
 def _check_size_arg(name: str, value: int | None) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise DownloadError(f"{name} must be a whole number of bytes, got {_cut(repr(value), 40)}")
+        raise DownloadError(f"{name} must be a whole number of bytes, got {clip(repr(value), 40)}")
 
 
 def download(
@@ -592,7 +588,7 @@ def download(
         if expected_size is not None and _part_size(part) == expected_size and _verify(part, checksum, expected_size):
             part.unlink()  # a stale part of the right size would otherwise cost the first source its turn
     except _Permanent as exc:
-        raise DownloadError(f"could not download {_cut(dest.name)}: {exc}") from None
+        raise DownloadError(f"could not download {clip(dest.name)}: {exc}") from None
     sources: list[SourceFailure] = []
     for url in urls:
         reason, unreachable, tries = "", False, 0
@@ -613,7 +609,7 @@ def download(
                 finally:
                     watchdog.cancel()
             except _Permanent as exc:
-                reason, unreachable = _note(stats, url, _cut(exc, 160)), False
+                reason, unreachable = _note(stats, url, clip(exc, 160)), False
                 break
             except (_Transient, OSError, http.client.HTTPException, ValueError) as exc:
                 # OSError covers URLError, socket timeouts, ssl errors, RemoteDisconnected;
@@ -622,6 +618,8 @@ def download(
                 reason = _note(stats, url, "deadline for the attempt passed" if late else _reason(exc))
                 unreachable = _unreachable(exc)
                 if isinstance(exc, ValueError) or _is_bad_url(exc):
+                    break
+                if unreachable and attempt >= 1:  # no network: waiting longer will not bring it back
                     break
                 if attempt < retries:
                     time.sleep(min(MAX_BACKOFF, backoff * 2 ** min(attempt, 30)))
@@ -637,18 +635,18 @@ def download(
             problem = validate(dest) if validate else None
             if problem:
                 stats.url = None
-                reason, unreachable = _note(stats, url, _cut(problem, 160)), False
+                reason, unreachable = _note(stats, url, clip(problem, 160)), False
                 dest.unlink(missing_ok=True)
                 break
             return dest
         sources.append(SourceFailure(url, reason, tries, unreachable))
     # Once per source (its last reason): retries of the same failure said nothing new.
-    raise DownloadError(f"could not download {_cut(dest.name)}: " + "; ".join(f.line() for f in sources),
+    raise DownloadError(f"could not download {clip(dest.name)}: " + "; ".join(f.line() for f in sources),
                         tuple(sources))
 
 
 def _note(stats: DownloadStats, url: str, reason: str) -> str:
-    stats.failures.append(f"{_cut(url)}: {reason}")
+    stats.failures.append(f"{clip(url)}: {reason}")
     return reason
 
 
@@ -665,13 +663,13 @@ def _is_bad_url(exc: BaseException) -> bool:
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, _Transient):
-        return _cut(exc, 160)
+        return clip(exc, 160)
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "no space left on device"
     detail = getattr(exc, "reason", None) or exc
     if isinstance(detail, socket.gaierror):  # "[Errno -2] Name or service not known" says little
         return "cannot look up the host name"
-    return _cut(f"{type(exc).__name__}: {detail}", 160)
+    return clip(f"{type(exc).__name__}: {detail}", 160)
 
 
 def _verify(part: Path, checksum: Checksum | None, expected_size: int | None) -> str | None:

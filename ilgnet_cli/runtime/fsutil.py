@@ -115,10 +115,34 @@ def copy_new(src: str | Path, target: str | Path) -> None:
             os.link(tmp, target, follow_symlinks=False)
         except FileExistsError:
             raise
-        except OSError:  # no hard links on this file system (FAT, some shares): exclusive create
-            _copy_exclusive(src, target, mode, st)
+        except OSError:  # no hard links on this file system (FAT, some shares)
+            if not rename_noreplace(tmp, target):  # the finished copy appears whole, or not at all
+                _copy_exclusive(src, target, mode, st)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def rename_noreplace(src: str | Path, dst: str | Path) -> bool:
+    """Rename ``src`` to ``dst`` only if ``dst`` does not exist, atomically (Linux renameat2 with
+    RENAME_NOREPLACE). False where the system or file system cannot; FileExistsError if taken."""
+    import ctypes
+    import errno
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, noreplace = -100, 1
+    if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), noreplace) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err == errno.EEXIST:
+        raise FileExistsError(err, os.strerror(err), str(dst))
+    return False
 
 
 def _copy_into(src: str | Path, out, mode: int, st: os.stat_result) -> None:

@@ -13,3 +13,15 @@ def default_workers() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(1, min(8, cores))
+
+
+def default_signals() -> None:
+    """In a worker process: the default SIGTERM/SIGHUP/SIGINT handling. A parent's handlers (the
+    CLI turns SIGTERM into a clean stop) must not run in workers that the parent ends itself."""
+    import signal
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle

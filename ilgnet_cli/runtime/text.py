@@ -92,3 +92,24 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     """The first line of an exception's message (its type's name when it has none), clipped."""
     text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
     return clip(text, limit)
+
+
+def finite(value: object) -> object:
+    """``value`` with every NaN or infinity (in any list or dict inside it) as None: strict JSON
+    has no such numbers, and a report must load in every JSON reader."""
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: object, **kwargs: object) -> str:
+    """``json.dumps`` that never writes bare NaN/Infinity (they become null)."""
+    import json
+
+    return json.dumps(finite(value), allow_nan=False, **kwargs)  # type: ignore[arg-type]

@@ -13,11 +13,10 @@ scene sharp vs blurred, warm vs cool grade, high vs low contrast; random base we
 
 The pooled feature beat the base's own ``temp_cjy`` output and its input (held-out AUC blur
 0.93 vs 0.87 / 0.89, grade 0.93 vs 0.90 / 0.91, contrast 0.91 vs 0.91 / 0.89); fine-tuning
-more than a linear head on a few hundred photos is what overfits. Installed, temp1/temp2/
-temp3 become the averaging layers that compute that feature, temp_cjy the identity and
-``loss1/classifier_cjy`` the head as logits ``(0, w.h + b)``: the file is a normal ILGNet whose
-softmax index 1 is the head's P(liked) (to float rounding), so ``ilgnet score --weights NAME``
-needs nothing new.
+more than a linear head on a few hundred photos is what overfits. Installed, the taste is only
+that head (a few KB) and the sha256 of its base (:mod:`ilgnet_cli.model.taste`); loading it
+composes the two, so ``ilgnet score --weights NAME`` needs nothing new and the store does not
+hold another 604 MB copy of the network per taste.
 
 Evaluation is grouped k-fold cross-validation: photos of one scene (same file stem, one burst
 of one camera body, perceptual hashes close) are always on the same side of a fold. Base and
@@ -43,7 +42,8 @@ import torch.nn.functional as F
 from ilgnet_cli.data.decode import Decoded
 from ilgnet_cli.data.source import PhotoFiles
 from ilgnet_cli.errors import DataError, UsageError
-from ilgnet_cli.model.ilgnet import FEATURE_DIM, I3B_CHANNELS
+from ilgnet_cli.model.ilgnet import FEATURE_DIM
+from ilgnet_cli.model.provenance import Provenance
 from ilgnet_cli.model.transform import Crops, DecodeMode
 from ilgnet_cli.photos.bursts import body, burst_groups
 from ilgnet_cli.photos.collection import photo_extra
@@ -497,35 +497,6 @@ def cross_validate(feats: Features, y: np.ndarray, stars: np.ndarray, groups: np
 # --------------------------------------------------------------------------- installing
 
 
-def head_state(base_state: dict[str, torch.Tensor], head: Head) -> dict[str, np.ndarray]:
-    """The base trunk with a new head that computes :func:`pooled_features` and then the head:
-    temp1/temp2/temp3 become averaging layers (all inputs are ReLU outputs, >= 0, so their ReLU
-    changes nothing), temp_cjy the identity (its inputs are >= 0 too) and
-    ``loss1/classifier_cjy`` gives logits (0, w.h + b): softmax index 1 is the head's P(liked)."""
-    state = {k: v.detach().cpu().numpy() for k, v in base_state.items()}
-    hw = 28 * 28
-    temp1 = np.zeros((256, 256 * hw), np.float32)
-    for c in range(256):
-        temp1[c, c * hw:(c + 1) * hw] = 1.0 / hw
-    temp2 = np.zeros((256, 480 * hw), np.float32)
-    for j, c in enumerate(I3B_CHANNELS):
-        temp2[j, c * hw:(c + 1) * hw] = 1.0 / hw
-    temp3 = np.zeros((512, 128 * 16), np.float32)
-    for c in range(128):
-        for q, (qy, qx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            for dy in range(2):
-                for dx in range(2):
-                    temp3[c * 4 + q, c * 16 + (2 * qy + dy) * 4 + 2 * qx + dx] = 0.25
-    classifier = np.zeros((2, FEATURE_DIM), np.float32)
-    classifier[1] = head.w.astype(np.float32)
-    for name, weight in (("temp1", temp1), ("temp2", temp2), ("temp3", temp3),
-                         ("temp_cjy", np.eye(FEATURE_DIM, dtype=np.float32)), ("loss1.classifier_cjy", classifier)):
-        state[f"{name}.weight"] = weight
-        state[f"{name}.bias"] = np.zeros(weight.shape[0], np.float32)
-    state["loss1.classifier_cjy.bias"][1] = head.b
-    return state
-
-
 def check_enough(y: np.ndarray) -> str | None:
     """Why these labels are too few to learn from and evaluate, or None."""
     liked, disliked = int(y.sum()), int(len(y) - y.sum())
@@ -547,7 +518,7 @@ class Dataset:
 
 
 def labelled(feats: Features, ratings: dict[str, float], thresholds: Thresholds, *,
-             seconds: float = DEFAULT_GROUP_SECONDS) -> Dataset:
+             seconds: float = DEFAULT_GROUP_SECONDS, progress: Callable[[int, int], None] | None = None) -> Dataset:
     """Keep the photos with a label; groups are computed over them."""
     keep, y, stars, left_out = [], [], [], 0
     for i, p in enumerate(feats.paths):
@@ -562,7 +533,7 @@ def labelled(feats: Features, ratings: dict[str, float], thresholds: Thresholds,
     sub = Features(paths=[feats.paths[i] for i in idx], h=feats.h[idx],
                    h_mirror=feats.h_mirror[idx] if feats.h_mirror is not None else None,
                    base_scores=feats.base_scores[idx], info=[feats.info[i] for i in idx], errors=feats.errors)
-    groups = scene_groups(sub.paths, sub.info, seconds=seconds)
+    groups = scene_groups(sub.paths, sub.info, seconds=seconds, progress=progress)
     return Dataset(sub, np.asarray(y, np.int64), np.asarray(stars, np.float64), groups, left_out)
 
 
@@ -595,8 +566,9 @@ class Outcome:
     labelled_before_decoding: int = 0
 
 
-def check_name(name: str) -> None:
-    """A store name for learned weights; never one of the registry's (it would hide them)."""
+def check_name(name: str, *, base: str | None = None, replace: bool = False) -> None:
+    """A store name for a taste: never one of the registry's (it would hide them), never the base,
+    and an installed set only with ``replace``."""
     from ilgnet_cli.model import store
 
     store._check_name(name)
@@ -606,12 +578,18 @@ def check_name(name: str) -> None:
         known = {}
     if name in known:
         raise UsageError(f"--name {name} is a registry weights name; choose another (e.g. {name}-mine)")
+    if base is not None and name == base:
+        raise UsageError(f"--name {name} is the base weights themselves; choose another name")
+    if not replace and store.installed(name) is not None:
+        raise UsageError(f"weights {name!r} are installed already: choose another --name, or --replace them")
 
 
-def learn_taste(ratings: Any, loaded: Any, *, name: str | None, thresholds: Thresholds = Thresholds(),
+def learn_taste(ratings: Any, loaded: Any, *, name: str | None, replace: bool = False,
+                thresholds: Thresholds = Thresholds(),
         folds: int = DEFAULT_FOLDS, seconds: float = DEFAULT_GROUP_SECONDS, seed: int = 0, force: bool = False,
         mirror: bool = True, device: torch.device | str = "cpu", workers: int = 0, batch_size: int = 16,
-        max_pixels: int | None = None, progress: Callable[[int], None] | None = None) -> Outcome:
+        max_pixels: int | None = None, progress: Callable[[int], None] | None = None,
+        grouping: Callable[[int, int], None] | None = None) -> Outcome:
     """Ratings -> features -> grouped CV -> head -> installed as ``name`` (None: evaluate only).
 
     Installs only when the learned weights beat the base beyond noise on held-out folds and
@@ -620,7 +598,7 @@ def learn_taste(ratings: Any, loaded: Any, *, name: str | None, thresholds: Thre
     from ilgnet_cli.model import store
 
     if name is not None:
-        check_name(name)
+        check_name(name, base=loaded.name, replace=replace)
     rating_of = {p.path: p.rating for p in ratings.photos}
     files = [p.path for p in ratings.photos if thresholds.label(p.rating) is not None]
     if not files:
@@ -628,7 +606,7 @@ def learn_taste(ratings: Any, loaded: Any, *, name: str | None, thresholds: Thre
                         "nothing to learn from")
     feats = extract(files, loaded, device=device, batch_size=batch_size, workers=workers, mirror=mirror,
                     max_pixels=max_pixels, progress=progress)
-    data = labelled(feats, rating_of, thresholds, seconds=seconds)
+    data = labelled(feats, rating_of, thresholds, seconds=seconds, progress=grouping)
     out = Outcome(data=data, cv=None, head=None, refusal=check_enough(data.y), decode_errors=feats.errors,
                   labelled_before_decoding=len(files))
     if len(np.unique(data.y)) < 2:
@@ -644,8 +622,8 @@ def learn_taste(ratings: Any, loaded: Any, *, name: str | None, thresholds: Thre
     if name is not None and (out.refusal is None or force):
         meta = metadata(base_name=loaded.name, base_sha256=loaded.sha256, ratings=len(ratings.photos), data=data,
                         thresholds=thresholds, cv=out.cv, head=out.head, mirror=mirror, forced=out.refusal is not None)
-        state = head_state(loaded.model.state_dict(), out.head)
-        out.installed = store._install(name, state, loaded.mean, architecture=store.ARCH_FULL,
-                                       source=f"ilgnet learn: {len(data.y)} rated photos, base {loaded.name}",
-                                       source_sha256=loaded.sha256, metadata=meta)
+        provenance = Provenance(dataset="photos", summary=f"{len(data.y)} photos you rated (no AVA images)",
+                                bases=(loaded.provenance,))
+        out.installed = store.install_taste(name, loaded, out.head.w, out.head.b, metadata=meta,
+                                            provenance=provenance, replace=replace)
     return out

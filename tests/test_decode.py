@@ -14,7 +14,7 @@ from helpers import camera_photos, shared_path, write_dng
 from PIL import Image
 
 from ilgnet_cli.data.decode import MAX_PIXELS, DecodeError, decode, draft_size
-from ilgnet_cli.model.transform import REFERENCE_SIDE, resize_bilinear
+from ilgnet_cli.model.transform import DecodeMode, Transform, parse_mean, resize_bilinear
 from ilgnet_cli.photos.exif import read_exif
 
 
@@ -33,16 +33,17 @@ def expected_reason(expected: str) -> str:
 
 
 def test_every_shared_photo_decodes_or_is_refused_with_its_reason():
-    """As ``ilgnet score`` decodes by default (JPEGs DCT-scaled to at least 800 px)."""
+    """As ``ilgnet score`` decodes by default (JPEGs DCT-scaled, see Transform.decode_request)."""
     photos = shared_path("photos")
+    fast = Transform(parse_mean("ava1"), DecodeMode.FAST).decode_request()
     for row in manifest():
         path = photos / row["path"]
         if row["expected"] == "score":
-            d = decode(path, long_side=REFERENCE_SIDE)
+            d = decode(path, **fast)
             assert d.rgb.ndim == 3 and d.rgb.shape[2] == 3 and d.rgb.dtype == np.uint8, row["path"]
         else:
             with pytest.raises(DecodeError) as info:
-                decode(path, long_side=REFERENCE_SIDE)
+                decode(path, **fast)
             assert str(info.value).startswith(expected_reason(row["expected"])), (row, str(info.value))
             assert "\n" not in str(info.value)
 

@@ -300,8 +300,11 @@ def test_fragile_weights_are_served_in_fp32_exactly(native_bf16, photo_folder, t
 
 @pytest.fixture
 def big_jpegs(camera) -> list[str]:
-    """Camera JPEGs large enough for a DCT-scaled decode (long side >= 1600)."""
-    return [str(p) for p in camera(12) if max(decode(p, draft=64).size) >= 1600][:4]
+    """Camera JPEGs large enough for fast mode's DCT-scaled decode."""
+    from ilgnet_cli.data.decode import draft_size
+
+    long_side = _transform().with_(decode=DecodeMode.FAST).decode_request()["long_side"]
+    return [str(p) for p in camera(16) if draft_size(decode(p, draft=64).size, None, long_side)][:4]
 
 
 def test_fast_decoding_is_checked_against_the_reference_and_served_while_faithful(big_jpegs, tmp_path):

@@ -100,7 +100,9 @@ def test_each_decode_mode_says_what_it_asks_of_the_decoder_and_what_checks_it():
     assert exact.decode is DecodeMode.EXACT and exact.crops is Crops.CENTRE
     assert (exact.key, exact.decode_request(), exact.faithful) == ("exact", {}, exact)
     fast = exact.with_(decode=DecodeMode.FAST)
-    assert (fast.key, fast.decode_request()) == ("fast-800", {"long_side": REFERENCE_SIDE})
+    # DCT-scaled to at least twice the reference side: the DCT's own filtering then only touches
+    # detail the Lanczos step removes anyway.
+    assert (fast.key, fast.decode_request()) == ("fast-800", {"long_side": 2 * REFERENCE_SIDE})
     assert fast.faithful.decode is DecodeMode.REFERENCE and fast.faithful.key == "reference-800"
     draft = exact.with_(decode=DecodeMode.DRAFT)
     assert (draft.key, draft.decode_request(), draft.faithful.key) == ("draft", {"draft": RESIZE}, "reference-800")
@@ -128,10 +130,10 @@ def test_reference_brings_a_large_photo_to_800_pixels_with_an_antialiased_resize
 def test_fast_decoding_sees_nearly_the_reference_picture(camera):
     """DCT-scaled decoding of a large JPEG (at least 800 px kept) then the reference steps: a
     few grey levels from decoding every pixel (the fidelity gate bounds what that does to scores)."""
-    photo = next(p for p in camera(12) if decode(p).size[0] >= 1600)
+    photo = next(p for p in camera(12) if max(decode(p, draft=64).size) >= 4 * REFERENCE_SIDE)
     fast, reference = Transform(MEAN, DecodeMode.FAST), Transform(MEAN, DecodeMode.REFERENCE)
     quick = decode(photo, **fast.decode_request())
-    assert quick.scale > 1 and max(quick.rgb.shape[:2]) >= REFERENCE_SIDE
+    assert quick.scale > 1 and max(quick.rgb.shape[:2]) >= 2 * REFERENCE_SIDE
     a = fast.resize(quick.rgb).astype(int)
     b = reference.resize(decode(photo).rgb).astype(int)
     assert np.abs(a - b).mean() < 1.5

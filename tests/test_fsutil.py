@@ -149,13 +149,17 @@ def test_copies_keep_the_source_mode_within_the_umask(tmp_path, umask, source, m
     assert (tmp_path / "b.jpg").read_bytes() == b"photo bytes" and _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("hard_links", [True, False])
-def test_copy_never_overwrites_anything_at_the_name(tmp_path, monkeypatch, hard_links):
-    if not hard_links:  # FAT, some network shares: the exclusive create fallback
+@pytest.mark.parametrize("how", ["hard link", "rename without replacing", "exclusive create"])
+def test_copy_never_overwrites_anything_at_the_name(tmp_path, monkeypatch, how):
+    """A copy appears under its name in one step that fails if anything is there: a hard link;
+    without hard links (FAT, some shares) renameat2(RENAME_NOREPLACE); else an O_EXCL create."""
+    if how != "hard link":
         def no_links(*args, **kwargs):
             raise OSError(errno.EPERM, "Operation not permitted")
 
         monkeypatch.setattr(fsutil.os, "link", no_links)
+    if how == "exclusive create":
+        monkeypatch.setattr(fsutil, "rename_noreplace", lambda src, dst: False)
     src = tmp_path / "a.jpg"
     src.write_bytes(b"photo")
     (tmp_path / "taken.jpg").write_text("mine")

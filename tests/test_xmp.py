@@ -1,29 +1,37 @@
-"""Hostile or unusual existing XMP sidecars: encodings, clashes, links, FIFOs, nesting, odd ratings.
-
-Every case ends in one of two documented outcomes: the sidecar is merged (and re-parses with our
-rating in it), or it is skipped with a one-line ``XmpError`` naming the file and left byte for byte.
+"""XMP sidecars (photos/xmp.py): ratings written beside photos in the Adobe and darktable styles
+and read back by ExifTool, hand ratings kept, and existing sidecars however hostile or unusual:
+encodings, clashes, links, FIFOs, nesting, odd ratings, fuzzed packets. Every case ends in one of
+two documented outcomes: the sidecar is merged (and re-parses with our rating in it), or it is
+skipped with a one-line ``XmpError`` naming the file and left byte for byte.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import tempfile
 import threading
+import time
+import tracemalloc
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import camera_photos
-from typer.testing import CliRunner
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
-from ilgnet_cli.cli import app
-from ilgnet_cli.photos.scoring import ScoreResult
-from ilgnet_cli.photos.xmp import MAX_SIDECAR_BYTES, XmpError, plan_and_write, write_sidecars
+from ilgnet_cli.photos.results import ScoreResult
+from ilgnet_cli.photos.xmp import MAX_SIDECAR_BYTES, XmpError, _decode, plan_and_write, stars_for, write_sidecars
 
-runner = CliRunner()
 RATING = "{http://ns.adobe.com/xap/1.0/}Rating"
 OURS = "{https://github.com/ilgnet/ilgnet-cli/ns/1.0/}Rating"
+EXIFTOOL = shutil.which("exiftool")
+needs_exiftool = pytest.mark.skipif(EXIFTOOL is None,
+                                    reason="ExifTool not installed (apt-get install libimage-exiftool-perl)")
+
 
 SIDECAR = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
 <x:xmpmeta xmlns:x="adobe:ns:meta/">
@@ -148,16 +156,14 @@ def test_a_bad_sidecar_does_not_stop_the_later_ones(tmp_path):
     assert (tmp_path / "c.xmp").exists()
 
 
-def test_cli_goes_on_after_a_utf16_and_a_broken_sidecar(tmp_path, weights_file):
-    for i, p in enumerate(camera_photos(3)):
-        shutil.copy2(p, tmp_path / f"IMG_{i}.JPG")
+def test_cli_goes_on_after_a_utf16_and_a_broken_sidecar(tmp_path, photo_folder, tiny_cli, cli):
+    tmp_path = photo_folder(3, names=[f"IMG_{i}.JPG" for i in range(3)], size=400)
     (tmp_path / "IMG_0.xmp").write_bytes(b"\xff\xfe" + SIDECAR.replace("{rating}", "0").encode("utf-16-le"))
     broken = tmp_path / "IMG_1.xmp"
     broken.write_bytes(_encode(SIDECAR.replace("{rating}", "3"), "latin-1"))
     before = broken.read_bytes()
-    result = runner.invoke(app, ["score", str(tmp_path), "--weights", str(weights_file), "--device", "cpu",
-                                 "--workers", "0", "--xmp"])
-    assert result.exit_code == 0, result.output
+    result = cli("score", tmp_path, "--weights", "tiny", "--device", "cpu", "--workers", "0", "--xmp")
+    assert result.code == 1, result.output  # a sidecar that could not be written fails the run; the rest are written
     assert "Traceback" not in result.output and "IMG_1.xmp" in result.output
     assert broken.read_bytes() == before
     assert _rating((tmp_path / "IMG_0.xmp").read_bytes()) in list("12345")
@@ -375,3 +381,243 @@ def test_one_image_named_twice_is_no_clash(tmp_path, monkeypatch):
     results = [ScoreResult(path="a.jpg", score=0.5), ScoreResult(path="./a.jpg", score=0.5)]
     changes, errors = write_sidecars(results, model="m")
     assert errors == [] and [c.action for c in changes] == ["create"]
+
+
+# --- G: photographers' files, ExifTool and the CLI -------------------------------------
+
+EXISTING = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:darktable="http://darktable.sf.net/"
+    xmp:Rating="{rating}"
+    darktable:xmp_version="5">
+   <!-- edited by hand -->
+   <dc:subject><rdf:Bag><rdf:li>holiday</rdf:li><rdf:li>beach</rdf:li></rdf:Bag></dc:subject>
+   <darktable:history><rdf:Seq>
+    <rdf:li darktable:operation="exposure" darktable:enabled="1" darktable:params="0000803f"/>
+   </rdf:Seq></darktable:history>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>"""
+
+
+def exiftool(*paths: Path) -> list[dict]:
+    out = subprocess.run([EXIFTOOL, "-j", "-struct", "-XMP:all", *map(str, paths)], capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out)
+
+
+@needs_exiftool
+@pytest.mark.parametrize("style", ["adobe", "darktable"])
+def test_sidecars_read_back_with_exiftool(photo_folder, tiny_cli, style, cli):
+    folder = photo_folder(5, names=[f"IMG_{i:04d}.JPG" for i in range(5)], size=400)
+    images_before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    result = cli("score", folder, "--weights", "tiny", "--device", "cpu", "--workers", "0", "--xmp", "--xmp-style",
+                 style, "--json")
+    assert result.code == 0, result.output
+    report = json.loads(result.stdout)
+    stars = dict(zip([r["path"] for r in report["results"]],
+                     stars_for([r["score"] for r in report["results"]], "quantile"), strict=True))
+    for path, expected in stars.items():
+        sidecar = Path(path).with_suffix(".xmp") if style == "adobe" else Path(path + ".xmp")
+        data = exiftool(sidecar)[0]
+        assert data["Rating"] == expected
+        assert abs(float(data["Score"]) - next(r["score"] for r in report["results"] if r["path"] == path)) < 1e-6
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix == ".JPG"} == images_before
+    assert sorted(stars.values()) == [1, 2, 3, 4, 5]
+
+
+@needs_exiftool
+def test_existing_sidecar_keeps_every_field_and_hand_rating(tmp_path, camera):
+    image = tmp_path / "IMG_0001.JPG"
+    shutil.copy2(camera(1)[0], image)
+    sidecar = tmp_path / "IMG_0001.xmp"
+    sidecar.write_text(EXISTING.replace("{rating}", "2"), encoding="utf-8")
+    before = exiftool(sidecar)[0]
+    change = plan_and_write(sidecar, 5, 0.91, "ilgnet-ava1")
+    assert change.action == "keep-hand-rating"
+    after = exiftool(sidecar)[0]
+    for key, value in before.items():
+        if key not in ("SourceFile",):
+            assert after[key] == value, key
+    assert after["Rating"] == 2 and after["Score"] == 0.91 and after["Model"] == "ilgnet-ava1"
+    text = sidecar.read_text(encoding="utf-8")
+    assert text.startswith('<?xpacket begin="\ufeff"') and text.rstrip().endswith('<?xpacket end="w"?>')
+    assert "<!-- edited by hand -->" in text
+    # --overwrite-ratings replaces it; later runs then update their own rating freely.
+    assert plan_and_write(sidecar, 5, 0.91, "m", overwrite_ratings=True).action == "update"
+    assert exiftool(sidecar)[0]["Rating"] == 5
+    assert plan_and_write(sidecar, 3, 0.5, "m").action == "update"
+    assert exiftool(sidecar)[0]["Rating"] == 3
+    assert exiftool(sidecar)[0]["Subject"] == ["holiday", "beach"]
+
+
+def test_dry_run_writes_nothing(photo_folder, tiny_cli, cli):
+    folder = photo_folder(2, names=["IMG_0000.JPG", "IMG_0001.JPG"], size=400)
+    (folder / "IMG_0000.xmp").write_text(EXISTING.replace("{rating}", "4"), encoding="utf-8")
+    before = (folder / "IMG_0000.xmp").read_bytes()
+    result = cli("score", folder, "--weights", "tiny", "--device", "cpu", "--workers", "0", "--xmp", "--dry-run")
+    assert result.code == 0, result.output
+    assert "dry run" in result.output and "keep-hand-rating" in result.output
+    assert (folder / "IMG_0000.xmp").read_bytes() == before
+    assert not (folder / "IMG_0001.xmp").exists()
+
+
+@pytest.mark.parametrize("payload", [
+    '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/">&b;</x:xmpmeta>',
+    '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/">&e;</x:xmpmeta>',
+])
+def test_malicious_sidecar_is_refused_and_untouched(tmp_path, payload, copies, tiny_cli, cli):
+    sidecar = tmp_path / "IMG_0001.xmp"
+    sidecar.write_text(payload)
+    with pytest.raises(XmpError, match="refused, unsafe XML"):
+        plan_and_write(sidecar, 4, 0.7, "m")
+    assert sidecar.read_text() == payload
+    (photo,) = copies(["IMG_0001.JPG"], tmp_path)
+    result = cli("score", photo, "--weights", "tiny", "--device", "cpu", "--workers", "0", "--xmp")
+    assert result.code == 1 and "refused, unsafe XML" in result.output  # the run says so in its exit code
+    assert sidecar.read_text() == payload
+
+
+def test_stars():
+    assert stars_for([0.1, 0.2, 0.3, 0.4, 0.5], "quantile") == [1, 2, 3, 4, 5]
+    assert stars_for([0.1, 0.5, 0.9], "fixed:0.2,0.4,0.6,0.8") == [1, 3, 5]
+    with pytest.raises(ValueError):
+        stars_for([0.1], "fixed:0.5,0.4")
+
+
+def test_heic_gets_a_sidecar_too(tmp_path, shared, tiny_cli, cli):
+    heic = shared("photos", "camera", "Apple_iPhone-11-Pro-Max.heic")
+    shutil.copy2(heic, tmp_path / "IMG_1234.HEIC")
+    result = cli("score", tmp_path / "IMG_1234.HEIC", "--weights", "tiny", "--device", "cpu", "--workers", "0", "--xmp",
+                 "--xmp-style", "both")
+    assert result.code == 0, result.output
+    assert (tmp_path / "IMG_1234.xmp").exists() and (tmp_path / "IMG_1234.HEIC.xmp").exists()
+    if EXIFTOOL:
+        assert exiftool(tmp_path / "IMG_1234.HEIC.xmp")[0]["Rating"] in range(1, 6)
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--xmp-style", "lightroom", "'lightroom' is not one of 'adobe', 'darktable', 'both'"),
+    ("--stars", "fixed:0.9,0.1", "four increasing thresholds"),
+    ("--stars", "deciles", "--stars must be"),
+])
+def test_bad_xmp_options_are_usage_errors_before_scoring(tmp_path, option, value, message, copies, cli):
+    (photo,) = map(Path, copies(["a.jpg"], tmp_path))
+    result = cli("score", str(photo), "--weights", str(tmp_path / "absent.safetensors"),
+                                 "--xmp", option, value)
+    assert result.code == 2 and message in result.stderr
+    assert not (tmp_path / "a.xmp").exists()
+
+
+# --- H: fuzzed sidecars ------------------------------------------------------------------
+
+VALID = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/" xmp:Rating="{rating}">
+   <!-- a comment --><dc:subject><rdf:Bag><rdf:li>caf\u00e9</rdf:li></rdf:Bag></dc:subject>
+   <dc:title><rdf:Alt><rdf:li xml:lang="x-default">t</rdf:li></rdf:Alt></dc:title>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>"""
+CODECS = [("", "utf-8"), ("\ufeff", "utf-8"), ("\ufeff", "utf-16-le"), ("", "utf-16-be"), ("\ufeff", "utf-32-be"),
+          ("", "utf-32-le")]
+RATINGS = st.sampled_from(["0", "1", "3", "5", "-1", "3.5", "abc", "99", "-5", "", " 2 ", "nan", "1e9", "[/b]"])
+TAG = st.sampled_from(["rdf:Bag", "rdf:li", "a", "x:xmpmeta", "rdf:Description", "xmp:Rating", "b:c"])
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    bom, codec = draw(st.sampled_from(CODECS))
+    data = bytearray((bom + VALID.replace("{rating}", draw(RATINGS))).encode(codec))
+    for _ in range(draw(st.integers(0, 6))):
+        i = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["flip", "insert", "delete", "dup"]))
+        if op == "flip" and i < len(data):
+            data[i] = draw(st.integers(0, 255))
+        elif op == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=8) | st.sampled_from(
+                [b"<", b">", b"&", b"]]>", b"<!--", b"<?", b"<!DOCTYPE x>", b"&#1;", b"\x00", b"\"", b"\xff\xfe"]))
+        elif op == "delete":
+            del data[i:i + draw(st.integers(1, 40))]
+        elif op == "dup":
+            j = draw(st.integers(i, min(len(data), i + 200)))
+            data[i:i] = data[i:j]
+    return bytes(data)
+
+
+@st.composite
+def xmlish(draw) -> bytes:
+    pieces = st.sampled_from(["<", ">", "</", "/>", "=", '"', "'", " ", "\n", "x:xmpmeta", "rdf:RDF",
+                              "rdf:Description", "xmp:Rating", 'xmlns:x="adobe:ns:meta/"',
+                              'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"',
+                              'xmlns:xmp="http://ns.adobe.com/xap/1.0/"', 'xmlns:xml="urn:x"', "<!--", "-->",
+                              "<?xpacket end='w'?>", "<?xml version='1.0' encoding='latin-1'?>", "&amp;", "&x;",
+                              "<![CDATA[", "]]>", "\u00e9", "\ud7ff", "\U0001f600", "\x01"]) | st.text(max_size=5)
+    text = "".join(draw(st.lists(pieces, max_size=60)))
+    return text.encode(draw(st.sampled_from(["utf-8", "utf-16-le", "latin-1"])), "replace")
+
+
+@st.composite
+def deep(draw) -> bytes:
+    tag, depth = draw(TAG), draw(st.integers(1, 3000))
+    inner = f"<{tag}>" * depth + f"</{tag}>" * draw(st.sampled_from([depth, depth - 1, 0]))
+    return VALID.replace("{rating}", "0").replace("<dc:subject>", inner + "<dc:subject>").encode()
+
+
+@st.composite
+def huge_attribute(draw) -> bytes:
+    value = draw(st.sampled_from(["a", "&amp;", "\u00e9", "<", ">", "\""])) * draw(st.integers(1, 300_000))
+    where = draw(st.sampled_from(['xmp:Rating="{rating}"', 'rdf:about=""']))
+    return VALID.replace(where, where.split("=")[0] + '="' + value + '"').replace("{rating}", "0").encode()
+
+
+HOSTILE = st.binary(max_size=2000) | mutated() | xmlish() | deep() | huge_attribute()
+
+
+def _rating_in(path: Path) -> list[str]:
+    text, _ = _decode(path.read_bytes(), path)  # (expat reads no UTF-32: our decoder, then the stdlib parser)
+    root = ET.fromstring(text)
+    return [d.get(RATING) for d in root.iter("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}Description")
+            if d.get(RATING) is not None]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=HOSTILE, stars=st.integers(1, 5), overwrite=st.booleans(), dry_run=st.booleans())
+def test_hostile_sidecar_is_merged_or_skipped_untouched(data, stars, overwrite, dry_run):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "IMG_0001.xmp"
+        path.write_bytes(data)
+        started = time.monotonic()
+        tracemalloc.start()
+        try:
+            change = plan_and_write(path, stars, 0.5, "m", overwrite_ratings=overwrite, dry_run=dry_run)
+        except XmpError as exc:
+            change, message = None, str(exc)
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        assert time.monotonic() - started < 10
+        assert peak < 64 * 2**20 + 64 * len(data), peak
+        event("skipped" if change is None else change.action)
+        if change is None:
+            assert "\n" not in message and path.name in message and len(message) < 400, message
+            assert path.read_bytes() == data
+            return
+        if dry_run:
+            assert path.read_bytes() == data
+            return
+        assert _rating_in(path) == [change.new_rating]
+        if overwrite or change.action != "keep-hand-rating":
+            assert change.new_rating == str(stars)
+        # What we wrote, we read back next time.
+        assert plan_and_write(path, stars, 0.5, "m", overwrite_ratings=True).new_rating == str(stars)

@@ -209,6 +209,33 @@ def write_dng(path, rgb: np.ndarray, preview_scale: int = 1, orientation: int = 
         ])
 
 
+# --------------------------------------------------------------------------- ratings as editors write them
+
+XMP = ('<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+       '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+       '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+       'xmlns:ilgnet="https://github.com/ilgnet/ilgnet-cli/ns/1.0/" {attrs}/></rdf:RDF></x:xmpmeta>\n'
+       '<?xpacket end="w"?>')
+
+
+def xmp(rating: float | None = None, ours: float | None = None) -> str:
+    """An XMP packet with ``xmp:Rating`` (and ilgnet's own ``ilgnet:Rating``) as attributes."""
+    attrs = []
+    if rating is not None:
+        attrs.append(f'xmp:Rating="{rating:g}"')
+    if ours is not None:
+        attrs.append(f'ilgnet:Rating="{ours:g}"')
+    return XMP.format(attrs=" ".join(attrs))
+
+
+def write_sidecar(image: Path, rating: float, style: str, ours: float | None = None) -> Path:
+    """A rating sidecar beside ``image``: Adobe style (IMG.xmp) or darktable style (IMG.JPG.xmp);
+    ``ours``: also the rating ilgnet itself would have written."""
+    side = image.with_suffix(".xmp") if style == "adobe" else image.with_name(image.name + ".xmp")
+    side.write_text(xmp(rating, ours), encoding="utf-8")
+    return side
+
+
 # --------------------------------------------------------------------------- results by hand
 
 

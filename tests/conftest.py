@@ -60,6 +60,34 @@ def server():
         srv.close()
 
 
+class Registry:
+    """``registry({name: entry}, default=...)`` points ILGNET_REGISTRY at a registry of these
+    entries (the path); ``registry.entry(sources, ...)`` is one entry as weights/registry.json
+    writes them."""
+
+    def __init__(self, folder: Path, monkeypatch) -> None:
+        self.folder, self.monkeypatch = folder, monkeypatch
+
+    def __call__(self, entries: dict, default: str = "test-ava1") -> Path:
+        import json
+
+        path = self.folder / "registry.json"
+        path.write_text(json.dumps({"default": default, "weights": entries}))
+        self.monkeypatch.setenv("ILGNET_REGISTRY", str(path))
+        return path
+
+    @staticmethod
+    def entry(sources: list, checksum: str | None = None, *, size: int | None = None, kind: str = "caffemodel",
+              arch: str = "ilgnet", mean: str = "ava1", file: str = "ILGnet-test.caffemodel") -> dict:
+        return {"description": "test weights", "kind": kind, "architecture": arch, "file": file,
+                "sources": sources, "checksum": checksum, "size": size, "mean": mean}
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch) -> Registry:
+    return Registry(tmp_path, monkeypatch)
+
+
 # --------------------------------------------------------------------------- the CLI
 
 

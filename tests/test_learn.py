@@ -196,8 +196,8 @@ def test_learn_ranks_unseen_scenes_and_scores_exactly_the_head(shoot, weights_fi
     listed = cli("weights", "list", "--json")
     assert '"mine"' in listed.stdout
 
-    learned = _scores([shoot["test"], "--weights", "mine"])
-    base = _scores([shoot["test"], "--weights", weights_file])
+    learned = _scores([shoot["test"], "--weights", "mine"], cli)
+    base = _scores([shoot["test"], "--weights", weights_file], cli)
     assert all(0.0 <= s <= 1.0 for s in learned.values())
     assert _auc(learned, shoot["truth"]) >= 0.9, _auc(learned, shoot["truth"])
     assert _auc(base, shoot["truth"]) < 0.9
@@ -227,7 +227,7 @@ def test_learn_ranks_unseen_scenes_and_scores_exactly_the_head(shoot, weights_fi
 @pytest.mark.slow
 def test_not_better_than_base_is_refused(shoot, weights_file, tmp_path, cli):
     # A "taste" that is exactly the base model's: nothing can beat it, so nothing is installed.
-    base = _scores([shoot["train"], "--weights", weights_file])
+    base = _scores([shoot["train"], "--weights", weights_file], cli)
     ordered = sorted(base, key=base.get)
     csv = tmp_path / "r.csv"
     half = len(ordered) // 2

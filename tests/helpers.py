@@ -4,6 +4,7 @@ Fixtures built on them live in conftest.py."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -207,6 +208,64 @@ def write_dng(path, rgb: np.ndarray, preview_scale: int = 1, orientation: int = 
             (33422, "B", 4, (0, 1, 1, 2), True),  # CFAPattern RGGB
             (50717, "I", 1, 65535, True),  # WhiteLevel
         ])
+
+
+# --------------------------------------------------------------------------- a tiny AVA
+
+
+@functools.cache
+def _thumbnail(src: Path):
+    """A camera photo at 320 px (decoded once per session: decoding the original is what costs)."""
+    from PIL import Image
+
+    with Image.open(src) as img:
+        img = img.convert("RGB")
+        img.thumbnail((320, 320))
+        return img
+
+
+def _write_photo(src: Path, dest: Path, blur: bool) -> None:
+    from PIL import ImageFilter
+
+    img = _thumbnail(src)
+    if blur:
+        img = img.filter(ImageFilter.GaussianBlur(radius=6))
+    img.save(dest, quality=90)
+
+
+def make_tiny_ava(root: Path, which: str = "AVA1", n_train: int = 16, n_test: int = 6) -> dict[str, list]:
+    """AVA as 'ilgnet download ava' leaves it, for a few ids of the authors' lists: AVA.txt
+    (votes agreeing with their labels) and images/<id>.jpg (real photos, blurred when low)."""
+    from ilgnet_cli.ava.partition import shipped_list
+    from ilgnet_cli.ava.records import AVARecord, write_ava
+
+    photos = camera_photos(8)
+    train = shipped_list(which, "train")[:n_train]
+    test = shipped_list(which, "val")[:n_test]
+    (root / "images").mkdir(parents=True)
+    records = []
+    for n, (image_id, label) in enumerate(train + test):
+        _write_photo(photos[n % len(photos)], root / "images" / f"{image_id}.jpg", blur=label == 0)
+        votes = (0, 0, 0, 0, 2, 3, 8, 3, 1, 0) if label else (0, 1, 3, 8, 3, 2, 0, 0, 0, 0)
+        records.append(AVARecord(id=image_id, votes=votes))
+    write_ava(root / "AVA.txt", records)
+    return {"train": train, "test": test}
+
+
+def tiny_partition(root: Path, kind: str | None, which: str = "AVA2") -> Path:
+    """A partition folder over a tiny AVA in ``root/ava`` (partition.json records ``kind``)."""
+    import json
+
+    from ilgnet_cli.ava.records import write_label_list
+
+    lists = make_tiny_ava(root / "ava", which)
+    folder = root / "part"
+    folder.mkdir()
+    write_label_list(folder / "train.txt", lists["train"])
+    write_label_list(folder / "test.txt", lists["test"])
+    if kind:
+        (folder / "partition.json").write_text(json.dumps({"kind": kind}))
+    return folder
 
 
 # --------------------------------------------------------------------------- ratings as editors write them

@@ -347,6 +347,22 @@ def weights_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ava1_weights(weights_file, tmp_path_factory):
+    """``weights_file``'s tensors as the authors' AVA1 weights say they were trained (their
+    registry entry's provenance: the AVA1 training list, from ImageNet): weights ``ilgnet eval``
+    may compare with the paper on the AVA1 test list."""
+    from ilgnet_cli.model.provenance import Provenance
+    from ilgnet_cli.model.registry import load_registry
+    from ilgnet_cli.model.store import read_weights, save_weights
+
+    provenance = load_registry().weights["ilgnet-ava1"].provenance
+    assert isinstance(provenance, Provenance) and provenance.known
+    state, _ = read_weights(weights_file)
+    return save_weights(tmp_path_factory.mktemp("ava1") / "ilgnet-ava1.safetensors", state, "ava1",
+                        provenance=provenance)
+
+
+@pytest.fixture(scope="session")
 def ilgnet(weights_file):
     """``weights_file`` loaded (shared: tests must not change it)."""
     from ilgnet_cli.model import store

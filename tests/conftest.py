@@ -302,11 +302,15 @@ def tiny():
     return tiny_weights()
 
 
+TINY_VARIANTS = {"tiny": {}, "tiny-calm": {"gain": 0.1}, "tiny-fragile": {"offset": 20.0}}
+
+
 @pytest.fixture
 def tiny_cli(monkeypatch):
-    """Make ``--weights tiny`` (and ``--weights tiny-SEED``) mean the tiny stand-in in in-process
-    CLI runs: what the CLI does around the model (options, reports, exit codes), without
-    150.9 M parameters. Returns the weights the name loads."""
+    """Make ``--weights tiny`` mean the tiny stand-in in in-process CLI runs: what the CLI does
+    around the model (options, reports, exit codes), without 150.9 M parameters. Also
+    ``tiny-calm`` (small logits: every shortcut stays faithful) and ``tiny-fragile`` (logits
+    bf16 cannot carry). Returns the weights ``tiny`` loads (a test may change them)."""
     from ilgnet_cli.model import store
 
     loaded = {"tiny": tiny_weights()}
@@ -314,10 +318,10 @@ def tiny_cli(monkeypatch):
 
     def load_model(name_or_path, device="cpu"):
         name = str(name_or_path)
-        if name.startswith("tiny"):
-            seed = int(name.split("-")[1]) if "-" in name else 0
-            weights = loaded.setdefault(name, tiny_weights(seed, name=name))
-            return weights.to(device)
+        if name in TINY_VARIANTS:
+            if name not in loaded:
+                loaded[name] = tiny_weights(name=name, **TINY_VARIANTS[name])
+            return loaded[name].to(device)
         return original(name_or_path, device)
 
     monkeypatch.setattr(store, "load_model", load_model)

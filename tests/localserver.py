@@ -286,3 +286,9 @@ def _send_html(handler: BaseHTTPRequestHandler, page: str, headers: dict[str, st
         handler.send_header(key, value)
     handler.end_headers()
     handler.wfile.write(body)
+
+
+def nested_page(path: str) -> str:
+    """A confirmation page that leads to another one, endlessly (``html_fn`` for a route)."""
+    n = int(path.rpartition("n=")[2] or 0) if "n=" in path else 0
+    return f'<html><a href="/uc?confirm=t&amp;n={n + 1}">Download anyway</a></html>'

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from localserver import add_drive, drive_warning_page
+from localserver import add_drive, drive_warning_page, nested_page
 
 from ilgnet_cli.runtime import download as dl
 from ilgnet_cli.runtime.download import Checksum, DownloadError, DownloadStats, download
@@ -233,11 +233,6 @@ def test_part_that_is_a_directory_is_one_line(server, tmp_path):
 
 
 # --------------------------------------------------------------------------- C: confirmation pages, redirects
-
-
-def nested_page(path: str) -> str:
-    n = int(path.rpartition("n=")[2] or 0) if "n=" in path else 0
-    return f'<html><a href="/uc?confirm=t&amp;n={n + 1}">Download anyway</a></html>'
 
 
 def test_nested_confirmation_pages_are_bounded(server, tmp_path):

@@ -152,9 +152,9 @@ class Cli:
         return Result(proc.returncode, proc.stdout, proc.stderr)
 
     def start(self, *args: object, env: dict[str, str] | None = None) -> subprocess.Popen:
-        return subprocess.Popen(self._command([os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args], 0),
-                                env=self._env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                errors="surrogateescape")
+        argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in args]
+        return subprocess.Popen(self._command(argv, 0), env=self._env(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, errors="surrogateescape")
 
     def _in_process(self, argv: list[str], env: dict[str, str] | None, input: str | None) -> Result:
         from typer.testing import CliRunner

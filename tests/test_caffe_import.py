@@ -77,7 +77,8 @@ def test_import_rejects_truncated_caffemodel(tmp_path, caffemodels, cli):
 def test_import_rejects_other_network(tmp_path, cli):
     path = tmp_path / "two_layer.caffemodel"
     write_caffemodel(path, tiny_layers(np.random.default_rng(2)))
-    failed_in_one_line(cli("weights", "import", path), "does not match ILGNet", "missing 27 layer(s)", "conv1/7x7_s2", "unexpected")
+    failed_in_one_line(cli("weights", "import", path), "does not match ILGNet", "missing 27 layer(s)", "conv1/7x7_s2",
+                       "unexpected")
 
 
 def test_import_reports_shape_mismatch(tmp_path, caffemodels):
@@ -461,6 +462,7 @@ def test_long_or_multiline_layer_names_are_cut_in_messages(tmp_path, cli):
 
 def test_millions_of_junk_fields_are_refused(tmp_path):
     path = tmp_path / "junk.caffemodel"
-    path.write_bytes(ld(100, b"\x08\x00" * 10) + b"\x08\x00" * caffe_import.MAX_FIELDS)  # a real file has a few thousand
+    # a real file has a few thousand fields
+    path.write_bytes(ld(100, b"\x08\x00" * 10) + b"\x08\x00" * caffe_import.MAX_FIELDS)
     with pytest.raises(CaffeModelError, match="fields"):
         read_caffemodel(path)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_weights
+from helpers import real_weights, shared_path, tiny_weights
 from PIL import Image
 
 import ilgnet_cli
@@ -257,3 +257,23 @@ def test_readme_python_example_runs(photos, weights_file, monkeypatch, capsys):
     exec(compile(block.group(1), "README.md", "exec"), {})  # noqa: S102 - our own README
     printed = capsys.readouterr().out
     assert "Photos/" in printed and "0." in printed
+
+
+@pytest.mark.slow
+def test_orientation_samples_score_the_same(ilgnet, monkeypatch, camera):
+    """Scores of the 9 samples vs the spread between different photos.
+
+    With the test's random weights the orientation spread is about 0.006 (JPEG noise through
+    an untrained net), under a tenth of the spread between photos. The issue's 1e-3 bound is
+    checked with real weights: ILGNET_TEST_WEIGHTS=ilgnet-ava1 (or a .safetensors path).
+    """
+    real = real_weights(monkeypatch)
+    model = real or ilgnet
+    between = np.ptp([r.score for r in score_files([str(p) for p in camera(12)], model).results])
+    for kind in ("landscape", "portrait"):
+        folder = shared_path("photos", "orientation")
+        run = score_files([str(folder / f"{kind}_{i}.jpg") for i in range(9)], model, batch_size=9)
+        assert run.stats.scored == 9
+        spread = np.ptp([r.score for r in run.results])
+        print(f"\n{kind}: orientation spread {spread:.5f}, between-photo spread {between:.5f}")
+        assert spread <= (1e-3 if real else 0.1 * between), (kind, spread, between)

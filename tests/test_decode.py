@@ -18,7 +18,6 @@ from ilgnet_cli.model.transform import DecodeMode, Transform, parse_mean, resize
 from ilgnet_cli.photos.exif import read_exif
 
 
-
 def manifest() -> list[dict]:
     with shared_path("photos", "manifest.tsv").open(encoding="utf-8") as fh:
         return list(csv.DictReader(fh, delimiter="\t"))

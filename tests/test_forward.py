@@ -12,7 +12,6 @@ import torch
 from helpers import TinyNet
 
 from ilgnet_cli.errors import UsageError
-from ilgnet_cli.runtime import forward as fwd_module
 from ilgnet_cli.runtime.device import backend_versions, device_kind, native_bf16, pick_device
 from ilgnet_cli.runtime.distributed import Dist, current
 from ilgnet_cli.runtime.forward import COMPILE_MIN_PHOTOS, Forward, eval_mode, p_high, private_folder, should_compile
@@ -196,7 +195,8 @@ def test_compiled_graphs_are_kept_only_in_a_private_folder(tmp_path, monkeypatch
     shared.mkdir(mode=0o777)
     os.chmod(shared, 0o777)
     assert private_folder(shared) and stat.S_IMODE(shared.stat().st_mode) == 0o700
-    assert private_folder(tmp_path / "new" / "cache") and stat.S_IMODE((tmp_path / "new" / "cache").stat().st_mode) == 0o700
+    new = tmp_path / "new" / "cache"
+    assert private_folder(new) and stat.S_IMODE(new.stat().st_mode) == 0o700
     os.symlink(shared, tmp_path / "link")
     assert not private_folder(tmp_path / "link")
     (tmp_path / "file").write_text("x")

@@ -131,8 +131,8 @@ def test_an_empty_model_is_not_initialised_and_the_expected_shapes_are_the_proto
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
     torch.manual_seed(0)
     assert torch.nn.Linear(8, 8).weight.std() > 0.1  # torch's own initialisation is back afterwards
-    expected = {f"{torch_module_name(name)}.{part}": shape
-                for name, shapes in param_shapes.items() for part, shape in zip(("weight", "bias"), shapes, strict=True)}
+    expected = {f"{torch_module_name(name)}.{part}": shape for name, shapes in param_shapes.items()
+                for part, shape in zip(("weight", "bias"), shapes, strict=True)}
     assert state_shapes() == expected
 
 

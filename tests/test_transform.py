@@ -158,7 +158,8 @@ def test_tta_blobs_are_the_windows_and_a_mirror_is_the_mirrored_blob():
     centre = Transform(MEAN).blobs(rgb)
     both = Transform(MEAN, crops=Crops.MIRROR).blobs(rgb)
     ten = Transform(MEAN, crops=Crops.TENCROP)(rgb)
-    assert centre.shape == (3, CROP, CROP) and both.shape == (2, 3, CROP, CROP) and tuple(ten.shape) == (10, 3, CROP, CROP)
+    assert centre.shape == (3, CROP, CROP) and both.shape == (2, 3, CROP, CROP)
+    assert tuple(ten.shape) == (10, 3, CROP, CROP)
     np.testing.assert_array_equal(both[0], centre)
     np.testing.assert_array_equal(both[1], centre[:, :, ::-1])  # (image - mean) mirrored over the window
     for blob, (top, left, mirror) in zip(ten.numpy(), windows(Crops.TENCROP), strict=True):
@@ -199,7 +200,8 @@ def test_a_mean_says_what_it_is_and_its_digest_tells_means_apart(tmp_path):
     np.save(tmp_path / "m.npy", ava1.image)
     from_file = parse_mean(str(tmp_path / "m.npy"))
     # A mean image from a file is named by what it is (its digest), not by where it came from.
-    assert from_file.digest == ava1.digest and from_file.describe() == f"mean image sha256:{ava1.digest[:12]} (from a file)"
+    assert from_file.digest == ava1.digest
+    assert from_file.describe() == f"mean image sha256:{ava1.digest[:12]} (from a file)"
     assert isinstance(from_file, Mean) and repr(from_file) == f"Mean({from_file.describe()})"
 
 

@@ -45,6 +45,13 @@ def test_the_table_the_summary_and_the_distribution(tiny_cli, photo_folder, cli)
     assert summary[0].startswith("scored 5 of 5 files (0 from cache, 5 decoded)")
     scores = next(line for line in summary if line.startswith("scores: "))
     assert " · median " in scores and " · min-score 0" in scores
+    # With XMP ratings, where the stars begin is in the line and on the contact sheet's histogram.
+    sheet = folder.parent / "sheet.html"
+    rated = score(cli, folder, "--min-score", "0", "-o", sheet, "--xmp", "--stars", "fixed:0.2,0.4,0.6,0.8")
+    assert rated.code == 0, rated.output
+    assert next(line for line in rated.errors if line.startswith("scores: ")).endswith("★★★★★ ≥ 0.80")
+    page = sheet.read_text(encoding="utf-8")
+    assert "tiny: 1x1, upscaled" in page and "<svg" in page and "★★★★★" in page
 
 
 def test_quiet_prints_nothing_but_problems(tiny_cli, photo_folder, cli):

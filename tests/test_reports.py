@@ -464,6 +464,14 @@ def test_export_of_a_name_at_the_length_limit(tmp_path):
     assert all(p.read_bytes() == b"photo bytes" for p in written)
 
 
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_new_reports_follow_the_umask(tmp_path, umask, mask, mode):
+    umask(mask)
+    for fmt in ("csv", "json", "html"):
+        reports.write_report(run_of(result("a.jpg")), fmt, tmp_path / f"r.{fmt}")
+        assert (tmp_path / f"r.{fmt}").stat().st_mode & 0o7777 == mode, fmt
+
+
 @pytest.mark.parametrize(("source", "mask", "mode"), [(0o666, 0o022, 0o644), (0o4755, 0o022, 0o755)])
 def test_exported_copies_keep_the_source_mode_within_the_umask(tmp_path, umask, source, mask, mode):
     """A world-writable (or setuid) photo in someone else's tree must not become a file others

@@ -7,15 +7,22 @@ tensors each end in one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import stat
+import struct
+import tempfile
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from helpers import one_line, shared_path
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ilgnet_cli.model import store
 from ilgnet_cli.model.transform import MEANS_BGR, mean_from_image
@@ -113,9 +120,9 @@ def test_a_store_name_means_the_store_entry_never_a_file_in_the_working_folder(t
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine").write_bytes(b"planted")  # a file named like the set: never loaded by that name
     assert store.resolve("mine") == ("mine", rec.path)
-    for given, name, path in (("./mine", "mine", "mine"), ("run/best.safetensors", "best", "run/best.safetensors"),
+    for value, name, path in (("./mine", "mine", "mine"), ("run/best.safetensors", "best", "run/best.safetensors"),
                               ("other.safetensors", "other", "other.safetensors")):  # a path is a path
-        got = store.resolve(given)
+        got = store.resolve(value)
         assert got[0] == name and got[1].resolve() == tmp_path / path
     with pytest.raises(store.WeightsError, match="import it first"):
         store.resolve("ILGnet-AVA1.caffemodel")
@@ -523,3 +530,90 @@ def test_unparseable_download_installs_nothing(server, tmp_path, monkeypatch, cl
     registry({"test-ava1": registry.entry([server.url("/bad.caffemodel")])})
     assert_one_line_failure(cli("weights", "fetch", "test-ava1", "--retries", "0"))
     assert not any(p.is_file() for p in store.home().rglob("*"))
+
+
+# --------------------------------------------------------------------------- fuzzed safetensors
+# Every input gives a result or the documented one-line error, within a time and memory budget.
+
+
+WORK = Path(tempfile.mkdtemp(prefix="ilgnet-fuzz-"))
+TIME_BUDGET_S = 10.0  # CPU seconds: a loaded machine must not fail the test, an endless loop must
+MEMORY_BUDGET = 16 << 20  # bytes traced (numpy included) for inputs of a few KB
+FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+
+@contextlib.contextmanager
+def budget():
+    """Fail (not hang) past TIME_BUDGET_S of CPU time; measure traced peak memory."""
+    def timeout(*_):
+        raise TimeoutError(f"took more than {TIME_BUDGET_S} CPU seconds")
+
+    old = signal.signal(signal.SIGPROF, timeout)
+    signal.setitimer(signal.ITIMER_PROF, TIME_BUDGET_S)
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, old)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < MEMORY_BUDGET, f"peak {peak} bytes"
+
+
+def assert_one_line_message(exc: BaseException) -> None:
+    text = str(exc)
+    assert text and "\n" not in text and "\r" not in text, repr(text[:300])
+    assert len(text) <= 600, len(text)
+
+
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=20))
+tensor_info = st.fixed_dictionaries({}, optional={
+    "dtype": st.one_of(st.sampled_from(["F32", "F16", "BF16", "F64", "I32", "BOOL", "U8", "F8_E4M3"]), json_scalars),
+    "shape": st.one_of(st.lists(st.integers(-2, 2**40), max_size=5), json_scalars),
+    "data_offsets": st.one_of(st.lists(st.integers(-2, 2**40), min_size=2, max_size=2), json_scalars),
+})
+metadata = st.dictionaries(st.sampled_from(["mean", "mean_bgr", "architecture", "format", "x"]),
+                           st.one_of(st.sampled_from(["ava1", "ava2", "image", "channels", "nan,0,0", "1,2,3",
+                                                      "ilgnet", "ilgnet-trunk"]), st.text(max_size=30), json_scalars),
+                           max_size=5)
+headers = st.dictionaries(st.sampled_from(["conv1.7x7_s2.weight", "a", "_mean.image", "b"]), tensor_info, max_size=4)
+
+
+def write_safetensors(header: bytes, body: bytes, declared: int | None = None) -> Path:
+    path = WORK / "fuzz.safetensors"
+    WORK.mkdir(parents=True, exist_ok=True)
+    size = len(header) if declared is None else declared
+    path.write_bytes(struct.pack("<Q", size) + header + body)
+    return path
+
+
+def read_weights_hostile(path: Path) -> None:
+    with budget():
+        try:
+            state, meta = store.read_weights(path)
+        except store.WeightsError as exc:
+            assert_one_line_message(exc)
+            return
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
+        try:
+            store._meta_mean(meta, path)
+        except store.WeightsError as exc:
+            assert_one_line_message(exc)
+
+
+@FUZZ
+@given(headers, st.one_of(st.none(), metadata), st.binary(max_size=64))
+def test_safetensors_hostile_header(tensors, meta, body):
+    header = dict(tensors)
+    if meta is not None:
+        header["__metadata__"] = meta
+    text = json.dumps(header, allow_nan=True).encode()
+    read_weights_hostile(write_safetensors(text, body))
+
+
+@FUZZ
+@given(st.binary(max_size=256), st.one_of(st.none(), st.integers(0, 2**64 - 1)))
+def test_safetensors_random_bytes(data, declared):
+    read_weights_hostile(write_safetensors(data, b"", declared))

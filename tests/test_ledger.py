@@ -190,3 +190,22 @@ def test_two_runs_at_once_do_not_corrupt_it(tmp_path):
     conn = sqlite3.connect(ledger_path())
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     assert conn.execute("SELECT COUNT(*) FROM writes").fetchone() == (120,)
+
+
+def test_an_unchanged_photo_is_not_read_again(tmp_path, monkeypatch):
+    # Re-scoring a cached collection decodes nothing: the ledger must not read every photo either.
+    a = _photo(tmp_path / "a.jpg")
+    with Ledger() as book:
+        book.record([Written(str(a), 3, 0.5)])
+    calls = []
+    real = ledger_mod.content_digest
+    monkeypatch.setattr(ledger_mod, "content_digest", lambda p: calls.append(p) or real(p))
+    with Ledger() as book:
+        book.record([Written(str(a), 4, 0.6)])
+    assert calls == []
+    _photo(a, seed=5)  # changed: its digest is computed again
+    with Ledger() as book:
+        book.record([Written(str(a), 4, 0.6)])
+    assert len(calls) == 1
+    rows = sqlite3.connect(ledger_path()).execute("SELECT COUNT(DISTINCT digest) FROM writes").fetchone()
+    assert rows == (2,)

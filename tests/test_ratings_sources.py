@@ -79,7 +79,8 @@ def test_darktable_default_star_is_no_opinion(tmp_path):
     default, hand, plain = (photo(tmp_path / n) for n in ("default.jpg", "hand.jpg", "plain.jpg"))
     darktable_sidecar(default, 1)
     darktable_sidecar(hand, 2)
-    sidecar_paths(plain, "darktable")[0].write_text(packet(xmp_Rating=1), encoding="utf-8")  # digiKam's, not darktable's
+    # digiKam writes IMG.JPG.xmp too: a 1 there is no darktable default
+    sidecar_paths(plain, "darktable")[0].write_text(packet(xmp_Rating=1), encoding="utf-8")
     report = ratings.collect([tmp_path])
     assert got(report) == {"hand.jpg": (2, "darktable sidecar"), "plain.jpg": (1, "darktable sidecar")}
     assert report.set_aside["darktable_default"] == 1 and [Path(p).name for p in report.unrated_paths] == [
@@ -323,7 +324,7 @@ def test_learn_json_and_summary_report_what_was_set_aside(tmp_path, weights_file
                                                "darktable_default": 2}
     assert summary["ratings"]["ilgnet_written"] == 1
     text = CliRunner().invoke(app, args)
-    assert "2 photo(s) with only darktable's default star" in text.output
+    assert "2 photo(s) with darktable's default star" in text.output
     assert "1 photo(s) with rating(s) ilgnet wrote itself" in text.output
     assert "(1 left out between the thresholds)" in text.output or "too few" in text.output
     assert "Traceback" not in text.output

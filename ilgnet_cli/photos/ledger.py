@@ -50,6 +50,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS writes (
     path TEXT NOT NULL,
     digest TEXT,
+    size INTEGER,
+    mtime_ns INTEGER,
     stars REAL NOT NULL,
     score REAL,
     weights TEXT,
@@ -268,7 +270,6 @@ class Ledger:
         note when the ledger cannot be written)."""
         if not written:
             return 0
-        rows = list(self._rows(written))
         for attempt in range(2):
             conn = self._connect(create=True)
             if conn is None and self.replaced and attempt == 0:
@@ -277,11 +278,12 @@ class Ledger:
             if conn is None:
                 return 0
             try:
+                rows = list(self._rows(conn, written))
                 with conn:
                     conn.execute("BEGIN IMMEDIATE")
                     conn.executemany(
-                        "INSERT INTO writes (path, digest, stars, score, weights, weights_sha256, sidecar,"
-                        " first_written, last_written) VALUES (?,?,?,?,?,?,?,?,?)"
+                        "INSERT INTO writes (path, digest, size, mtime_ns, stars, score, weights, weights_sha256,"
+                        " sidecar, first_written, last_written) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
                         " ON CONFLICT (path, digest, stars, weights_sha256) DO UPDATE SET"
                         " score = excluded.score, sidecar = excluded.sidecar, last_written = excluded.last_written",
                         rows)
@@ -297,9 +299,21 @@ class Ledger:
                 self._unusable = False  # set aside: start a fresh one
         return 0
 
-    def _rows(self, written: Iterable[Written]) -> Iterable[tuple]:
+    def _rows(self, conn: sqlite3.Connection, written: Iterable[Written]) -> Iterable[tuple]:
         now = _now()
         for w in written:
             real = os.path.realpath(w.photo)
-            yield (db_text(real), self.digest(real), float(w.stars), float(w.score), w.weights,
+            size: int | None = None
+            mtime: int | None = None
+            try:
+                st = os.stat(real)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                pass
+            # An unchanged file (same size and mtime as when last recorded) keeps its digest:
+            # re-scoring a cached collection reads no photo again.
+            known = conn.execute("SELECT digest FROM writes WHERE path = ? AND size = ? AND mtime_ns = ? "
+                                 "AND digest IS NOT NULL LIMIT 1", (db_text(real), size, mtime)).fetchone()
+            digest = known[0] if known and isinstance(known[0], str) else self.digest(real)
+            yield (db_text(real), digest, size, mtime, float(w.stars), float(w.score), w.weights,
                    w.weights_sha256 or "", w.sidecar, now, now)

@@ -121,7 +121,7 @@ class RatingsReport:
                 continue
             line = f"{n} photo(s) with {what}: not yours, ignored"
             if key == DARKTABLE_DEFAULT:
-                line = (f"{n} photo(s) with only darktable's default star ({self.darktable_initial}, "
+                line = (f"{n} photo(s) with darktable's default star ({self.darktable_initial}, "
                         f"{self.darktable_initial_from}): not yours, ignored (--darktable-initial-rating 0 "
                         "if darktable gives no stars on import)")
             elif key == ILGNET_KEPT:
@@ -170,6 +170,9 @@ class _Context:
     def __init__(self, ledger: object, darktable_initial: int, notes: list[str]) -> None:
         from ilgnet_cli.photos.ledger import Ledger
 
+        self.owned = ledger == "default"  # the user's ledger, opened (and closed) here
+        if self.owned:
+            ledger = Ledger()
         self.ledger: Ledger | None = ledger if isinstance(ledger, Ledger) else None
         self.darktable_initial = darktable_initial
         self.notes = notes
@@ -194,10 +197,13 @@ class _Context:
     def classify(self, image: str, rating: float | None, packet: PacketRatings) -> str | None:
         return not_the_users(rating, packet, self.ilgnet_stars(image), self.darktable_initial)
 
-    def flush_notes(self) -> None:
+    def finish(self) -> None:
+        """The ledger's notes into ours; the user's ledger closed."""
         if self.ledger is not None:
             self.notes.extend(n for n in self.ledger.notes if n not in self.notes)
             self.ledger.notes.clear()
+            if self.owned:
+                self.ledger.close()
 
 
 def _packet_readings(image: str, source: str, rank: int, packet: PacketRatings, ctx: _Context) -> list[Reading]:
@@ -368,12 +374,6 @@ def _key(path: str) -> str:
     return os.path.realpath(path)
 
 
-def _default_ledger() -> object:
-    from ilgnet_cli.photos.ledger import Ledger
-
-    return Ledger()
-
-
 def xmp_ratings(files: list[str], *, ledger: object = None, darktable_initial: int = 1) -> RatingsReport:
     """Ratings of ``files`` from their sidecars, embedded XMP and EXIF (``ledger``: a
     :class:`ledger.Ledger` to recognise ilgnet's stars by, None: only ``ilgnet:Rating``)."""
@@ -382,7 +382,7 @@ def xmp_ratings(files: list[str], *, ledger: object = None, darktable_initial: i
     folders = _Folders()
     for image in files:
         _choose(_Photo(image, file_readings(image, ctx, report.problems, folders)), report)
-    ctx.flush_notes()
+    ctx.finish()
     return report
 
 
@@ -484,7 +484,7 @@ def collect(paths: Sequence[str | os.PathLike[str]], *, keep: list | None = None
     report = RatingsReport()
     read = [read_catalog(c) for c in catalogs or []]
     report.darktable_initial, report.darktable_initial_from = initial_rating(darktable_initial_rating, read)
-    ctx = _Context(_default_ledger() if ledger == "default" else ledger, report.darktable_initial, report.problems)
+    ctx = _Context(ledger, report.darktable_initial, report.problems)
     photos: dict[str, _Photo] = {}  # by real path, in the order first met
 
     def photo(path: str) -> _Photo:
@@ -519,7 +519,7 @@ def collect(paths: Sequence[str | os.PathLike[str]], *, keep: list | None = None
             photo(image).readings.extend(file_readings(image, ctx, report.problems, folders))
     for ph in photos.values():
         _choose(ph, report)
-    ctx.flush_notes()
+    ctx.finish()
     return report
 
 
@@ -531,7 +531,7 @@ def sidecar_contexts(plans: Sequence[tuple[str, Path]], darktable_initial_rating
 
     initial, _ = initial_rating(darktable_initial_rating)
     notes = notes if notes is not None else []
-    ctx = _Context(_default_ledger() if use_ledger else None, initial, notes)
+    ctx = _Context("default" if use_ledger else None, initial, notes)
     folders = _Folders()
     targets = {os.path.normcase(str(sidecar)) for _, sidecar in plans}
     out = []
@@ -543,6 +543,8 @@ def sidecar_contexts(plans: Sequence[tuple[str, Path]], darktable_initial_rating
                      if not any(t in os.path.normcase(p) for t in targets))
         users = sorted((r for r in readings if r.not_users is None), key=lambda r: r.rank)
         hand = (users[0].rating, users[0].source) if users else None
-        out.append(RatingContext(ilgnet_stars=ctx.ilgnet_stars(image)(), darktable_initial=initial, hand=hand))
-    ctx.flush_notes()
+        # ilgnet's stars classify the sidecar's own rating: none to classify in a new sidecar.
+        stars = ctx.ilgnet_stars(image)() if os.path.lexists(sidecar) else frozenset()
+        out.append(RatingContext(ilgnet_stars=stars, darktable_initial=initial, hand=hand))
+    ctx.finish()
     return out

@@ -295,3 +295,19 @@ def test_catalog_photos_together_with_folders_and_the_fixed_order(tmp_path):
     assert len(report.conflicts) == 1 and "darktable library wins" in report.conflicts[0]
     assert sorted(Path(p).name for p in report.unrated_paths) == ["b.jpg", "c.jpg"]  # b: darktable's default
     assert report.set_aside["darktable_default"] == 1
+
+
+def test_names_that_are_not_utf8_are_read_as_the_file_system_has_them(tmp_path):
+    shoot = tmp_path / "shoot"
+    shoot.mkdir()
+    name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes on disk
+    Image.new("RGB", (8, 8)).save(shoot / name, format="JPEG")
+    lib = darktable_library(tmp_path / "library.db", [(str(shoot), "ok.jpg", 1061, 0)])
+    conn = sqlite3.connect(lib)
+    conn.execute("INSERT INTO images (film_id, filename, flags, version) VALUES (1, CAST(? AS TEXT), 1061, 0)",
+                 (os.fsencode(name),))
+    conn.commit()
+    conn.close()
+    cat = read_catalog(lib)
+    assert cat.problems == [] and [os.fsencode(Path(e.path).name) for e in cat.entries] == [b"caf\xe9.jpg"]
+    assert [Path(m).name for m in cat.missing] == ["ok.jpg"]

@@ -139,8 +139,7 @@ def open_readonly(path: str) -> Iterator[sqlite3.Connection]:
     if not side:
         conn = sqlite3.connect(_uri(path, immutable=True), uri=True)
         try:
-            conn.execute("PRAGMA query_only = 1")
-            yield conn
+            yield _prepare(conn)
         finally:
             conn.close()
         return
@@ -158,10 +157,17 @@ def open_readonly(path: str) -> Iterator[sqlite3.Connection]:
         # Our private copy: SQLite may replay the WAL or roll back a hot journal in it.
         conn = sqlite3.connect(copy)
         try:
-            conn.execute("PRAGMA query_only = 1")
-            yield conn
+            yield _prepare(conn)
         finally:
             conn.close()
+
+
+def _prepare(conn: sqlite3.Connection) -> sqlite3.Connection:
+    # Names that are not UTF-8 (old cameras, Latin-1 file systems) come back as the file system
+    # gives them (surrogate escapes), instead of failing the whole catalog.
+    conn.text_factory = os.fsdecode
+    conn.execute("PRAGMA query_only = 1")
+    return conn
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:

@@ -127,9 +127,10 @@ class RatingsReport:
             elif key == ILGNET_KEPT:
                 line = f"{n} photo(s) with {what}"
             lines.append(line)
-        for cat in self.catalogs:
-            lines.append(f"catalog {cat['path']} ({cat['kind'] or 'not read'}): {cat['photos']} photo(s) on disk, "
-                         f"{cat['with_rating']} with stars, a flag or a reject")
+        for cat in self.catalogs:  # (one that could not be read is among the problems)
+            if cat["kind"]:
+                lines.append(f"catalog {cat['path']} ({cat['kind']}): {cat['photos']} photo(s) on disk, "
+                             f"{cat['with_rating']} with stars, a flag or a reject")
         if self.missing_on_disk:
             lines.append(f"{len(self.missing_on_disk)} catalog photo(s) missing on disk, e.g. "
                          f"{self.missing_on_disk[0]}")

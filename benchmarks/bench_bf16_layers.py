@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_fidelity import camera_files, crop_files, train_blur  # noqa: E402
 
+from ilgnet_cli.data.decode import DecodeError, decode  # noqa: E402
 from ilgnet_cli.model import precision  # noqa: E402
 from ilgnet_cli.model.ilgnet import _Scope, score_from_logits  # noqa: E402
 from ilgnet_cli.model.transform import RESIZE, preprocess  # noqa: E402
-from ilgnet_cli.data.decode import DecodeError, decode  # noqa: E402
 from ilgnet_cli.training.metrics import spearman  # noqa: E402
 
 BF16 = torch.bfloat16

@@ -40,12 +40,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from bench_score import bench_decode, make_images  # noqa: E402
+from ilgnet_cli.model.precision import bf16_model, native_bf16  # noqa: E402
+from ilgnet_cli.photos.scoring import exif_extra, run_score  # noqa: E402
 
 from ilgnet_cli.model.ilgnet import ILGNet  # noqa: E402
-from ilgnet_cli.model.precision import bf16_model, native_bf16  # noqa: E402
-from ilgnet_cli.model.transform import parse_mean  # noqa: E402
 from ilgnet_cli.model.store import LoadedWeights, save_weights  # noqa: E402
-from ilgnet_cli.photos.scoring import exif_extra, run_score  # noqa: E402
+from ilgnet_cli.model.transform import parse_mean  # noqa: E402
 from ilgnet_cli.training.metrics import spearman  # noqa: E402
 
 GFLOP_PER_IMAGE = 2.304

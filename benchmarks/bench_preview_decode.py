@@ -32,9 +32,9 @@ from PIL import ExifTags, Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ilgnet_cli.data.decode import _TRANSPOSE, decode  # noqa: E402
 from ilgnet_cli.model.ilgnet import ILGNet, score_from_logits  # noqa: E402
 from ilgnet_cli.model.transform import RESIZE, parse_mean, preprocess  # noqa: E402
-from ilgnet_cli.data.decode import _TRANSPOSE, decode  # noqa: E402
 from ilgnet_cli.training.metrics import spearman  # noqa: E402
 
 ASPECT_TOL = 0.01

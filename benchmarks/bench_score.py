@@ -31,10 +31,11 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ilgnet_cli.model.ilgnet import ILGNet  # noqa: E402
-from ilgnet_cli.model.transform import MEANS_BGR, parse_mean  # noqa: E402
-from ilgnet_cli.model.store import LoadedWeights  # noqa: E402
 from ilgnet_cli.photos.scoring import _collate, _Images, exif_extra, run_score  # noqa: E402
+
+from ilgnet_cli.model.ilgnet import ILGNet  # noqa: E402
+from ilgnet_cli.model.store import LoadedWeights  # noqa: E402
+from ilgnet_cli.model.transform import MEANS_BGR, parse_mean  # noqa: E402
 
 MEAN = parse_mean("ava1")  # the authors' AVA1 mean image
 

@@ -20,9 +20,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ilgnet_cli.data.decode import decode  # noqa: E402
 from ilgnet_cli.model.ilgnet import ILGNet, score_from_logits  # noqa: E402
 from ilgnet_cli.model.transform import RESIZE, parse_mean, preprocess  # noqa: E402
-from ilgnet_cli.data.decode import decode  # noqa: E402
 
 
 def main() -> None:

@@ -89,9 +89,9 @@ def test_corrupt_cache_is_set_aside_and_replaced(tmp_path):
 @pytest.mark.slow
 def test_a_failing_cache_never_costs_a_score(tmp_path, weights_file):
     from conftest import camera_photos
+    from ilgnet_cli.photos.scoring import run_score
 
     from ilgnet_cli.model import store
-    from ilgnet_cli.photos.scoring import run_score
 
     cache = ScoreCache(tmp_path / "scores.sqlite", "w", 1, "draft")
     cache.conn.close()  # every later query fails, like a disk that filled up mid-run

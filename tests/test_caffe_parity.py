@@ -14,9 +14,9 @@ from conftest import camera_photos, shared_path
 from typer.testing import CliRunner
 
 from ilgnet_cli.cli import app
+from ilgnet_cli.data.decode import decode
 from ilgnet_cli.model import store
 from ilgnet_cli.model.transform import CROP, RESIZE, parse_mean, preprocess, resize_bilinear, to_blob
-from ilgnet_cli.data.decode import decode
 
 cv2 = pytest.importorskip("cv2")
 

@@ -21,13 +21,13 @@ import tifffile
 from conftest import camera_photos
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ilgnet_cli.photos.scoring import RunStats, ScoreResult, ScoreRun
 from PIL import Image
 from rich.console import Console
 
+from ilgnet_cli.data.decode import decode
 from ilgnet_cli.photos import reports
 from ilgnet_cli.photos.bursts import Burst
-from ilgnet_cli.data.decode import decode
-from ilgnet_cli.photos.scoring import RunStats, ScoreResult, ScoreRun
 from ilgnet_cli.photos.xmp import stars_for
 
 # --------------------------------------------------------------------------- float and integer images

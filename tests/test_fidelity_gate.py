@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -138,8 +137,8 @@ def test_verdicts_are_keyed_by_everything_that_can_change_them(tmp_path):
 
 def test_verdict_store_is_input_like_any_other(tmp_path):
     path = tmp_path / "precision.json"
-    path.write_text('{"k": {"shortcut": "bf16", "ok": "false", "max_error": 0.0, "checked": 9, "rule": "%s"}}'
-                    % gate_module.RULE)
+    entry = {"shortcut": "bf16", "ok": "false", "max_error": 0.0, "checked": 9, "rule": gate_module.RULE}
+    path.write_text(__import__("json").dumps({"k": entry}))
     assert VerdictStore(path).get("k") is None  # "false" is not false
     path.write_text("[" * 200_000)
     assert VerdictStore(path).get("k") is None  # nesting: no RecursionError

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from ilgnet_cli import download as dl
 from ilgnet_cli.cli import app
-from ilgnet_cli.runtime.download import Checksum, DownloadError, DownloadStats, download
 from ilgnet_cli.model import store
+from ilgnet_cli.runtime.download import Checksum, DownloadError, DownloadStats, download
 
 runner = CliRunner()
 PAYLOAD = os.urandom(2 * 1024 * 1024 + 77)

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from ilgnet_cli import download as dl
 from ilgnet_cli.cli import app
-from ilgnet_cli.runtime.download import Checksum, DownloadError, DownloadStats, download
 from ilgnet_cli.model import store
+from ilgnet_cli.runtime.download import Checksum, DownloadError, DownloadStats, download
 
 PAYLOAD = os.urandom(200_000)
 SHA = Checksum("sha256", hashlib.sha256(PAYLOAD).hexdigest())

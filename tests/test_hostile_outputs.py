@@ -19,13 +19,13 @@ import pytest
 from conftest import camera_photos
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from ilgnet_cli.photos.scoring import RunStats, ScoreResult, ScoreRun
 from rich.console import Console
 
-from ilgnet_cli.runtime.fsutil import atomic_write_text
-from ilgnet_cli.runtime.text import display
 from ilgnet_cli.photos import reports
 from ilgnet_cli.photos.discover import Selection, find_images
-from ilgnet_cli.photos.scoring import RunStats, ScoreResult, ScoreRun
+from ilgnet_cli.runtime.fsutil import atomic_write_text
+from ilgnet_cli.runtime.text import display
 
 # Names that try to drive a terminal: colour, title change, bell, carriage return (overprint),
 # a right-to-left override (``gpj.exe`` shows as ``exe.jpg``), a newline (a fake CSV row) and 8-bit CSI.

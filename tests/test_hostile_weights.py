@@ -371,10 +371,10 @@ def test_nan_in_cache_is_a_miss_and_never_stored(tmp_path):
 
 
 def test_nan_scores_are_errors_never_cached(weights_file, tmp_path):
+    from ilgnet_cli.photos.scoring import run_score
     from PIL import Image
 
     from ilgnet_cli.photos.cache import open_cache
-    from ilgnet_cli.photos.scoring import run_score
 
     photo = tmp_path / "a.png"
     Image.new("RGB", (64, 48), (120, 30, 200)).save(photo)

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import camera_photos
+from ilgnet_cli.photos.scoring import run_score, score_paths
 
 from ilgnet_cli.model import inference, precision, store
-from ilgnet_cli.runtime.forward import COMPILE_MIN_PHOTOS, Forward, eval_mode, infer, should_compile
-from ilgnet_cli.photos.scoring import run_score, score_paths
 from ilgnet_cli.runtime.distributed import Dist, current
+from ilgnet_cli.runtime.forward import COMPILE_MIN_PHOTOS, Forward, eval_mode, infer, should_compile
 
 
 class Tiny(torch.nn.Module):

@@ -11,10 +11,10 @@ from conftest import camera_photos, random_ilgnet_layers
 from typer.testing import CliRunner
 
 from ilgnet_cli.cli import app
+from ilgnet_cli.data.decode import decode
 from ilgnet_cli.model import precision, store
 from ilgnet_cli.model.ilgnet import CaffeLRN, ILGNet, score_from_logits
 from ilgnet_cli.model.transform import parse_mean, preprocess
-from ilgnet_cli.data.decode import decode
 from ilgnet_cli.training.metrics import spearman
 
 runner = CliRunner()

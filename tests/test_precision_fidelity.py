@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trained import make_blur_task
 from conftest import camera_photos, real_weights, shared_path
+from ilgnet_cli.photos.scoring import run_score
+from trained import make_blur_task
 
 from ilgnet_cli.ava.records import read_label_list
 from ilgnet_cli.model import precision, store
-from ilgnet_cli.photos.scoring import run_score
 from ilgnet_cli.training.evaluate import predict
 from ilgnet_cli.training.metrics import roc_auc, spearman
 from ilgnet_cli.training.train import TrainConfig, train

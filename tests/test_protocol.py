@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from ilgnet_cli.ava.partition import holdout, shipped_list
 from ilgnet_cli.ava.records import AVARecord, read_label_list, write_ava, write_label_list
 from ilgnet_cli.cli import app
-from ilgnet_cli.runtime.download import file_digest
 from ilgnet_cli.model import store
 from ilgnet_cli.model.ilgnet import ILGNet
 from ilgnet_cli.runtime.distributed import Dist
+from ilgnet_cli.runtime.download import file_digest
 from ilgnet_cli.training.train import RECIPES, SOLVERS, TrainConfig, _setup, param_groups, resolve_recipe, train
 
 runner = CliRunner()
@@ -237,8 +237,8 @@ def test_one_decode_mode_per_run(tmp_path):
     """The authors' convert_imageset decoded every pixel: so do prepare, train and eval by default,
     and a cache prepared otherwise is refused instead of mixed in."""
     from ilgnet_cli.ava.records import resized_image
-    from ilgnet_cli.model.transform import resize_bilinear
     from ilgnet_cli.data.decode import decode
+    from ilgnet_cli.model.transform import resize_bilinear
 
     folder = _tiny_partition(tmp_path, "ilgnet-ava1", "AVA1")
     images = tmp_path / "ava" / "images"

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import camera_photos, real_weights, shared_path
+from ilgnet_cli.photos.scoring import run_score
 from PIL import Image
 
 from ilgnet_cli.model import store
 from ilgnet_cli.photos.cache import ScoreCache
-from ilgnet_cli.photos.scoring import run_score
 
 
 def cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -81,8 +81,8 @@ def test_orientation_samples_are_the_same_picture(kind):
     The samples were re-encoded after rotating, so they differ by JPEG noise (measured: mean
     |diff| 0.3-1.8 grey levels of the 256x256 input); a wrong or missing rotation gives > 20.
     """
-    from ilgnet_cli.model.transform import resize_bilinear
     from ilgnet_cli.data.decode import decode
+    from ilgnet_cli.model.transform import resize_bilinear
 
     files = _orientation_files(kind)
     ref = resize_bilinear(decode(files[1], draft=256).rgb).astype(float)

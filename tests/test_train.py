@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trained import make_blur_task
 from conftest import camera_photos
+from trained import make_blur_task
 from typer.testing import CliRunner
 
 from ilgnet_cli.ava.records import read_label_list

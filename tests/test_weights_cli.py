@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from ilgnet_cli import __version__
 from ilgnet_cli.cli import app
-from ilgnet_cli.runtime.download import file_digest
 from ilgnet_cli.model import store
 from ilgnet_cli.model.transform import MEANS_BGR
+from ilgnet_cli.runtime.download import file_digest
 
 runner = CliRunner()
 

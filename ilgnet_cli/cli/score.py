@@ -53,7 +53,7 @@ def score(
     batch_size: options.BatchSize = 32,
     workers: options.Workers = None,
     exact: Annotated[bool, typer.Option("--exact", help="The authors' pipeline exactly: every pixel decoded, OpenCV's bilinear resize to 256x256, fp32 (--decode exact --precision fp32).")] = False,
-    decode: Annotated[DecodeMode | None, typer.Option(help="fast (default): JPEGs decoded at reduced size in the DCT, checked against the reference; reference: every pixel, brought to AVA's 800 px with an anti-aliased resize, then the authors' steps; exact: the authors' pipeline; draft: the old shortcut.")] = None,
+    decode: Annotated[DecodeMode | None, typer.Option(help="fast (default): large JPEGs decoded at reduced size in the DCT, kept only while the fidelity gate finds every checked score within 0.008 in log-odds of the reference (with weights trained in our tests it moved P by up to 0.013 and was refused; measured by benchmarks/bench_fidelity.py); reference: every pixel, Lanczos to AVA's 800 px, then the authors' steps; exact: the authors' pipeline; draft: ilgnet 0.2's shortcut, unchecked.")] = None,
     precision: options.PrecisionOpt = Precision.AUTO,
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Run bf16 under torch.compile (fp32 runs are never compiled; default: only for runs of 20,000+ photos to score, where the compile time pays; any compile failure falls back to eager).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not update the score cache.")] = False,

@@ -17,10 +17,10 @@ and peak RSS of a whole `score_files` run over 50 vs 500 files (in subprocesses)
 Weights (--weights): seeded random-spread ones by default (tests/conftest.py; small logits). Speed
 depends on the values only through the gate: weights with large logits (random-xavier, trained
 ones) can make it refuse fast decoding or bf16, and (a) then runs the reference decode or fp32;
-the line under the table says what (a) served. A run of no more images than one batch takes no
+the line above the table says what (a) served. A run of no more images than one batch takes no
 shortcut (score_files then uses the reference decode and fp32), so give more images than
---batch-size. Gate verdicts are judged afresh in a temporary ILGNET_HOME unless one is set.
-Prints a Markdown table.
+--batch-size. Gate verdicts are judged afresh, in a temporary ILGNET_HOME unless one is set;
+temporary files (the 600 MB weights file among them) are removed at exit. Prints Markdown tables.
 """
 
 from __future__ import annotations
@@ -60,12 +60,13 @@ from ilgnet_cli.runtime.paths import cache_home  # noqa: E402
 MEAN = parse_mean("ava1")  # the authors' AVA1 mean image
 
 
-def bench_home() -> None:
-    """A temporary ILGNET_HOME (gate verdicts, compile cache) unless the caller set one."""
-    if "ILGNET_HOME" not in os.environ:
-        home = tempfile.mkdtemp(prefix="ilgnet-bench-home-")
-        atexit.register(shutil.rmtree, home, True)
-        os.environ["ILGNET_HOME"] = home
+def bench_work(prefix: str = "ilgnet-bench-") -> Path:
+    """A temporary folder removed at exit (the random weights file: 600 MB), and ILGNET_HOME in it
+    (gate verdicts, compile cache) unless the caller set one."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, work, True)
+    os.environ.setdefault("ILGNET_HOME", str(work / "home"))
+    return work
 
 
 def fresh_verdicts() -> None:
@@ -99,7 +100,7 @@ def make_images(folder: Path, count: int) -> list[Path]:
 
 
 WEIGHTS_HELP = ("random-spread (default): Xavier weights with the classifier scaled down (tests/conftest.py, "
-                "saved once in --data), "
+                "in a temporary file), "
                 "small logits the gate accepts, so (a) runs the fast path; random-xavier: ILGNet's own init, "
                 "large logits like a trained model's (the gate may refuse fast decoding and bf16 for them); "
                 "or an installed name / .safetensors file")
@@ -120,9 +121,14 @@ def spread_file(folder: Path) -> Path:
     return path
 
 
-def loaded_model(weights: str = "random-spread", folder: Path | None = None) -> LoadedWeights:
+def weights_arg(weights: str, work: Path) -> str:
+    """What --weights names, for a subprocess: random-spread becomes its file in ``work``."""
+    return str(spread_file(work)) if weights == "random-spread" else weights
+
+
+def loaded_model(weights: str = "random-spread", work: Path | None = None) -> LoadedWeights:
     """The weights to time, loaded as `ilgnet score` loads them (random-spread: from a file made
-    once in ``folder``; random-xavier: built here from a fixed seed). The same weights in every
+    once in ``work``; random-xavier: built here from a fixed seed). The same weights in every
     process: gate verdicts are stored under the weights' sha256. Speed depends on their values only
     through the gate's verdicts."""
     from ilgnet_cli.model import store
@@ -132,8 +138,7 @@ def loaded_model(weights: str = "random-spread", folder: Path | None = None) -> 
         model.reset_parameters(torch.Generator().manual_seed(0))
         return LoadedWeights(model=model.eval(), mean=MEAN, sha256="bench-xavier", name=weights, path=Path("-"))
     if weights == "random-spread":
-        folder = folder or Path(tempfile.gettempdir()) / "ilgnet-bench"
-        lw = store.load_model(str(spread_file(folder)))
+        lw = store.load_model(str(spread_file(work or bench_work())))
         lw.name = weights
         return lw
     return store.load_model(weights)
@@ -245,7 +250,7 @@ def rss_child(n: int, folder: Path, workers: int, batch: int, precision: str, we
     """Run in a subprocess: score n files (the bench set repeated) and print peak RSS in MB."""
     files = sorted(folder.glob("bench_*.jpg"))
     chosen = [str(files[i % len(files)]) for i in range(n)]
-    lw = loaded_model(weights, folder)
+    lw = loaded_model(weights)
     score_files(chosen, lw, transform=lw.transforms("fast"), batch_size=batch, workers=workers, precision=precision,
                 gate=True, extra=photo_extra)
     # VmHWM of this process image: ru_maxrss would carry over the parent's peak across exec.
@@ -267,12 +272,12 @@ def main() -> None:
     ap.add_argument("--rss", type=int, nargs="*", default=[50, 500])
     ap.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    bench_home()
     if args.rss_child:
         rss_child(args.rss_child, args.data, args.workers, args.batch_size, args.precision, args.weights)
         return
+    work = bench_work("ilgnet-bench-score-")
     files = make_images(args.data, args.images)
-    lw = loaded_model(args.weights, args.data)
+    lw = loaded_model(args.weights, work)
     lw.model.to(args.device)
     mp = np.mean([int(np.prod(__import__("PIL.Image", fromlist=["Image"]).open(f).size)) for f in files]) / 1e6
     print(f"{len(files)} JPEGs, mean {mp:.1f} MP; device {args.device}; workers {args.workers}; "
@@ -317,7 +322,7 @@ def main() -> None:
         for n in args.rss:
             cmd = [sys.executable, __file__, "--rss-child", str(n), "--data", str(args.data), "--workers",
                    str(args.workers), "--batch-size", str(args.batch_size), "--precision", args.precision,
-                   "--weights", args.weights]
+                   "--weights", weights_arg(args.weights, work)]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"| {n} | {r['self_mb']:.0f} |")

@@ -99,11 +99,10 @@ def make_images(folder: Path, count: int) -> list[Path]:
     return out
 
 
-WEIGHTS_HELP = ("random-spread (default): Xavier weights with the classifier scaled down (tests/conftest.py, "
-                "in a temporary file), "
-                "small logits the gate accepts, so (a) runs the fast path; random-xavier: ILGNet's own init, "
-                "large logits like a trained model's (the gate may refuse fast decoding and bf16 for them); "
-                "or an installed name / .safetensors file")
+WEIGHTS_HELP = ("random-spread (default): seeded Xavier weights with the classifier scaled down "
+                "(tests/conftest.py; small logits: the gate accepts the fast decode, so (a) runs it); "
+                "random-xavier: ILGNet's own init (large logits, like a trained model's: the gate may refuse "
+                "fast decoding and bf16); or an installed name / .safetensors file")
 
 
 def spread_file(folder: Path) -> Path:

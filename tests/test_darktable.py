@@ -32,11 +32,11 @@ from darktable_client import (
     missing_gexiv2,
     xvfb,
 )
-from ilgnet_cli.photos.results import ScoreResult
 from typer.testing import CliRunner
 
 from ilgnet_cli.cli import app
 from ilgnet_cli.photos import ratings
+from ilgnet_cli.photos.results import ScoreResult
 from ilgnet_cli.photos.xmp import sidecar_paths, write_sidecars
 from ilgnet_cli.training.learn import Thresholds
 

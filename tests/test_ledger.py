@@ -12,11 +12,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from ilgnet_cli.photos.results import ScoreResult
 from PIL import Image
 
 from ilgnet_cli.photos import ledger as ledger_mod
 from ilgnet_cli.photos.ledger import Ledger, Written, content_digest, ledger_path
+from ilgnet_cli.photos.results import ScoreResult
 from ilgnet_cli.photos.xmp import write_sidecars
 
 

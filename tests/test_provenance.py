@@ -46,7 +46,8 @@ def test_the_registry_states_what_the_authors_weights_were_trained_on():
 
 def test_unknown_provenance_is_never_clean():
     assert not UNKNOWN.known and training_ids(UNKNOWN, None) is None
-    for text in (None, "", "not json", "[]", '{"dataset": "clean"}', "{" * 10_000, '{"dataset": "ava1"' + " " * 70_000 + "}"):
+    huge = '{"dataset": "ava1"' + " " * 70_000 + "}"
+    for text in (None, "", "not json", "[]", '{"dataset": "clean"}', "{" * 10_000, huge):
         assert not Provenance.loads(text).known
     derived = Provenance(dataset="partition", ids_ref="tensor", bases=(UNKNOWN,))
     assert not derived.known  # fine-tuned from weights of unknown origin: unknown too
@@ -90,8 +91,8 @@ def test_paper_figures_carry_their_sample_size_ci_and_a_test_against_ours():
     assert "2,500 of the 20,000" in rows[1][2] and "95% CI" in rows[1][2]
     assert rows[2][0] == "ours − paper" and "p = " in rows[2][2]
     delta, p = metrics.two_proportions(0.80, 20_000, 0.8168, 2500)
-    z = abs(delta) / math.sqrt(((0.80 * 20_000 + 0.8168 * 2500) / 22_500) * (1 - (0.80 * 20_000 + 0.8168 * 2500) / 22_500)
-                               * (1 / 20_000 + 1 / 2500))
+    pooled = (0.80 * 20_000 + 0.8168 * 2500) / 22_500
+    z = abs(delta) / math.sqrt(pooled * (1 - pooled) * (1 / 20_000 + 1 / 2500))
     assert p == pytest.approx(math.erfc(z / math.sqrt(2)))
     assert json.loads(json.dumps(result.to_json()))["paper"]["n"] == 2500
 

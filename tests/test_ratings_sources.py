@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ilgnet_cli.photos.results import ScoreResult
 from PIL import Image
 from typer.testing import CliRunner
 
 from ilgnet_cli.cli import app
 from ilgnet_cli.photos import ratings
+from ilgnet_cli.photos.results import ScoreResult
 from ilgnet_cli.photos.xmp import plan_and_write, read_packet, sidecar_paths, write_sidecars
 from ilgnet_cli.training import learn
 

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from ilgnet_cli.ava.records import read_label_list  # noqa: E402
 from ilgnet_cli.data.decode import decode  # noqa: E402
 from ilgnet_cli.model import store  # noqa: E402
-from ilgnet_cli.model.transform import CENTRE, REFERENCE_SIDE, antialias, parse_mean, resize_bilinear  # noqa: E402
+from ilgnet_cli.model.transform import CENTRE, REFERENCE_SIDE, antialias, resize_bilinear  # noqa: E402
 from ilgnet_cli.predict.gate import ACCEPT, BOUND  # noqa: E402
 from ilgnet_cli.runtime.forward import Forward  # noqa: E402
 from ilgnet_cli.training.metrics import roc_auc, spearman  # noqa: E402

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import write_sidecar, xmp
 from PIL import Image
 
@@ -54,15 +55,16 @@ def test_embedded_xmp_and_sidecar_conflict(tmp_path):
     assert len(report.conflicts) == 1 and "sidecar wins" in report.conflicts[0]
 
 
-def test_adobe_and_darktable_disagree_newest_wins(tmp_path):
+@pytest.mark.parametrize("older", ["adobe", "darktable"])
+def test_adobe_and_darktable_disagree_fixed_order_wins(tmp_path, older):
+    # No file time decides (an ilgnet rewrite of one sidecar would flip it): darktable's wins.
     image = tmp_path / "x.jpg"
     Image.new("RGB", (32, 32)).save(image)
-    old = write_sidecar(image, 1, "adobe")
-    write_sidecar(image, 5, "darktable")
-    os.utime(old, (1_000_000, 1_000_000))
+    sides = {"adobe": write_sidecar(image, 1, "adobe"), "darktable": write_sidecar(image, 5, "darktable")}
+    os.utime(sides[older], (1_000_000, 1_000_000))
     report = ratings.collect([tmp_path])
     assert [(p.rating, p.source) for p in report.photos] == [(5, "darktable sidecar")]
-    assert len(report.conflicts) == 1 and "darktable sidecar (modified last) wins" in report.conflicts[0]
+    assert len(report.conflicts) == 1 and "darktable sidecar wins" in report.conflicts[0]
 
 
 def test_unreadable_sidecars_are_reported_not_fatal(tmp_path):

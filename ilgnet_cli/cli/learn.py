@@ -31,6 +31,8 @@ def learn(
     keep: Annotated[list[Path] | None, typer.Option("--keep", help="A folder of liked photos (as 5 stars); repeatable.")] = None,
     reject: Annotated[list[Path] | None, typer.Option("--reject", help="A folder of rejected photos; repeatable.")] = None,
     ratings_csv: Annotated[Path | None, typer.Option("--ratings", help="A CSV of path,rating rows (-1 rejected, 1-5; paths relative to the CSV).")] = None,
+    catalog: Annotated[list[Path] | None, typer.Option("--catalog", help="A darktable library.db, digiKam digikam4.db or Lightroom Classic .lrcat: its ratings, picks and rejects, read-only (safe while the program is open); repeatable.")] = None,
+    darktable_initial_rating: Annotated[int | None, typer.Option("--darktable-initial-rating", min=0, max=5, help="The initial rating darktable gives on import (its default 1; 0: every darktable star is yours). Stars equal to it that darktable wrote are not taken for yours. Default: darktable's own setting, else 1.")] = None,
     liked: Annotated[float, typer.Option("--liked", help="Ratings from this up are liked.")] = 4.0,
     disliked: Annotated[float, typer.Option("--disliked", help="Ratings from 1 up to this, and rejects, are disliked (0: only rejects).")] = 2.0,
     folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds (grouped by scene).")] = 5,
@@ -66,8 +68,8 @@ def learn(
 
     if name is None and not dry_run:
         raise fail("--name NAME is required (or --dry-run to evaluate only)", 2)
-    if not (paths or keep or reject or ratings_csv):
-        raise fail("give rated photos, --keep/--reject folders or --ratings FILE.csv", 2)
+    if not (paths or keep or reject or ratings_csv or catalog):
+        raise fail("give rated photos, --keep/--reject folders, --ratings FILE.csv or --catalog", 2)
     with errors_as_messages():
         try:
             thresholds = learning.Thresholds(liked=liked, disliked=disliked)
@@ -79,7 +81,7 @@ def learn(
         selection = Selection(recursive=recursive, hidden=hidden)
         missing: list[str] = []
         found = collect(paths or [], keep=keep, reject=reject, ratings_csv=ratings_csv, selection=selection,
-                        missing=missing)
+                        missing=missing, catalogs=catalog, darktable_initial_rating=darktable_initial_rating)
         found.problems.extend(f"no such file or folder: {m}" for m in missing)
         progress, update = download_progress()
         with progress:
@@ -125,9 +127,8 @@ def _learn_ratings_summary(found, thresholds) -> None:
     sources = ", ".join(f"{v} from {k}" for k, v in found.sources().items())
     err.print(f"ratings: {len(found.photos)} rated photos ({counts}){'; ' + sources if sources else ''}; "
               f"{found.unrated} unrated (ignored)", highlight=False)
-    if found.ilgnet_written:
-        err.print(f"  {found.ilgnet_written} rating(s) written by ilgnet itself (ilgnet:Rating): not yours, ignored",
-                  highlight=False)
+    for line in found.set_aside_lines():  # ilgnet's own stars, darktable defaults, catalogs
+        err.print(f"  {escape(display(line))}", highlight=False)
     err.print(f"labels: {escape(thresholds.describe())}; ratings in between are left out", highlight=False)
     for kind, lines in (("conflict", found.conflicts), ("skipped", found.problems)):
         for line in lines[:10]:
@@ -178,11 +179,12 @@ def _learn_json(found, outcome, thresholds, loaded, elapsed: float) -> dict:
     return {
         "ratings": {"rated": len(found.photos), "counts": found.counts(), "sources": found.sources(),
                     "unrated": found.unrated, "ilgnet_written": found.ilgnet_written,
-                    "conflicts": found.conflicts, "problems": found.problems},
+                    "conflicts": found.conflicts, "problems": found.problems, **found.summary_json()},
         "thresholds": {"liked": thresholds.liked, "disliked": thresholds.disliked},
         "base": {"name": loaded.name, "sha256": loaded.sha256},
         "labelled": len(data.y) if data is not None else 0,
         "liked": int(data.y.sum()) if data is not None else 0,
+        "left_out": data.left_out if data is not None else 0,
         "groups": len(set(data.groups.tolist())) if data is not None else 0,
         "not_decoded": [{"path": p, "reason": r} for p, r in outcome.decode_errors],
         "cross_validation": outcome.cv.to_json() if outcome.cv is not None else None,

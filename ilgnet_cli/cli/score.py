@@ -53,7 +53,7 @@ def score(
     batch_size: options.BatchSize = 32,
     workers: options.Workers = None,
     exact: Annotated[bool, typer.Option("--exact", help="The authors' pipeline exactly: every pixel decoded, OpenCV's bilinear resize to 256x256, fp32 (--decode exact --precision fp32).")] = False,
-    decode: Annotated[DecodeMode | None, typer.Option(help="fast (default): JPEGs decoded at reduced size in the DCT, checked against the reference; reference: every pixel, brought to AVA's 800 px with an anti-aliased resize, then the authors' steps; exact: the authors' pipeline; draft: the old shortcut.")] = None,
+    decode: Annotated[DecodeMode | None, typer.Option(help="fast (default): large JPEGs decoded at reduced size in the DCT, kept only while the fidelity gate finds every checked score within 0.008 in log-odds of the reference (with weights trained in our tests it moved P by up to 0.013 and was refused; measured by benchmarks/bench_fidelity.py); reference: every pixel, Lanczos to AVA's 800 px, then the authors' steps; exact: the authors' pipeline; draft: ilgnet 0.2's shortcut, unchecked.")] = None,
     precision: options.PrecisionOpt = Precision.AUTO,
     compile: Annotated[bool | None, typer.Option("--compile/--no-compile", help="Run bf16 under torch.compile (fp32 runs are never compiled; default: only for runs of 20,000+ photos to score, where the compile time pays; any compile failure falls back to eager).")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ignore and do not update the score cache.")] = False,
@@ -71,6 +71,7 @@ def score(
     sidecar_style: Annotated[XmpStyle, typer.Option("--xmp-style", help="adobe (IMG_0001.xmp), darktable (IMG_0001.JPG.xmp) or both.")] = XmpStyle.adobe,
     stars: Annotated[str, typer.Option(help="quantile (quintiles of this run) or fixed:T1,T2,T3,T4 score thresholds.")] = "quantile",
     overwrite_ratings: Annotated[bool, typer.Option("--overwrite-ratings", help="Replace ratings set by hand (kept by default).")] = False,
+    darktable_initial_rating: Annotated[int | None, typer.Option("--darktable-initial-rating", min=0, max=5, help="With --xmp: the initial rating darktable gives on import (default: darktable's setting, else 1; 0: none). A star equal to it in a sidecar darktable wrote is not a hand rating.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --xmp: show what would change, write nothing.")] = False,
     group_bursts: Annotated[float | None, typer.Option("--group-bursts", min=0.0, help="Group shots of one camera body taken within SECONDS of each other; keep the sharp, best-scored frame (e.g. --group-bursts 1).")] = None,
 ) -> None:
@@ -152,7 +153,8 @@ def score(
                                           link=link_top is not None)
     sidecar_failures = 0
     if xmp:
-        sidecar_failures = _write_xmp(run, run.weights_name, xmp_style, stars, overwrite_ratings, dry_run)
+        sidecar_failures = _write_xmp(run, run.weights_name, xmp_style, stars, overwrite_ratings, dry_run,
+                                      darktable_initial=darktable_initial_rating)
     if not quiet:
         _summary(run, elapsed, output if fmt != "table" else None, exported,
                  reports.distribution(run, top, min_score, stars if xmp else None).line())
@@ -164,12 +166,18 @@ def score(
         raise typer.Exit(1)
 
 
-def _write_xmp(run, model: str, style: str, stars: str, overwrite: bool, dry_run: bool) -> int:
+def _write_xmp(run, model: str, style: str, stars: str, overwrite: bool, dry_run: bool,
+               darktable_initial: int | None = None) -> int:
     """Write the sidecars; the number that could not be written (the run then exits 1)."""
     from ilgnet_cli.photos.xmp import write_sidecars
 
+    notes: list[str] = []  # the ledger of written stars and sources not read: warnings
     changes, problems = write_sidecars(run.results, style=style, stars_spec=stars, model=model,
-                                       overwrite_ratings=overwrite, dry_run=dry_run)
+                                       overwrite_ratings=overwrite, dry_run=dry_run,
+                                       weights_sha256=getattr(run, "weights_sha256", None),
+                                       darktable_initial_rating=darktable_initial, notes=notes)
+    for note in notes:
+        err.print(f"[yellow]warning[/]: {escape(display(note))}", highlight=False)
     if dry_run:
         table = Table(title="XMP sidecars (dry run: nothing written)", title_justify="left")
         for col in ("sidecar", "action", "rating", "score"):

@@ -125,13 +125,14 @@ def weights_add(
     file: Annotated[Path, typer.Argument(help="An ILGNet .safetensors file (e.g. RUN_DIR/best.safetensors).")],
     name: Annotated[str, typer.Option(help="Name in the store.")],
     mean: Annotated[str | None, typer.Option(help="Override the mean stored in the file.")] = None,
+    trained_on: Annotated[str | None, typer.Option("--trained-on", help="For a file that does not record what it was trained on: the registry name whose training data it is (recorded as declared).")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Replace installed weights of the same name.")] = False,
 ) -> None:
     """Install an ILGNet .safetensors file (checked against the architecture) into the store."""
     from ilgnet_cli.model import store
 
     with errors_as_messages():
-        rec = store.add_safetensors(file, name, mean, replace=replace)
+        rec = store.add_safetensors(file, name, mean, replace=replace, trained_on=trained_on)
     out.print(f"added {rec.name}: {escape(display(str(rec.path)))}; trained on: "
               f"{escape(display(rec.trained_on.describe()))}", highlight=False)
 

@@ -343,9 +343,11 @@ def import_caffemodel(path: str | Path, name: str | None = None, mean: str | Non
                     replace=replace)
 
 
-def add_safetensors(path: str | Path, name: str, mean: str | None = None, *, replace: bool = True) -> Installed:
+def add_safetensors(path: str | Path, name: str, mean: str | None = None, *, replace: bool = True,
+                    trained_on: str | None = None) -> Installed:
     """Install an ILGNet ``.safetensors`` (e.g. a training run's best checkpoint) after checking it;
-    its provenance (and ids tensor) comes with it, or unknown when it has none."""
+    its provenance (and ids tensor) comes with it; a file without one is unknown, unless it is a
+    file the registry knows or ``trained_on`` (a registry name) declares it."""
     path = Path(path)
     _check_name(name)
     state, meta = read_weights(path)
@@ -360,6 +362,8 @@ def add_safetensors(path: str | Path, name: str, mean: str | None = None, *, rep
     provenance = Provenance.loads(meta.get("provenance"))
     if not provenance.known and (known := _known_provenance(src_sha)) is not None:
         provenance = known[1]
+    if not provenance.known and trained_on is not None:
+        provenance = dataclasses.replace(load_registry().get(trained_on).provenance, declared=True)
     extra = {}
     ids = _read_extra(path, IDS_TENSOR)
     if ids is not None:

@@ -191,7 +191,9 @@ class Predictor:
         if self.check_decode and gate is not None and (refusal := gate.refused(Shortcut.DECODE)):
             self.transform, self.check_decode = transform.faithful, False
             self.notes.append(refusal.describe())
-        self._model = model.eval().to(self.device).to(memory_format=torch.channels_last)
+        # Not eval(): Forward runs the model in eval mode and gives it back in the mode it was in
+        # (training validates mid-run).
+        self._model = model.to(self.device).to(memory_format=torch.channels_last)
         self._compile, self._compile_dir, self._features, self._autocast = compile, compile_dir, features, autocast
         self._bf16 = bf16
         self._forward: Forward | None = None

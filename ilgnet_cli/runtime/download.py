@@ -184,7 +184,8 @@ def _drive_page_error(page: str, page_url: str) -> str | None:
         return "Google asks to sign in: the file is not shared with 'Anyone with the link'"
     m = _DRIVE_ERROR.search(page)
     if m:
-        return "Google Drive: " + clip(html.unescape(_ANY_TAG.sub(" ", m.group(1))), 160)
+        # HTML text: its runs of white space are one space, as a browser shows them
+        return "Google Drive: " + clip(" ".join(html.unescape(_ANY_TAG.sub(" ", m.group(1))).split()), 160)
     title = _TITLE.search(page)
     if title and "quota exceeded" in title.group(1).lower():
         return "Google Drive: download quota exceeded for this file (it may take up to 24 hours)"

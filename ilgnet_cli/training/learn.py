@@ -607,6 +607,7 @@ def learn_taste(ratings: Any, loaded: Any, *, name: str | None, replace: bool = 
     feats = extract(files, loaded, device=device, batch_size=batch_size, workers=workers, mirror=mirror,
                     max_pixels=max_pixels, progress=progress)
     data = labelled(feats, rating_of, thresholds, seconds=seconds, progress=grouping)
+    data.left_out = sum(thresholds.label(p.rating) is None for p in ratings.photos)  # never extracted
     out = Outcome(data=data, cv=None, head=None, refusal=check_enough(data.y), decode_errors=feats.errors,
                   labelled_before_decoding=len(files))
     if len(np.unique(data.y)) < 2:

@@ -266,13 +266,18 @@ def test_orientation_samples_score_the_same(ilgnet, monkeypatch, camera):
     With the test's random weights the orientation spread is about 0.006 (JPEG noise through
     an untrained net), under a tenth of the spread between photos. The issue's 1e-3 bound is
     checked with real weights: ILGNET_TEST_WEIGHTS=ilgnet-ava1 (or a .safetensors path).
+    Measured with the draft decode, as in ilgnet 0.2 where the bound was set: the samples were
+    re-encoded after rotating, and decoding every pixel lets more of that JPEG noise through the
+    random net (landscape spread 0.010 exact, 0.012 reference, against 0.104 between photos).
     """
     real = real_weights(monkeypatch)
     model = real or ilgnet
-    between = np.ptp([r.score for r in score_files([str(p) for p in camera(12)], model).results])
+    reference = model.transforms("draft")
+    between = np.ptp([r.score for r in score_files([str(p) for p in camera(12)], model, transform=reference).results])
     for kind in ("landscape", "portrait"):
         folder = shared_path("photos", "orientation")
-        run = score_files([str(folder / f"{kind}_{i}.jpg") for i in range(9)], model, batch_size=9)
+        run = score_files([str(folder / f"{kind}_{i}.jpg") for i in range(9)], model, batch_size=9,
+                          transform=reference)
         assert run.stats.scored == 9
         spread = np.ptp([r.score for r in run.results])
         print(f"\n{kind}: orientation spread {spread:.5f}, between-photo spread {between:.5f}")

@@ -19,7 +19,6 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import shared_path
 from darktable_client import (
     EXIFTOOL,
     EXIV2,
@@ -32,9 +31,8 @@ from darktable_client import (
     missing_gexiv2,
     xvfb,
 )
-from typer.testing import CliRunner
+from helpers import shared_path
 
-from ilgnet_cli.cli import app
 from ilgnet_cli.photos import ratings
 from ilgnet_cli.photos.results import ScoreResult
 from ilgnet_cli.photos.xmp import sidecar_paths, write_sidecars
@@ -152,10 +150,10 @@ def test_library_mid_change_is_read_as_last_committed(hand_rated, tmp_path):
     owner.close()
 
 
-def test_learn_dry_run_json_on_the_library(hand_rated, weights_file):
-    result = CliRunner().invoke(app, ["learn", "--catalog", str(hand_rated["dt"].library), "--dry-run", "--json",
-                                      "--base", str(weights_file), "--workers", "0", "--no-mirror"])
-    assert result.exit_code == 1, result.output  # 19 labelled photos: too few to install, said in the JSON
+def test_learn_dry_run_json_on_the_library(hand_rated, weights_file, cli):
+    result = cli("learn", "--catalog", str(hand_rated["dt"].library), "--dry-run", "--json",
+                                      "--base", str(weights_file), "--workers", "0", "--no-mirror")
+    assert result.code == 1, result.output  # 19 labelled photos: too few to install, said in the JSON
     summary = json.loads(result.stdout)
     assert summary["labelled"] == 19 and summary["liked"] == 15
     assert summary["left_out"] == 3  # the three 3-star photos

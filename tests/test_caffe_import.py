@@ -150,7 +150,6 @@ def test_corrupt_safetensors_gives_clear_error(caffemodels, cli):
     failed_in_one_line(cli("score", "--weights", "rand", "--device", "cpu", rec.path), "not a valid safetensors file")
 
 
-@pytest.mark.slow
 def test_imported_weights_round_trip_exactly(caffemodels):
     rec = store.import_caffemodel(caffemodels["v1"], "rand-v1", "ava2")
     loaded = store.load_model("rand-v1")

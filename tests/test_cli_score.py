@@ -271,8 +271,9 @@ def test_every_shared_photo_scored_or_rejected_with_reason(tmp_path, weights_fil
     assert keys == sorted(keys)  # sorted by score, ties by path
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+@pytest.mark.parametrize(("signum", "code"), [pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow),
+                                              (signal.SIGTERM, 143),
+                                              pytest.param(signal.SIGHUP, 129, marks=pytest.mark.slow)])
 def test_a_signal_writes_the_partial_report_and_exits_128_plus_n(tmp_path, weights_file, copies, cli, signum, code):
     """Ctrl-C, and SIGTERM/SIGHUP (systemd, timeout, a closed terminal) alike: what finished is
     reported and cached, the exit code says which signal."""

@@ -234,7 +234,6 @@ def test_load_gives_the_weights_with_their_preprocessing(weights_file, photos):
     assert ilgnet_cli.load(str(weights_file), device="cpu", decode="fast").transform.key == "fast-800"
 
 
-@pytest.mark.slow
 def test_score_collection_is_what_the_cli_reports(photos, weights_file, cli):
     run = ilgnet_cli.score_collection([photos], weights=str(weights_file), device="cpu", workers=0, cache=False)
     result = cli("score", photos, "--weights", weights_file, "--device", "cpu", "--workers", "0", "--no-cache",
@@ -247,7 +246,6 @@ def test_score_collection_is_what_the_cli_reports(photos, weights_file, cli):
     assert p == pytest.approx(exact.results[0].score, abs=1e-6)  # load().score is `score --exact`
 
 
-@pytest.mark.slow
 def test_readme_python_example_runs(photos, weights_file, monkeypatch, capsys):
     """The README's Python API example, as written, against a home folder with ~/Photos."""
     block = re.search(r"## Python API.*?```python\n(.*?)```", README.read_text(), re.S)

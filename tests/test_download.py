@@ -521,8 +521,6 @@ def test_drive_page_parsing_stays_linear_on_hostile_pages(page):
     assert time.monotonic() - start < 2
 
 
-@pytest.mark.xfail(strict=True, reason="library regression (5b46e4a, runtime/download.py:187): clip() keeps the "
-                   "page's whitespace, so Google's reason reads 'Try again  later  & soon.\\n' (HTML collapses it)")
 def test_error_subcaption_with_markup_is_one_clean_line():
     page = ('<p class="uc-error-subcaption">Too many users have viewed this file.<br>Try again'
             ' <a href="/x">later</a> &amp; soon.\n</p>')

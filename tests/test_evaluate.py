@@ -278,7 +278,7 @@ def test_roc_points_drawn_are_sklearns():
     np.testing.assert_allclose((fr.y(0) - pts[:, 1]) / span_y, sk_tpr, atol=0.06 / span_y)
 
 
-NAN_ROWS = ("library regression: comparison_rows (training/evaluate.py:212) formats an undefined accuracy as 'nan%', "
+NAN_ROWS = ("library regression: comparison_rows (training/evaluate.py:216) formats an undefined accuracy as 'nan%', "
             "'+nan pts' and 'p = nan, within noise'; the page showed '—' before it used them")
 
 

@@ -530,7 +530,6 @@ def _log_odds(files, weights, precision: str, batch: int = 32) -> np.ndarray:
     return np.array([p.log_odds[0] for p in preds])
 
 
-@pytest.mark.slow
 def test_bf16_on_random_ilgnet_weights_is_within_the_bound(ilgnet, camera):
     """Random weights calibrated to spread P(high) over the camera photos (conftest): bf16 vs fp32
     log-odds, the number the gate judges."""

@@ -134,6 +134,18 @@ def test_compiles_only_when_asked_or_big(tiny, files, monkeypatch):
     assert len(compiled) == 1  # fp32 is never compiled
 
 
+def test_a_training_model_comes_back_training(tiny, files):
+    """Training validates mid-run through the predictor: it must give the model back in training
+    mode (it once left it in eval mode for good: no dropout after the first validation, and a
+    resumed run trained differently from an uninterrupted one)."""
+    tiny.model.train()
+    preds = Predictor(tiny.model, tiny.transforms()).predict_all(PhotoFiles(files[:2]))
+    assert tiny.model.training and all(p.ok for p in preds)
+    tiny.model.eval()
+    again = Predictor(tiny.model, tiny.transforms()).predict_all(PhotoFiles(files[:2]))
+    assert not tiny.model.training and [p.score for p in again] == [p.score for p in preds]
+
+
 def test_unknown_precisions_are_refused(tiny):
     from ilgnet_cli.errors import UsageError
 
@@ -197,7 +209,7 @@ class _Slow(torch.nn.Module):
 @pytest.mark.slow  # torch notices a dead worker by polling every 5 s
 @pytest.mark.xfail(strict=True, reason="library bug: a worker that dies takes the results it had queued (their "
                    "tensors are fetched from it by file descriptor) and _isolate re-loads with 2 items in flight, "
-                   "so the good file before a quickly crashing one is blamed (predictor.py:45/280)")
+                   "so the good file before a quickly crashing one is blamed (predictor.py:46/285)")
 def test_the_file_before_a_quickly_crashing_one_is_not_blamed(tmp_path, tiny, files, monkeypatch):
     """Small photos decode in milliseconds: the worker dies on 'boom' before the main process has
     taken the previous photo's result. Only the crashing file may get the crash reason."""

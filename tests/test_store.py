@@ -63,7 +63,6 @@ def test_remove_never_deletes_outside_the_store(victim, tmp_path, cli):
     assert sorted(p.name for p in victim.iterdir()) == ["data.json", "data.safetensors"]
 
 
-@pytest.mark.slow
 def test_store_functions_refuse_bad_names(victim, caffemodels, weights_file):
     for name in victim_names(victim):
         with pytest.raises(store.WeightsError, match="invalid weights name"):
@@ -201,7 +200,6 @@ def poisoned(weights_file, tmp_path, how: str):
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", ["nan", "inf", "int", "bool", "f64-overflow"])
 def test_weights_add_refuses_non_finite_or_non_float_tensors(weights_file, tmp_path, how, cli):
     path = poisoned(weights_file, tmp_path, how)
@@ -235,7 +233,6 @@ def test_poisoned_file_in_the_store_is_refused_at_load(weights_file, tmp_path):
     assert not store.verify("mine").ok
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("mean", ["nan,0,0", "inf,1,2", "1e300,0,0", "-5,0,0", "300,0,0"])
 def test_non_finite_or_absurd_mean_is_refused(weights_file, caffemodels, tmp_path, mean, cli):
     result = cli("weights", "add", str(weights_file), "--name", "m", "--mean", mean)
@@ -307,7 +304,6 @@ def _with_mean_tensor(tmp_path, weights_file, tensor):
     return path
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("tensor", [None, np.ones((3, 256, 256), bool), np.ones((2, 2), np.float32)])
 def test_weights_promising_a_mean_image_they_lack_are_one_line(tmp_path, weights_file, tensor, cli):
     path = _with_mean_tensor(tmp_path, weights_file, tensor)
@@ -315,7 +311,6 @@ def test_weights_promising_a_mean_image_they_lack_are_one_line(tmp_path, weights
     assert "mean" in out and store.installed("odd") is None
 
 
-@pytest.mark.slow
 def test_mean_files_are_checked_before_their_data_is_read(tmp_path, weights_file, cli):
     strings = tmp_path / "str.npy"
     np.save(strings, np.array(["1", "abc", "3"]))

@@ -4,10 +4,11 @@ out of the list; a wheel does not have it."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import one_line, shared_path
+from helpers import authors_mean, one_line
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -349,8 +349,7 @@ def test_weights_files_follow_the_umask(tmp_path, weights_file):
 def _mean_files(tmp_path: Path) -> dict[str, Path]:
     from caffe_schema import MESSAGES
 
-    image = np.load(shared_path("ilgnet", "mean", "AVA2_mean.npy"), allow_pickle=False,
-                    encoding="latin1").astype(np.float32)
+    image = authors_mean("AVA2")
     blob = MESSAGES["BlobProto"](num=1, channels=3, height=256, width=256)
     blob.data.extend(image.reshape(-1).tolist())
     proto = tmp_path / "mean.binaryproto"

@@ -7,7 +7,7 @@ Weights:
   - trained blur: ILGNet trained here from random init on sharp vs blurred crops of the camera
     photos (tests/trained.py; keys on fine detail, what decoding shortcuts change most);
   - trained exposure: the same on well vs badly exposed crops (keys on global tone);
-  - random-spread: random weights whose classifier is scaled down (tests/conftest.py): a lower
+  - random-spread: random weights whose classifier is scaled down (tests/helpers.py): a lower
     bound, as their small logits hide errors that trained logits amplify;
   - real: the weights ILGNET_TEST_WEIGHTS names, if set.
 Photos:
@@ -140,7 +140,7 @@ def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def spread_weights(folder: Path) -> store.LoadedWeights:
-    from conftest import random_ilgnet_layers
+    from helpers import random_ilgnet_layers
 
     state = {}
     for name, _, (w, b) in random_ilgnet_layers(seed=1):

@@ -17,7 +17,7 @@ Prints Markdown tables:
      gate accepts it, else fp32) vs `--precision fp32` (fast decode), on real-sized JPEGs (12-24
      MP, from ../shared/photos/camera): images/s, what each served (decode/precision), and max
      |dP|, max |d log-odds| (the gate's measure) and Spearman between the two score lists.
-Weights: random-spread (tests/conftest.py: seeded, small logits, P(high) spreads) for 3 and 4;
+Weights: random-spread (tests/helpers.py: seeded, small logits, P(high) spreads) for 3 and 4;
 the model-only speeds do not depend on the values. Alternating repeats keep the two sides of
 every ratio under the same machine load. More images than --batch-size, or the runs take no
 shortcut (score_files scores a run that fits in one batch with the reference decode in fp32).

@@ -12,7 +12,7 @@ within 1% of it) the median time from file to model input of the default ``fast`
 preview (same orientation, the DCT scaling fast would ask for, then the same resize), and the
 score fidelity of the two through the same model: max |dP| (P = P(high)), max |d log-odds|
 (the fidelity gate's measure) and Spearman over the usable photos, with seeded random ILGNet
-weights whose P(high) spreads (tests/conftest.py ``random_ilgnet_layers``). The ``reference``
+weights whose P(high) spreads (tests/helpers.py ``random_ilgnet_layers``). The ``reference``
 decode (every pixel, Lanczos to 800: what the gate checks ``fast`` against) is printed as a
 yardstick. A default decode must pass the gate: |d log-odds| <= 0.008 (ACCEPT) against the
 reference, 0.02 (BOUND, |dP| <= 0.005) in all.
@@ -171,7 +171,7 @@ def _median_ms(fn, repeat: int) -> float:
 
 def _random_model(seed: int) -> ILGNet:
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import random_ilgnet_layers
+    from helpers import random_ilgnet_layers
 
     model = ILGNet().eval()
     state = {}
@@ -256,7 +256,7 @@ def main() -> None:
     print(f"\n## Score fidelity (the fidelity gate: max |d log-odds| <= {ACCEPT} per shortcut, {BOUND} in all, "
           f"i.e. |dP| <= {BOUND / 4})\n")
     # Scaling the logits would not help the ranking check: Spearman is blind to a monotone rescale.
-    print("Random weights as in tests/conftest.py; 'reference' = every pixel decoded, Lanczos to 800 px.\n")
+    print("Random weights as in tests/helpers.py; 'reference' = every pixel decoded, Lanczos to 800 px.\n")
     print("| seed | P(high) std | compared | max \\|dP\\| | max \\|d log-odds\\| | Spearman |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     for seed, f_, p_, r_ in results:

@@ -14,7 +14,7 @@ and cropping, cached in --data):
   (d) model-only limit: preprocessed tensors, same batch size, no decoding, in the precision (a)
       served;
 and peak RSS of a whole `score_files` run over 50 vs 500 files (in subprocesses).
-Weights (--weights): seeded random-spread ones by default (tests/conftest.py; small logits). Speed
+Weights (--weights): seeded random-spread ones by default (tests/helpers.py; small logits). Speed
 depends on the values only through the gate: weights with large logits (random-xavier, trained
 ones) can make it refuse fast decoding or bf16, and (a) then runs the reference decode or fp32;
 the line above the table says what (a) served. A run of no more images than one batch takes no
@@ -100,17 +100,17 @@ def make_images(folder: Path, count: int) -> list[Path]:
 
 
 WEIGHTS_HELP = ("random-spread (default): seeded Xavier weights with the classifier scaled down "
-                "(tests/conftest.py; small logits: the gate accepts the fast decode, so (a) runs it); "
+                "(tests/helpers.py; small logits: the gate accepts the fast decode, so (a) runs it); "
                 "random-xavier: ILGNet's own init (large logits, like a trained model's: the gate may refuse "
                 "fast decoding and bf16); or an installed name / .safetensors file")
 
 
 def spread_file(folder: Path) -> Path:
-    """Seeded random-spread weights (tests/conftest.py) as a weights file in ``folder``, made once."""
+    """Seeded random-spread weights (tests/helpers.py) as a weights file in ``folder``, made once."""
     path = folder / "random-spread.safetensors"
     if not path.exists():
         sys.path.insert(0, str(ROOT / "tests"))
-        from conftest import random_ilgnet_layers
+        from helpers import random_ilgnet_layers
 
         from ilgnet_cli.model.store import save_weights
 

@@ -47,7 +47,7 @@ def main() -> None:
         # Made in a child process: this one must never hold torch or the weights, or every command it
         # starts would inherit its peak RSS (Linux carries ru_maxrss across fork and exec).
         weights = work / "random.safetensors"
-        make = ("import sys; sys.path[:0] = sys.argv[2:]; from conftest import random_ilgnet_layers; "
+        make = ("import sys; sys.path[:0] = sys.argv[2:]; from helpers import random_ilgnet_layers; "
                 "from ilgnet_cli.model.store import save_weights; "
                 "state = {f'{n.replace(\"/\", \".\")}.{k}': v for n, _, (w, b) in random_ilgnet_layers(seed=1) "
                 "for k, v in (('weight', w), ('bias', b))}; save_weights(sys.argv[1], state, 'ava1')")

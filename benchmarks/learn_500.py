@@ -34,7 +34,7 @@ SIDECAR = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w
 
 
 def make(data: Path, n: int) -> tuple[Path, Path]:
-    from conftest import random_ilgnet_layers
+    from helpers import random_ilgnet_layers
 
     from ilgnet_cli.model.store import save_weights
 

@@ -257,14 +257,18 @@ def test_too_few_ratings_is_refused_unless_forced(shoot, weights_file, cli):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="library bug: learn --base FILE.safetensors installs a taste that needs its "
-                   "base in the store, which a file is not: 'score --weights NAME' then fails (training/learn.py:587)")
-def test_a_taste_learned_on_a_weights_file_scores(shoot, weights_file, cli):
-    """``ilgnet learn --base run/best.safetensors --name mine`` succeeds; ``ilgnet score --weights
-    mine`` must then work too (or learn must refuse a base that is not installed)."""
+def test_a_taste_needs_stored_base_weights_and_then_scores(shoot, weights_file, cli):
+    """A taste is a head on stored weights: ``learn --base FILE --name mine`` is refused before any
+    work with the command that stores FILE; once stored (under any name), the taste learned on the
+    same file scores."""
     small = sorted(p for p in shoot["truth"] if "/test/" in p)[:12]
     csv = shoot["root"] / "few-file.csv"
     csv.write_text("".join(f"{p},{5 if shoot['truth'][p] else 1}\n" for p in small), encoding="utf-8")
+    refused = cli("learn", "--ratings", csv, "--name", "onfile", "--base", weights_file, "--force", "--no-mirror")
+    assert refused.code == 2 and "not in the weights store" in refused.output and "weights add" in refused.output
+    assert [line for line in refused.errors if line.startswith("error:")] == [refused.errors[-1]], refused.output
+    added = cli("weights", "add", weights_file, "--name", "stored")
+    assert added.code == 0, added.output
     learned = cli("learn", "--ratings", csv, "--name", "onfile", "--base", weights_file, "--force", "--no-mirror")
     assert learned.code == 0, learned.output
     scored = cli("score", small[0], "--weights", "onfile", "--device", "cpu", "--workers", "0", "--no-cache")

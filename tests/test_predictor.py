@@ -207,9 +207,6 @@ class _Slow(torch.nn.Module):
 
 
 @pytest.mark.slow  # torch notices a dead worker by polling every 5 s
-@pytest.mark.xfail(strict=True, reason="library bug: a worker that dies takes the results it had queued (their "
-                   "tensors are fetched from it by file descriptor) and _isolate re-loads with 2 items in flight, "
-                   "so the good file before a quickly crashing one is blamed (predictor.py:46/285)")
 def test_the_file_before_a_quickly_crashing_one_is_not_blamed(tmp_path, tiny, files, monkeypatch):
     """Small photos decode in milliseconds: the worker dies on 'boom' before the main process has
     taken the previous photo's result. Only the crashing file may get the crash reason."""

@@ -259,19 +259,20 @@ class Predictor:
         merged = {p.index: p for part in parts for p in part}
         return [merged[i] for i in sorted(merged)]
 
-    def _loader(self, source: Source, indices: list[int], batch_size: int, workers: int) -> DataLoader:
+    def _loader(self, source: Source, indices: list[int], batch_size: int, workers: int,
+                prefetch: int = _PREFETCH) -> DataLoader:
         dataset = _Loaded(source, self.transform, self.check_decode)
         return DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers,
                           collate_fn=_collate, pin_memory=self.device.type == "cuda",
-                          prefetch_factor=_PREFETCH if workers > 0 else None, persistent_workers=False,
+                          prefetch_factor=prefetch if workers > 0 else None, persistent_workers=False,
                           worker_init_fn=_worker_init)
 
     def _attempt(self, source: Source, indices: list[int], forward: Forward, *, batch_size: int | None = None,
-                 workers: int | None = None, check: bool = True) -> Iterator[Prediction]:
+                 workers: int | None = None, check: bool = True, prefetch: int = _PREFETCH) -> Iterator[Prediction]:
         """Predictions for ``indices`` in order; raises :class:`_WorkerDied` when a worker dies and
         :class:`_ShortcutFailed` when a check fails (the shortcut is then off)."""
         workers = self.workers if workers is None else workers
-        loader = self._loader(source, indices, batch_size or self.batch_size, workers)
+        loader = self._loader(source, indices, batch_size or self.batch_size, workers, prefetch)
         try:
             it = iter(loader)  # installs torch's SIGCHLD handler the first time
             with _worker_deaths_via_next():
@@ -281,12 +282,21 @@ class Predictor:
             if workers and _worker_died(exc):
                 raise _WorkerDied from None
             raise
+        except (ConnectionError, EOFError) as exc:
+            # A worker that dies with results still queued takes their shared memory with it:
+            # fetching one then fails this way instead of torch's "exited unexpectedly".
+            if workers:
+                raise _WorkerDied from exc
+            raise
 
     def _isolate(self, source: Source, indices: list[int], forward: Forward) -> Iterator[Prediction]:
         start = 0
         while start < len(indices):
             try:
-                for pred in self._attempt(source, indices[start:], forward, batch_size=1, workers=1, check=False):
+                # One item in flight: a worker that dies can only have been decoding that item
+                # (with two, the finished one before it died with the worker's queue).
+                for pred in self._attempt(source, indices[start:], forward, batch_size=1, workers=1, check=False,
+                                          prefetch=1):
                     start += 1
                     yield pred
             except _WorkerDied:

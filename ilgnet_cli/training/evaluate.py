@@ -5,6 +5,7 @@ Works alone or under torchrun (each rank scores a shard; rank 0 merges and repor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,25 +214,30 @@ def evaluate(dataset: str, weights: str | None, *, ava_dir: Path | None = None, 
                       decode=mode, trained_on=trained_on, overlap=overlap, paper_withheld=withheld, labels=y, scores=p)
 
 
+def _pct(value: float, digits: int = 2) -> str:
+    """A share as a percentage, or an em dash where it is undefined (no image scored)."""
+    return f"{value:.{digits}%}" if math.isfinite(value) else "—"
+
+
 def comparison_rows(result: EvalResult) -> list[tuple[str, str, str]]:
     """(what, accuracy, note) rows: ours first (with what qualifies it), then the paper with its own
     sample size and CI and whether we differ beyond noise, then the majority baseline."""
     m = result.metrics
     lo, hi = m.accuracy_ci
-    rows = [(f"ours ({result.weights}, tta {result.tta})", f"{m.accuracy:.2%}",
-             f"95% CI {lo:.2%}–{hi:.2%}; {result.headline()}")]
+    ci = f"95% CI {_pct(lo)}–{_pct(hi)}" if math.isfinite(lo) and math.isfinite(hi) else "no CI (no image scored)"
+    rows = [(f"ours ({result.weights}, tta {result.tta})", _pct(m.accuracy), f"{ci}; {result.headline()}")]
     if result.paper is not None:
         plo, phi = result.paper.ci
-        rows.append(("paper (Jin et al. 2016)", f"{result.paper.accuracy:.2%}",
+        rows.append(("paper (Jin et al. 2016)", _pct(result.paper.accuracy),
                      f"on {result.paper.n:,} of the {result.paper.listed:,} test images ({result.paper.how}); "
-                     f"95% CI {plo:.1%}–{phi:.1%}"))
+                     f"95% CI {_pct(plo, 1)}–{_pct(phi, 1)}"))
         diff = result.paper_difference()
-        if diff is not None:
+        if diff is not None and math.isfinite(diff[0]) and math.isfinite(diff[1]):
             delta, pvalue = diff
             verdict = "differs beyond noise" if pvalue < 0.05 else "within noise"
             rows.append(("ours − paper", f"{delta * 100:+.2f} pts",
                          f"two-sample test on proportions: p = {pvalue:.3g}, {verdict}"))
     else:
         rows.append(("paper (Jin et al. 2016)", "n/a", f"not comparable: {result.paper_withheld}"))
-    rows.append(("always the majority class", f"{m.majority_baseline:.2%}", "baseline of this test set"))
+    rows.append(("always the majority class", _pct(m.majority_baseline), "baseline of this test set"))
     return rows

@@ -49,6 +49,7 @@ from ilgnet_cli.photos.bursts import body, burst_groups
 from ilgnet_cli.photos.collection import photo_extra
 from ilgnet_cli.photos.exif import ExifInfo
 from ilgnet_cli.predict.predictor import Predictor
+from ilgnet_cli.runtime.text import clip
 from ilgnet_cli.training import metrics
 
 if TYPE_CHECKING:
@@ -599,6 +600,15 @@ def learn_taste(ratings: Any, loaded: Any, *, name: str | None, replace: bool = 
 
     if name is not None:
         check_name(name, base=loaded.name, replace=replace)
+        # A taste is a head on stored weights (found again by their sha256): a file given as the
+        # base must be in the store; stored by 'weights add', it is the stored copy that counts.
+        stored = next((i for i in store.installed_all() if loaded.sha256 in (i.sha256, i.source_sha256)), None)
+        if stored is None:
+            raise UsageError(f"--base {clip(str(loaded.path))} is not in the weights store, and a taste is "
+                             f"installed as a head on stored weights: run 'ilgnet weights add FILE --name NAME', "
+                             f"then learn with --base NAME (or leave out --name to only evaluate)")
+        if stored.sha256 != loaded.sha256:
+            loaded = store.load_model(stored.name, device)
     rating_of = {p.path: p.rating for p in ratings.photos}
     files = [p.path for p in ratings.photos if thresholds.label(p.rating) is not None]
     if not files:
@@ -621,8 +631,9 @@ def learn_taste(ratings: Any, loaded: Any, *, name: str | None, replace: bool = 
                            f"{out.cv.auc_gain.ci[0]:+.3f} to {out.cv.auc_gain.ci[1]:+.3f})")
     out.head = train_head(data.feats, np.arange(len(data.y)), data.y, data.groups, seed)
     if name is not None and (out.refusal is None or force):
-        meta = metadata(base_name=loaded.name, base_sha256=loaded.sha256, ratings=len(ratings.photos), data=data,
-                        thresholds=thresholds, cv=out.cv, head=out.head, mirror=mirror, forced=out.refusal is not None)
+        meta = metadata(base_name=loaded.name, base_sha256=loaded.sha256, ratings=len(ratings.photos),
+                        data=data, thresholds=thresholds, cv=out.cv, head=out.head, mirror=mirror,
+                        forced=out.refusal is not None)
         provenance = Provenance(dataset="photos", summary=f"{len(data.y)} photos you rated (no AVA images)",
                                 bases=(loaded.provenance,))
         out.installed = store.install_taste(name, loaded, out.head.w, out.head.b, metadata=meta,

@@ -136,8 +136,9 @@ def test_the_default_is_the_registrys_until_set_and_never_silently_another(regis
     with pytest.raises(store.NoWeightsError, match="downloads are off"):
         store.ensure_default()
     _small_set("mine")
-    with pytest.raises(store.NoWeightsError, match="installed instead: mine .*ilgnet weights default NAME"):
+    with pytest.raises(store.NoWeightsError, match="installed instead: mine .*ilgnet weights default NAME") as info:
         store.ensure_default()  # another set is installed: named, never used unasked
+    assert any("weights import" in line for line in info.value.details)  # the ways to get the default stay
     assert store.resolve_weights("mine") == "mine" and store.resolve_weights("some/file.safetensors")
     with pytest.raises(store.WeightsError, match="neither installed nor known"):
         store.set_default("absent")

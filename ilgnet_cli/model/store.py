@@ -859,7 +859,7 @@ def ensure_default(*, allow_download: bool = True, progress: ProgressFn | None =
             raise
         shown = ", ".join(others[:6]) + (" ..." if len(others) > 6 else "")
         raise NoWeightsError(f"{exc}; installed instead: {shown} (use -w NAME, or make one the default: "
-                             f"ilgnet weights default NAME)") from None
+                             f"ilgnet weights default NAME)", exc.details) from None
 
 
 def remove(name: str) -> bool:

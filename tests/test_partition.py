@@ -10,7 +10,7 @@ import pytest
 from ava_votes import write_real_ava
 from helpers import shared_path
 
-from ilgnet_cli.ava.partition import PartitionError, ava2, holdout, make_partition
+from ilgnet_cli.ava.partition import PartitionError, ava2, holdout, make_partition, shipped_list
 from ilgnet_cli.ava.records import AVARecord, read_ava, read_label_list, write_ava
 
 
@@ -27,6 +27,14 @@ def authors_labels(which: str) -> dict[int, int]:
     for split in ("train", "val"):
         labels.update(read_label_list(shared_path("ilgnet", "data", which, f"{split}.txt")))
     return labels
+
+
+@pytest.mark.parametrize("which", ["AVA1", "AVA2"])
+def test_shipped_lists_are_the_authors_files(which):
+    """The lists the package ships (scripts/package_data.py) are the authors' train/val lists."""
+    for split in ("train", "val"):
+        theirs = read_label_list(shared_path("ilgnet", "data", which, f"{split}.txt"))
+        assert shipped_list(which, split) == theirs and len(theirs) > 1000
 
 
 def test_ava1_labels_agree_with_authors_lists_on_every_shared_id(real_ava, tmp_path, cli):

@@ -89,6 +89,52 @@ def _small_set(name: str):
     return store.install_taste(name, tiny_weights(), np.zeros(1024, np.float32), 0.0, metadata={}, provenance=UNKNOWN)
 
 
+# Re-installs "mine" with a head bias of 1.0 and is killed (SIGKILL: no cleanup runs) at the Nth
+# rename of the install: 1 = the pending record's own atomic write, 2 = weights into place,
+# 3 = the pending record becoming the record.
+_KILLED_INSTALL = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[2])
+import numpy as np
+from helpers import tiny_weights
+from ilgnet_cli.model import store
+from ilgnet_cli.model.provenance import UNKNOWN
+real, calls = os.replace, [0]
+def replace(a, b):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(a, b)
+os.replace = replace
+store.install_taste("mine", tiny_weights(), np.zeros(1024, np.float32), 1.0, metadata={}, provenance=UNKNOWN,
+                    replace=True)
+"""
+
+
+@pytest.mark.parametrize(("kill_at", "bias", "mended"), [(1, 0.0, "removed"), (2, 0.0, "rolled back"),
+                                                         (3, 1.0, "finished")])
+def test_an_install_killed_midway_leaves_the_old_or_the_new_weights_never_a_mix(kill_at, bias, mended, cli):
+    import subprocess
+    import sys
+
+    _small_set("mine")
+    tests = Path(__file__).resolve().parent
+    child = subprocess.run([sys.executable, "-c", _KILLED_INSTALL, str(kill_at), str(tests)], capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(tests.parent)})
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    leftovers = {p.name for p in store.weights_dir().iterdir()} - {"mine.json", "mine.safetensors"}
+    assert leftovers  # the kill left work behind: a temp file, a pending record or both
+    verified = cli("weights", "verify", "--json")
+    assert verified.code == 1  # something was wrong, even though it is mended now
+    assert any(mended in line for line in json.loads(verified.stdout)["repaired"]), verified.stdout
+    assert {p.name for p in store.weights_dir().iterdir()} == {"mine.json", "mine.safetensors"}
+    target = store.weights_dir() / "mine.safetensors"
+    assert store.installed("mine").sha256 == file_digest(target)  # record and file: one install, whole
+    state, _ = store.read_weights(target)
+    assert float(state[store.HEAD_BIAS]) == bias
+    assert cli("weights", "verify").code == 0
+
+
 def test_tampered_record_cannot_point_outside_the_store(victim):
     rec = _small_set("mine")
     record = store.weights_dir() / "mine.json"

@@ -19,6 +19,7 @@ import pytest
 from helpers import camera_photos, write_sidecar, xmp
 from PIL import Image, ImageFilter
 
+from ilgnet_cli.model import store
 from ilgnet_cli.model.ilgnet import FEATURE_DIM
 from ilgnet_cli.training import learn, metrics
 
@@ -178,7 +179,6 @@ def _auc(scores: dict[str, float], truth: dict[str, int]) -> float:
 
 @pytest.mark.slow
 def test_learn_ranks_unseen_scenes_and_scores_exactly_the_head(shoot, weights_file, cli):
-    from ilgnet_cli.model import store
 
     store.add_safetensors(weights_file, "random")  # a taste needs its base in the store
     result = cli("learn", shoot["train"], "--name", "mine", "--base", "random", "--json")
@@ -235,7 +235,8 @@ def test_not_better_than_base_is_refused(shoot, weights_file, tmp_path, cli):
     half = len(ordered) // 2
     csv.write_text("".join(f"{p},{1 if i < half else 5}\n" for i, p in enumerate(ordered)), encoding="utf-8")
     # (--no-mirror --folds 3: the same refusal, in half the time)
-    result = cli("learn", "--ratings", csv, "--name", "same", "--base", weights_file, "--no-mirror",
+    store.add_safetensors(weights_file, "random")  # a taste needs its base in the store
+    result = cli("learn", "--ratings", csv, "--name", "same", "--base", "random", "--no-mirror",
                      "--folds", "3")
     assert result.code == 1, result.output
     assert "not better than the base" in result.output and "nothing installed" in result.output
@@ -247,10 +248,11 @@ def test_too_few_ratings_is_refused_unless_forced(shoot, weights_file, cli):
     small = sorted(p for p in shoot["truth"] if "/test/" in p)[:12]
     csv = shoot["root"] / "few.csv"
     csv.write_text("".join(f"{p},{5 if shoot['truth'][p] else 1}\n" for p in small), encoding="utf-8")
-    result = cli("learn", "--ratings", csv, "--name", "few", "--base", weights_file)
+    store.add_safetensors(weights_file, "random")  # a taste needs its base in the store
+    result = cli("learn", "--ratings", csv, "--name", "few", "--base", "random")
     assert result.code == 1 and "too few ratings" in result.output
     assert not list(Path(os.environ["ILGNET_HOME"]).glob("weights/few.*"))
-    forced = cli("learn", "--ratings", csv, "--name", "few", "--base", weights_file, "--force")
+    forced = cli("learn", "--ratings", csv, "--name", "few", "--base", "random", "--force")
     assert forced.code == 0, forced.output
     assert "installed anyway" in forced.output
     assert (Path(os.environ["ILGNET_HOME"]) / "weights" / "few.safetensors").is_file()

@@ -179,7 +179,6 @@ def _auc(scores: dict[str, float], truth: dict[str, int]) -> float:
 
 @pytest.mark.slow
 def test_learn_ranks_unseen_scenes_and_scores_exactly_the_head(shoot, weights_file, cli):
-
     store.add_safetensors(weights_file, "random")  # a taste needs its base in the store
     result = cli("learn", shoot["train"], "--name", "mine", "--base", "random", "--json")
     assert result.code == 0, result.output

@@ -4,10 +4,14 @@ Fixtures built on them live in conftest.py."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import signal
+import tracemalloc
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +344,55 @@ def one_line(text: str, *needles: str, limit: int = 400) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+# Parsers of hostile input: a loaded machine must not fail a test, an endless loop must; inputs of
+# a few KB must not cost more than this much traced memory (numpy included).
+TIME_BUDGET_S = 10.0  # CPU seconds
+MEMORY_BUDGET = 16 << 20  # bytes
+
+
+def fuzz_settings():
+    """Hypothesis settings of the fuzz tests: many examples, no per-example deadline."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@contextlib.contextmanager
+def budget() -> Iterator[None]:
+    """Fail (not hang) past TIME_BUDGET_S of CPU time; measure traced peak memory."""
+    def timeout(*_):
+        raise TimeoutError(f"took more than {TIME_BUDGET_S} CPU seconds")
+
+    old = signal.signal(signal.SIGPROF, timeout)
+    signal.setitimer(signal.ITIMER_PROF, TIME_BUDGET_S)
+    tracemalloc.start()
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, old)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < MEMORY_BUDGET, f"peak {peak} bytes"
+
+
+def assert_one_line_message(exc: BaseException) -> None:
+    text = str(exc)
+    assert text and "\n" not in text and "\r" not in text, repr(text[:300])
+    assert len(text) <= 600, len(text)
+
+
+def assert_one_line_failure(result) -> None:
+    """A failed fetch: one error line, then only the documented help block (each source, then
+    the three ways to get weights); nothing installed."""
+    from ilgnet_cli.model import store
+
+    assert result.code != 0
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith("error: "), result.output
+    heading = store.ways_to_get_weights()[0]
+    assert all(line.startswith("  ") or line == heading for line in lines[1:]), result.output
+    assert store.installed_all() == []

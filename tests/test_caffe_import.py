@@ -7,23 +7,20 @@ so that a reader that loops or balloons fails the test instead of taking the mac
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import resource
-import signal
 import subprocess
 import sys
 import tempfile
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from caffe_schema import write_caffemodel
-from helpers import one_line
-from hypothesis import HealthCheck, given, settings
+from helpers import assert_one_line_message, budget, fuzz_settings, one_line
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ilgnet_cli.model import caffe_import, store
@@ -193,36 +190,8 @@ def test_import_memory_stays_near_twice_the_file(caffemodels, tmp_path):
 
 # --------------------------------------------------------------------------- fuzzing
 
-TIME_BUDGET_S = 10.0  # CPU seconds: a loaded machine must not fail the test, an endless loop must
-MEMORY_BUDGET = 16 << 20  # bytes traced (numpy included) for inputs of a few KB
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
+FUZZ = fuzz_settings()
 WORK = Path(tempfile.mkdtemp(prefix="ilgnet-fuzz-"))
-
-
-@contextlib.contextmanager
-def budget():
-    """Fail (not hang) past TIME_BUDGET_S of CPU time; measure traced peak memory."""
-    def timeout(*_):
-        raise TimeoutError(f"took more than {TIME_BUDGET_S} CPU seconds")
-
-    old = signal.signal(signal.SIGPROF, timeout)
-    signal.setitimer(signal.ITIMER_PROF, TIME_BUDGET_S)
-    tracemalloc.start()
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, old)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert peak < MEMORY_BUDGET, f"peak {peak} bytes"
-
-
-def assert_one_line_message(exc: BaseException) -> None:
-    text = str(exc)
-    assert text and "\n" not in text and "\r" not in text, repr(text[:300])
-    assert len(text) <= 600, len(text)
 
 
 def tiny_models() -> dict[str, bytes]:

@@ -9,7 +9,7 @@ import hashlib
 import os
 
 import pytest
-from helpers import one_line
+from helpers import assert_one_line_failure, one_line
 from localserver import QUOTA_SUBCAPTION, add_drive, nested_page
 
 from ilgnet_cli.model import store
@@ -120,15 +120,6 @@ def test_unreachable_default_weights_names_the_three_ways(tmp_path, monkeypatch,
 # --------------------------------------------------------------------------- hostile servers and registries
 
 
-def assert_one_line_failure(result) -> None:
-    assert result.code != 0
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert lines[0].startswith("error: "), result.output
-    # After the one-line error only the documented help block: each source, then the three ways.
-    heading = store.ways_to_get_weights()[0]
-    assert all(line.startswith("  ") or line == heading for line in lines[1:]), result.output
-    assert store.installed_all() == []
 
 
 HOSTILE = {

@@ -7,21 +7,19 @@ tensors each end in one line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import stat
 import struct
 import tempfile
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import authors_mean, one_line
-from hypothesis import HealthCheck, given, settings
+from helpers import assert_one_line_failure, assert_one_line_message, authors_mean, budget, fuzz_settings, one_line
+from hypothesis import given
 from hypothesis import strategies as st
 
 from ilgnet_cli.model import store
@@ -453,16 +451,6 @@ def test_non_finite_or_absurd_mean_files_are_refused(tmp_path, caffemodels, cli)
 # --------------------------------------------------------------------------- the registry and fetching
 
 
-def assert_one_line_failure(result) -> None:
-    """A failed fetch: one error line, then only the documented help block (each source, then
-    the three ways to get weights); nothing installed."""
-    assert result.code != 0
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert lines[0].startswith("error: "), result.output
-    heading = store.ways_to_get_weights()[0]
-    assert all(line.startswith("  ") or line == heading for line in lines[1:]), result.output
-    assert store.installed_all() == []
 
 
 def test_packaged_registry_lists_known_weights(cli, registry):
@@ -576,37 +564,8 @@ def test_unparseable_download_installs_nothing(server, tmp_path, monkeypatch, cl
 # --------------------------------------------------------------------------- fuzzed safetensors
 # Every input gives a result or the documented one-line error, within a time and memory budget.
 
-
+FUZZ = fuzz_settings()
 WORK = Path(tempfile.mkdtemp(prefix="ilgnet-fuzz-"))
-TIME_BUDGET_S = 10.0  # CPU seconds: a loaded machine must not fail the test, an endless loop must
-MEMORY_BUDGET = 16 << 20  # bytes traced (numpy included) for inputs of a few KB
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-
-@contextlib.contextmanager
-def budget():
-    """Fail (not hang) past TIME_BUDGET_S of CPU time; measure traced peak memory."""
-    def timeout(*_):
-        raise TimeoutError(f"took more than {TIME_BUDGET_S} CPU seconds")
-
-    old = signal.signal(signal.SIGPROF, timeout)
-    signal.setitimer(signal.ITIMER_PROF, TIME_BUDGET_S)
-    tracemalloc.start()
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
-        signal.signal(signal.SIGPROF, old)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert peak < MEMORY_BUDGET, f"peak {peak} bytes"
-
-
-def assert_one_line_message(exc: BaseException) -> None:
-    text = str(exc)
-    assert text and "\n" not in text and "\r" not in text, repr(text[:300])
-    assert len(text) <= 600, len(text)
 
 
 json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(), st.text(max_size=20))

@@ -192,6 +192,30 @@ def test_two_runs_at_once_do_not_corrupt_it(tmp_path):
     assert conn.execute("SELECT COUNT(*) FROM writes").fetchone() == (120,)
 
 
+def test_a_lock_sqlite_does_not_wait_for_is_waited_out(tmp_path, monkeypatch):
+    # Opening can meet "database is locked" without SQLite's busy handler waiting (the switch to
+    # WAL, another run's last connection removing the WAL): seen in a full-suite run, so the
+    # opening itself is retried up to the lock deadline.
+    photo = _photo(tmp_path / "a.jpg")
+    real, failures = ledger_mod.Ledger._open, [2]
+
+    def flaky(self, create):
+        if failures[0]:
+            failures[0] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return real(self, create)
+
+    monkeypatch.setattr(ledger_mod.Ledger, "_open", flaky)
+    with Ledger() as book:
+        assert book.record([Written(str(photo), 3, 0.5)]) == 1, book.notes
+        assert book.notes == []
+    monkeypatch.setattr(ledger_mod, "TIMEOUT_S", 0.05)
+    failures[0] = 10**6  # a lock that never goes: one line, no hang
+    with Ledger() as book:
+        assert book.record([Written(str(photo), 4, 0.5)]) == 0
+        assert len(book.notes) == 1 and "locked" in book.notes[0]
+
+
 def test_an_unchanged_photo_is_not_read_again(tmp_path, monkeypatch):
     # Re-scoring a cached collection decodes nothing: the ledger must not read every photo either.
     a = _photo(tmp_path / "a.jpg")

@@ -179,16 +179,7 @@ class Ledger:
             self._give_up(f"ledger {self.path} unusable ({exc.strerror or exc})")
             return None
         try:
-            if create:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(str(self.path), timeout=TIMEOUT_S, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(SCHEMA)
-            else:  # reading never creates one
-                uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=rw"
-                conn = sqlite3.connect(uri, uri=True, timeout=TIMEOUT_S, isolation_level=None)
-                conn.execute("SELECT stars, path, digest FROM writes LIMIT 1").fetchall()
+            conn = self._open_retrying(create)
         except sqlite3.OperationalError as exc:  # locked, read-only disk, no such table: not corrupt
             if "no such table" in str(exc) or "no such column" in str(exc):
                 self._set_aside(exc)
@@ -202,6 +193,43 @@ class Ledger:
             self._give_up(f"ledger {self.path} unusable ({exc.strerror or exc})")
             return None
         self._conn = conn
+        return conn
+
+    def _open_retrying(self, create: bool) -> sqlite3.Connection:
+        # SQLite answers "locked" without waiting in a few moments its busy handler does not
+        # cover (switching to WAL, the last connection of another run checkpointing and removing
+        # the WAL as it closes): two runs ending together must both be recorded, so such
+        # moments are waited out up to the same deadline as an ordinary lock.
+        deadline = time.monotonic() + TIMEOUT_S
+        delay = 0.01
+        while True:
+            try:
+                return self._open(create)
+            except sqlite3.OperationalError as exc:
+                text = str(exc)
+                if ("locked" not in text and "busy" not in text) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.25)
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=TIMEOUT_S, isolation_level=None)
+        else:  # reading never creates one
+            uri = Path(os.path.abspath(self.path)).as_uri() + "?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, timeout=TIMEOUT_S, isolation_level=None)
+        try:
+            if create:
+                if conn.execute("PRAGMA journal_mode").fetchone() != ("wal",):
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.executescript(SCHEMA)
+            else:
+                conn.execute("SELECT stars, path, digest FROM writes LIMIT 1").fetchall()
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def close(self) -> None:

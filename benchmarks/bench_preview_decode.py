@@ -1,6 +1,6 @@
 """Is decoding a camera JPEG's embedded preview a faithful, faster stand-in for the default decode?
 
-    source /root/venv/bin/activate && python benchmarks/bench_preview_decode.py [--seeds 1,2,3] [--repeat 7]
+    python benchmarks/bench_preview_decode.py [--seeds 1,2,3] [--repeat 7]
     python benchmarks/bench_preview_decode.py --seeds 1 --repeat 1   # smoke test
 
 For every JPEG in ../shared/photos/camera: the embedded images it carries (EXIF IFD1 thumbnail,

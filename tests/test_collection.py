@@ -63,6 +63,9 @@ def test_a_run_that_fits_in_one_batch_takes_no_shortcut(photos, tiny):
     big = score_collection([photos], weights=tiny, device="cpu", workers=0, cache=False, batch_size=2)
     assert {r.decode for r in big.results if r.ok} == {"fast-800"}  # the default decode, checked by the gate
     assert _scores(big) == pytest.approx(_scores(small), abs=0.01)  # small photos: every pixel either way
+    # What is asked for by name is served, small run or not.
+    draft = score_collection([photos], weights=tiny, device="cpu", workers=0, cache=False, decode="draft")
+    assert {r.decode for r in draft.results if r.ok} == {"draft"}
 
 
 def test_exact_is_the_authors_pipeline_in_fp32(photos, tiny, monkeypatch):

@@ -48,7 +48,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-weights_app = typer.Typer(help="Manage model weights: list, fetch, import Caffe models, verify.",
+weights_app = typer.Typer(help="Manage model weights: list, fetch, import, add, default, verify, remove.",
                           no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(weights_app, name="weights")
 download_app = typer.Typer(help="Download datasets.", no_args_is_help=True, rich_markup_mode=None)

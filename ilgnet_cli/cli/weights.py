@@ -1,4 +1,4 @@
-"""`ilgnet weights list|fetch|import|add|verify|remove`: the weights store."""
+"""`ilgnet weights list|fetch|import|add|default|verify|remove`: the weights store."""
 
 from __future__ import annotations
 

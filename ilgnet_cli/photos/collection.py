@@ -100,7 +100,7 @@ def score_files(
 
     ``transform``: default the weights' exact one. ``precision``: fp32, bf16 or auto; ``gate``:
     check the run's shortcuts (auto's bf16, fast decoding) with :mod:`ilgnet_cli.predict.gate`,
-    verdicts remembered in ``$ILGNET_HOME/precision.json``. Ctrl-C (and SIGTERM/SIGHUP, which
+    verdicts remembered in ``precision.json`` in the cache folder. Ctrl-C (and SIGTERM/SIGHUP, which
     the CLI turns into the same) stops the run and returns what finished (``stats.interrupted``);
     nothing already scored is lost.
     """
@@ -110,8 +110,10 @@ def score_files(
     fidelity = None
     if gate and len(files) <= batch_size:
         # A run that fits in one batch gains nothing from a shortcut: checking it would cost as much
-        # as the faithful path itself (an fp32 pass of the batch, a full decode per worker).
-        transform = transform.faithful
+        # as the faithful path itself (an fp32 pass of the batch, a full decode per worker). Only the
+        # gated shortcuts are dropped: what the user asked for by name (draft, bf16) is served.
+        if transform.decode is DecodeMode.FAST:
+            transform = transform.faithful
         precision = Precision.FP32 if precision is Precision.AUTO else precision
     if gate:
         bf16 = precision is Precision.AUTO and native_bf16(device)

@@ -20,8 +20,8 @@ import torch
 
 from ilgnet_cli.runtime.precision import bf16_model
 
-# torch.compile costs tens of seconds per process on a 2-core CPU and saves about 5 ms per photo
-# there (bf16: 55 -> 75 img/s, benchmarks/bench_precision.py), so it pays only for big runs.
+# torch.compile costs tens of seconds per process on a 2-core CPU and saves about 6 ms per photo
+# there (bf16: 56 -> 85 img/s, benchmarks/bench_precision.py), so it pays only for big runs.
 COMPILE_MIN_PHOTOS = 20_000
 
 

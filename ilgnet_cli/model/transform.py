@@ -172,7 +172,8 @@ class Mean:
 
 
 def _finite_pixels(values: np.ndarray, what: str) -> np.ndarray:
-    values = np.asarray(values, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e300 becomes inf and is refused below
+        values = np.asarray(values, dtype=np.float32)
     if not np.all(np.isfinite(values)) or values.min() < _MEAN_RANGE[0] or values.max() > _MEAN_RANGE[1]:
         raise MeanError(f"{what}: values must be finite pixel means in 0..255")
     return values

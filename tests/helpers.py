@@ -8,7 +8,9 @@ import contextlib
 import functools
 import hashlib
 import os
+import shutil
 import signal
+import subprocess
 import tracemalloc
 import warnings
 from collections.abc import Iterator
@@ -396,3 +398,27 @@ def assert_one_line_failure(result) -> None:
     heading = store.ways_to_get_weights()[0]
     assert all(line.startswith("  ") or line == heading for line in lines[1:]), result.output
     assert store.installed_all() == []
+
+
+# --------------------------------------------------------------------------- a real browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None,
+                                    reason="headless Chromium not installed (apt-get install chromium)")
+
+
+def chromium_flags(tmp_path: Path, width: int, height: int) -> list[str]:
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}", "--hide-scrollbars", f"--window-size={width},{height}"]
+
+
+def render_in_chromium(page: Path, tmp_path: Path, width: int, height: int) -> tuple[Path, str]:
+    """A screenshot of ``page`` and its DOM as headless Chromium builds it (scripts run)."""
+    assert CHROMIUM is not None
+    shot = tmp_path / f"{page.stem}.png"
+    flags = chromium_flags(tmp_path, width, height)
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    return shot, dom

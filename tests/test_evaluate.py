@@ -10,14 +10,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import warnings
 import xml.etree.ElementTree as ET
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from helpers import camera_photos, make_tiny_ava, one_line, tiny_partition
+from helpers import camera_photos, make_tiny_ava, needs_chromium, one_line, render_in_chromium, tiny_partition
 from sklearn import metrics as skm
 from trained import make_blur_task
 
@@ -300,10 +299,7 @@ def test_labels_and_scores_of_different_length_is_a_one_line_error():
         eval_report.to_html(fake_result(y, p), y, p[:9])
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
+@needs_chromium
 def test_eval_report_renders_in_headless_chromium(tmp_path):
     from PIL import Image
 
@@ -315,13 +311,7 @@ def test_eval_report_renders_in_headless_chromium(tmp_path):
     r.precision, r.decode = "bf16", "exact"
     report = tmp_path / "eval.html"
     report.write_text(eval_report.to_html(r, y, p), encoding="utf-8")
-    shot = tmp_path / "eval.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chrome'}", "--hide-scrollbars", "--window-size=1000,1700"]
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
+    shot, dom = render_in_chromium(report, tmp_path, 1000, 1700)
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom and "<script" not in dom and dom.count("<svg") == 4
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     # Text and tables are grey on white; only the plots are strongly red or blue. A page whose SVGs did not draw

@@ -20,7 +20,7 @@ from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import numpy as np
 import pytest
-from helpers import grouped, result, run_of
+from helpers import CHROMIUM, chromium_flags, grouped, needs_chromium, render_in_chromium, result, run_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -520,15 +520,7 @@ def test_keepers_are_the_ranked_photos_and_only_each_bursts_keeper(tmp_path):
 
 # --------------------------------------------------------------------------- in a real browser
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed")
 BODY, CARD, STRIP = (0x15, 0x17, 0x1A), (0x22, 0x26, 0x2B), (0x2A, 0x2E, 0x34)
-
-
-def _chromium_flags(tmp_path: Path, width: int, height: int) -> list[str]:
-    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={tmp_path / 'chrome'}", "--hide-scrollbars", f"--window-size={width},{height}"]
 
 
 def _card_rows(shot: np.ndarray) -> list[list[int]]:
@@ -553,7 +545,7 @@ def test_sheet_with_single_shots_and_a_burst_is_laid_out_as_a_grid(tmp_path, ten
     run = ten_and_a_burst
     sheet = reports.write_report(run, "html", tmp_path / "sheet.html", top=None)
     shot_png = tmp_path / "sheet.png"
-    subprocess.run([CHROMIUM, *_chromium_flags(tmp_path, 1100, 1600), f"--screenshot={shot_png}", sheet.as_uri()],
+    subprocess.run([CHROMIUM, *chromium_flags(tmp_path, 1100, 1600), f"--screenshot={shot_png}", sheet.as_uri()],
                    capture_output=True, timeout=120)
     shot = np.asarray(Image.open(shot_png).convert("RGB"))
     if os.environ.get("ILGNET_KEEP_SCREENSHOT"):
@@ -575,7 +567,7 @@ def test_burst_strip_keeps_its_frames_on_a_phone_sized_sheet(tmp_path, ten_and_a
     run.results = [m for b in run.bursts for m in b.members]
     sheet = reports.write_report(run, "html", tmp_path / "sheet.html")
     shot_png = tmp_path / "sheet.png"
-    subprocess.run([CHROMIUM, *_chromium_flags(tmp_path, 480, 1800), f"--screenshot={shot_png}", sheet.as_uri()],
+    subprocess.run([CHROMIUM, *chromium_flags(tmp_path, 480, 1800), f"--screenshot={shot_png}", sheet.as_uri()],
                    capture_output=True, timeout=120)
     shot = np.asarray(Image.open(shot_png).convert("RGB"))
     is_card = (shot == CARD).all(axis=2) | (shot == STRIP).all(axis=2)
@@ -596,7 +588,7 @@ def _cdp(tmp_path: Path):
         os.dup2(to_chrome_r, 3)
         os.dup2(from_chrome_w, 4)
 
-    proc = subprocess.Popen([CHROMIUM, *_chromium_flags(tmp_path, 1100, 900), "--remote-debugging-pipe",
+    proc = subprocess.Popen([CHROMIUM, *chromium_flags(tmp_path, 1100, 900), "--remote-debugging-pipe",
                              "about:blank"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, pass_fds=(3, 4), preexec_fn=wire)
     os.close(to_chrome_r)
@@ -677,13 +669,7 @@ def test_html_report_renders_in_headless_chromium(tmp_path, evil_folder, camera,
         shutil.copy2(p, evil_folder / p.name)
     run = score_collection([evil_folder], weights=tiny, device="cpu", workers=0, cache=False)
     report = reports.write_report(run, "html", tmp_path / "sheet.html")
-    shot = tmp_path / "sheet.png"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chrome'}", "--hide-scrollbars", "--window-size=1100,900"]
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", report.as_uri()], capture_output=True, timeout=120)
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", report.as_uri()], capture_output=True, text=True,
-                         timeout=120).stdout
+    shot, dom = render_in_chromium(report, tmp_path, 1100, 900)
     assert "&lt;img src=x onerror=alert(1)&gt;.jpg" in dom and "<script" not in dom
     img = np.asarray(Image.open(shot).convert("RGB"))
     # Thumbnails are photos: thousands of distinct colours; an empty page has a handful.

@@ -169,16 +169,25 @@ def row(*cells: object) -> str:
     return "| " + " | ".join(f"{c:.4f}" if isinstance(c, float) else str(c) for c in cells) + " |"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jpegs", type=int, default=200, help="real-sized JPEGs made from the camera photos")
+def parse_args(doc: str | None, jpegs: tuple[int, str], *extra: tuple[str, int, str]) -> argparse.Namespace:
+    """The options every fidelity benchmark shares (camera photos, the blur model, workers, a
+    folder to keep the trained models in), plus ``extra`` integer options; exits without the photos."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jpegs", type=int, default=jpegs[0], help=jpegs[1])
+    for flag, default, text in extra:
+        ap.add_argument(flag, type=int, default=default, help=text)
     ap.add_argument("--train-iters", type=int, default=20, help="SGD steps for the blur model (batch 8)")
-    ap.add_argument("--exposure-iters", type=int, default=80, help="SGD steps for the exposure model (batch 8)")
     ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--keep", type=Path, help="keep (and reuse) the trained models in this folder")
     args = ap.parse_args()
     if not CAMERA.is_dir():
         sys.exit(f"needs the shared camera photos in {CAMERA}")
+    return args
+
+
+def main() -> None:
+    args = parse_args(__doc__, (200, "real-sized JPEGs made from the camera photos"),
+                      ("--exposure-iters", 80, "SGD steps for the exposure model (batch 8)"))
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="ilgnet-bench-fidelity-"))
     models = args.keep or work

@@ -15,7 +15,6 @@ gate's measure, accepted up to ACCEPT) and between the fast decode and each alte
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_fidelity import CAMERA, compare, log_odds, make_jpegs, trained  # noqa: E402
+from bench_fidelity import compare, log_odds, make_jpegs, parse_args, trained  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ilgnet_cli.data.decode import decode  # noqa: E402
@@ -95,15 +94,8 @@ def timing(files: list[Path]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--jpegs", type=int, default=60, help="real-sized JPEGs scored through every variant")
-    ap.add_argument("--timing", type=int, default=12, help="of those, how many are timed (one core)")
-    ap.add_argument("--train-iters", type=int, default=20, help="SGD steps for the blur model (batch 8)")
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    ap.add_argument("--keep", type=Path, help="keep (and reuse) the trained model in this folder")
-    args = ap.parse_args()
-    if not CAMERA.is_dir():
-        sys.exit(f"needs the shared camera photos in {CAMERA}")
+    args = parse_args(__doc__, (60, "real-sized JPEGs scored through every variant"),
+                      ("--timing", 12, "of those, how many are timed (one core)"))
     work = Path(tempfile.mkdtemp(prefix="ilgnet-bench-filters-"))
     models = args.keep or work
     models.mkdir(parents=True, exist_ok=True)

@@ -325,7 +325,11 @@ def _zip(path: Path, members: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> 
     return path
 
 
-def _assert_refused_cleanly(dest: Path) -> None:
+def _assert_refused_cleanly(archive: Path, match: str) -> None:
+    """Importing ``archive`` fails with ``match`` and leaves neither images nor the extract folder."""
+    dest = archive.parent / "AVA"
+    with pytest.raises(AVADownloadError, match=match):
+        import_from(archive, dest, Report())
     assert not (dest / "images").exists() or not any((dest / "images").iterdir())
     assert not (dest / ".extract").exists()
 
@@ -334,19 +338,13 @@ def test_zip_bomb_is_refused_by_the_compression_ratio_limit(tmp_path):
     archive = _zip(tmp_path / "bomb.zip", {"AVA.txt": AVA_LINE.format(id=900003).encode(),
                                            "900003.jpg": b"\0" * (80 << 20)})
     assert archive.stat().st_size < 1 << 20
-    dest = tmp_path / "AVA"
-    with pytest.raises(AVADownloadError, match="ratio|larger than"):
-        import_from(archive, dest, Report())
-    _assert_refused_cleanly(dest)
+    _assert_refused_cleanly(archive, "ratio|larger than")
 
 
 def test_member_over_the_size_cap_is_refused_while_streaming(tmp_path, monkeypatch):
     monkeypatch.setattr(ava_download, "MAX_MEMBER_BYTES", 1 << 20, raising=False)
     archive = _zip(tmp_path / "big.zip", {"1.jpg": os.urandom(2 << 20)}, zipfile.ZIP_STORED)
-    dest = tmp_path / "AVA"
-    with pytest.raises(AVADownloadError, match="larger than"):
-        import_from(archive, dest, Report())
-    _assert_refused_cleanly(dest)
+    _assert_refused_cleanly(archive, "larger than")
 
 
 def test_zip_member_lying_about_its_size_is_caught_by_counting_bytes(tmp_path, monkeypatch):
@@ -375,10 +373,7 @@ def test_tar_gz_over_the_total_cap_is_refused(tmp_path, monkeypatch):
             info = tarfile.TarInfo(f"images/{i + 1}.jpg")
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    dest = tmp_path / "AVA"
-    with pytest.raises(AVADownloadError, match="total"):
-        import_from(archive, dest, Report())
-    _assert_refused_cleanly(dest)
+    _assert_refused_cleanly(archive, "total")
 
 
 def test_tar_gz_bomb_is_refused(tmp_path):
@@ -388,10 +383,7 @@ def test_tar_gz_bomb_is_refused(tmp_path):
         info = tarfile.TarInfo("900003.jpg")
         info.size = len(data)
         tf.addfile(info, io.BytesIO(data))
-    dest = tmp_path / "AVA"
-    with pytest.raises(AVADownloadError, match="ratio|larger than"):
-        import_from(archive, dest, Report())
-    _assert_refused_cleanly(dest)
+    _assert_refused_cleanly(archive, "ratio|larger than")
 
 
 def _seven_zip(path: Path, members: dict[str, bytes]) -> Path:
@@ -406,19 +398,13 @@ def _seven_zip(path: Path, members: dict[str, bytes]) -> Path:
 def test_7z_member_over_the_size_cap_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(ava_download, "MAX_MEMBER_BYTES", 1 << 20, raising=False)
     archive = _seven_zip(tmp_path / "big.7z", {"1.jpg": os.urandom(2 << 20)})
-    dest = tmp_path / "AVA"
-    with pytest.raises(AVADownloadError, match="larger than"):
-        import_from(archive, dest, Report())
-    _assert_refused_cleanly(dest)
+    _assert_refused_cleanly(archive, "larger than")
 
 
 def test_7z_with_too_many_members_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(ava_download, "MAX_MEMBERS", 10, raising=False)
     archive = _seven_zip(tmp_path / "many.7z", {f"{i}.jpg": b"x" for i in range(1, 30)})
-    dest = tmp_path / "AVA"
-    with pytest.raises(AVADownloadError, match="members"):
-        import_from(archive, dest, Report())
-    _assert_refused_cleanly(dest)
+    _assert_refused_cleanly(archive, "members")
 
 
 def test_refused_archive_through_the_cli_is_one_line_and_leaves_no_extract_folder(tmp_path, cli):
@@ -672,10 +658,7 @@ def test_member_under_the_size_cap_that_expands_1000x_is_refused_by_the_ratio(tm
             tf.addfile(info, io.BytesIO(data))
     else:
         archive = _seven_zip(tmp_path / "r.7z", {"1.jpg": data})
-    dest = tmp_path / "AVA"
-    with pytest.raises(AVADownloadError, match="ratio"):
-        import_from(archive, dest, Report())
-    _assert_refused_cleanly(dest)
+    _assert_refused_cleanly(archive, "ratio")
 
 
 def test_plain_file_of_unknown_size_is_capped_while_downloading(server, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import re
 import shutil
 import warnings
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -79,10 +80,13 @@ def test_a_list_that_merely_claims_the_authors_kind_gets_no_paper_figure(tmp_pat
         assert data["paper_accuracy"] is None and data["paper_withheld"].startswith("another test list"), name
 
 
+def _eval_tiny(folder: Path, images: Path) -> list:
+    return ["eval", "--dataset", folder, "--weights", "tiny", "--images", images, "--device", "cpu", "--workers", "0"]
+
+
 def test_weights_of_unknown_training_data_are_refused_unless_allowed(tmp_path, tiny_cli, cli):
     folder = tiny_partition(tmp_path, "ilgnet-ava1", "AVA1")
-    args = ["eval", "--dataset", folder, "--weights", "tiny", "--images", tmp_path / "ava" / "images", "--device",
-            "cpu", "--workers", "0"]
+    args = _eval_tiny(folder, tmp_path / "ava" / "images")
     refused = cli(*args)
     assert refused.code == 2
     one_line(refused.stderr, "unknown", "--allow-overlap")
@@ -98,8 +102,7 @@ def test_weights_that_trained_on_the_test_list_are_refused_unless_allowed(tmp_pa
     train = shipped_list("AVA1", "train")[:16]
     write_label_list(folder / "train.txt", train[8:])
     write_label_list(folder / "test.txt", train[:8])
-    args = ["eval", "--dataset", folder, "--weights", "tiny", "--images", tmp_path / "ava" / "images", "--device",
-            "cpu", "--workers", "0"]
+    args = _eval_tiny(folder, tmp_path / "ava" / "images")
     refused = cli(*args)
     assert refused.code == 2
     one_line(refused.stderr, "8 of the 8 test images", "--allow-overlap")

@@ -257,3 +257,18 @@ def test_every_item_goes_to_exactly_one_rank():
     assert list(Dist(rank=2, world=3).shard(range(8))) == [2, 5]  # ranges stay ranges (eval's indices)
     assert current() == Dist()  # outside torchrun: rank 0 of 1
     assert Dist().gather({"a": 1}) == [{"a": 1}] and Dist().main
+
+
+def test_a_rank_leaves_the_job_after_a_barrier(monkeypatch):
+    # A gloo rank exiting with its group alive aborted about every other torchrun eval (SIGABRT,
+    # "terminate called without an active exception"): every sharded command ends with Dist.end.
+    import torch.distributed as dist
+
+    calls: list[str] = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    Dist().end()  # alone: nothing to leave
+    assert calls == []
+    Dist(rank=1, world=2).end()
+    assert calls == ["barrier", "destroy"]

@@ -307,6 +307,7 @@ def score_collection(
             if score_cache.problem:
                 note("cache", score_cache.problem)
     parts = dd.gather(run)
+    dd.end()
     if parts is None:
         return None
     run = _merge(parts) if len(parts) > 1 else run

@@ -43,6 +43,14 @@ class Dist:
             return None
         return [p for p in parts if p is not None]
 
+    def end(self) -> None:
+        """Leave the job once every rank is done with collectives. A gloo rank that simply exits
+        while its group lives aborts in C++ ("terminate called without an active exception") about
+        every other run, failing the whole torchrun job."""
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
 
 def current(device: torch.device | None = None) -> Dist:
     """This process's place in an already initialised job (rank 0 of 1 outside torchrun)."""
@@ -65,9 +73,3 @@ def init_distributed(device: torch.device) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return current(device)
-
-
-def finish() -> None:
-    """End the process group, if this process started one."""
-    if dist.is_initialized():
-        dist.destroy_process_group()

@@ -183,6 +183,7 @@ def evaluate(dataset: str, weights: str | None, *, ava_dir: Path | None = None, 
     transform = loaded.transforms(DecodeMode.DRAFT if draft else DecodeMode.EXACT, _CROPS[tta])
     p = predict(loaded.model, present, images, transform, device=dev, batch_size=batch_size,
                 workers=workers, cache=cache, precision=precision)
+    dd.end()
     if dd.rank != 0:
         return None
     unread = int(np.isnan(p).sum())

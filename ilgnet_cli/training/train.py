@@ -690,7 +690,5 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     summary = {"steps": step, "total": total, "best_val_accuracy": best if best >= 0 else None,
                "val_n": len(run.val_items), "run_dir": str(run.run_dir), "world": dd.world, "init": init_note,
                "note": history_note, "images_per_s": seen / max(time.monotonic() - t0, 1e-9)}
-    if dd.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    dd.end()
     return summary

@@ -1,22 +1,27 @@
 """Where bf16 loses a trained ILGNet's fidelity, and which mixed-precision variant keeps it.
 
     python benchmarks/bench_bf16_layers.py [--train-iters 20] [--repeats 5] [--threads 2]
+    python benchmarks/bench_bf16_layers.py --train-iters 1 --repeats 1 --images 4   # smoke test
 
-Trains the sharp-vs-blurred ILGNet of benchmarks/bench_fidelity.py (its ``train_blur``), then on
-the blur task's held-out crops and on the shared camera photos (draft decode, centre crop, as
-``run_score`` feeds the model) prints Markdown tables:
+Trains the sharp-vs-blurred ILGNet of benchmarks/bench_fidelity.py (its ``trained("blur")``:
+tests/trained.py on crops of 16 camera photos, 4 held out), then on the blur task's held-out
+crops and on the shared camera photos (the fast decode and centre crop, as ``ilgnet score`` feeds
+the model by default: ``weights.transforms("fast")``) prints Markdown tables:
 
   1. per stage: relative error ||a_bf16 - a_fp32|| / ||a_fp32|| per image (mean, max) of the
      pre-ReLU output of each major layer, as it accumulates through the all-bf16 model; next to
      it the error the layer adds alone (fed the fp32 model's input, rounded to bf16), and the
      same layer emulated in fp32 on bf16-rounded operands (what an fp32-accumulating bf16 GEMM
      with an fp32 output would give): their gap is the cost of the bf16 output / accumulation;
+     The last row is the absolute error of the log-odds (logit[high] - logit[low]), what the
+     fidelity gate bounds (ilgnet_cli.predict.gate: BOUND 0.02, so |dP| <= 0.005);
   2. variants: all-bf16 except a set of modules run in fp32 (activations cast at their
      boundaries by a wrapper), fp32 with a few bf16 "islands", plus fp32 emulations that round
      only the weights or only the activations to bf16 (to attribute the error; not timed):
-     max / mean |dP| and Spearman per photo set, and model-only images/s (batch 32,
-     preprocessed, inference_mode, channels_last) against fp32 and all-bf16 in the same run,
-     alternating repeats (the machine is shared).
+     max / mean |dP|, max |d log-odds| (the gate's measure) and Spearman per photo set, and
+     model-only images/s (a batch of up to 32 held-out crops, preprocessed, inference_mode,
+     channels_last) against fp32 and all-bf16 in the same run, alternating repeats (the machine
+     is shared).
 
 Mixed variants share their weights with one fp32 and one bf16 copy of the model (only the
 module tree is rebuilt), so many variants fit in memory at once.
@@ -43,14 +48,19 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_fidelity import camera_files, crop_files, train_blur  # noqa: E402
+from bench_fidelity import CAMERA, trained  # noqa: E402
 
-from ilgnet_cli.model import precision  # noqa: E402
-from ilgnet_cli.model.ilgnet import _Scope, score_from_logits  # noqa: E402
-from ilgnet_cli.model.preprocess import RESIZE, preprocess  # noqa: E402
-from ilgnet_cli.photos.decode import DecodeError, decode  # noqa: E402
+from ilgnet_cli.ava.records import read_label_list  # noqa: E402
+from ilgnet_cli.data.decode import DecodeError, decode  # noqa: E402
+from ilgnet_cli.model.ilgnet import _Scope  # noqa: E402
+from ilgnet_cli.model.transform import Transform  # noqa: E402
+from ilgnet_cli.predict.gate import ACCEPT, BOUND  # noqa: E402
+from ilgnet_cli.runtime.device import device_kind  # noqa: E402
+from ilgnet_cli.runtime.forward import p_high  # noqa: E402
+from ilgnet_cli.runtime.precision import bf16_model  # noqa: E402
 from ilgnet_cli.training.metrics import spearman  # noqa: E402
 
 BF16 = torch.bfloat16
@@ -142,16 +152,19 @@ def logits(v: Variant, x: torch.Tensor, batch: int = 32) -> torch.Tensor:
                           for i in range(0, len(x), batch)])
 
 
-def p_high(v: Variant, x: torch.Tensor) -> np.ndarray:
-    return score_from_logits(logits(v, x)).numpy()
+def scores(v: Variant, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(P(high), log-odds logit[high] - logit[low]) per image (one centre crop)."""
+    out = logits(v, x)
+    return p_high(out).numpy(), (out[:, 1] - out[:, 0]).numpy()
 
 
-def load(files: list[Path], mean) -> torch.Tensor:
-    """Model inputs as run_score makes them (draft decode, centre crop); undecodable files skipped."""
+def load(files: list[Path], transform: Transform) -> torch.Tensor:
+    """Model inputs as `ilgnet score` makes them with ``transform`` (decoded as its decode mode
+    asks, centre crop); undecodable files skipped."""
     blobs = []
     for f in files:
         try:
-            blobs.append(preprocess(decode(f, draft=RESIZE).rgb, mean))
+            blobs.append(transform(decode(f, **transform.decode_request()).rgb))
         except DecodeError:
             continue
     return torch.stack(blobs)
@@ -201,9 +214,10 @@ def stage_table(m32: nn.Module, m16: nn.Module, x: torch.Tensor) -> list[str]:
     diff32 = out32["loss1.classifier_cjy"] @ torch.tensor([-1.0, 1.0])
     diff16 = out16["loss1.classifier_cjy"] @ torch.tensor([-1.0, 1.0])
     d = (diff16 - diff32).abs()
-    # Absolute, not relative: dP = P(1-P) * this, so 0.02 here is dP 0.005 at P = 0.5.
-    rows.append(f"| logit difference l_high - l_low (absolute error) | fp32 max abs {diff32.abs().max():.2f} | "
-                f"{d.mean():.2e} | {d.max():.2e} | | | | | |")
+    # Absolute, not relative: dP = P(1-P) * this <= this / 4, so the gate's bound of 0.02 here is
+    # dP <= 0.005 at any P.
+    rows.append(f"| log-odds l_high - l_low (absolute error; gate bound {BOUND}) | fp32 max abs "
+                f"{diff32.abs().max():.2f} | {d.mean():.2e} | {d.max():.2e} | | | | | |")
     return rows
 
 
@@ -270,9 +284,11 @@ def speeds(timed: list[Variant], x: torch.Tensor, repeats: int) -> dict[str, lis
     return got
 
 
-def fidelity(p32: np.ndarray, p: np.ndarray) -> str:
+def fidelity(ref: tuple[np.ndarray, np.ndarray], got: tuple[np.ndarray, np.ndarray]) -> str:
+    """max |dP|, mean |dP|, max |d log-odds| and Spearman of a variant's scores against fp32's."""
+    (p32, lo32), (p, lo) = ref, got
     d = np.abs(p - p32)
-    return f"{d.max():.5f} | {d.mean():.5f} | {spearman(p32, p):.4f}"
+    return f"{d.max():.5f} | {d.mean():.5f} | {np.abs(lo - lo32).max():.4f} | {spearman(p32, p):.4f}"
 
 
 def main() -> None:
@@ -280,19 +296,25 @@ def main() -> None:
     ap.add_argument("--train-iters", type=int, default=20, help="SGD steps for the blur model (batch 8)")
     ap.add_argument("--repeats", type=int, default=5, help="timed batches of 32 per variant")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--images", type=int, help="at most this many images per set (default: all)")
     args = ap.parse_args()
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="ilgnet-bench-bf16-layers-"))
     try:
         t = time.perf_counter()
-        lw, task, auc = train_blur(work, args.train_iters)
+        lw, auc = trained("blur", work, args.train_iters)
+        task = work / "blur-task"
         torch.set_num_threads(args.threads)
-        cpu = precision.device_kind(torch.device("cpu"))
+        cpu = device_kind(torch.device("cpu"))
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu}")
         print(f"trained blur model: {args.train_iters} steps, {time.perf_counter() - t:.0f} s, held-out AUC {auc:.3f}")
-        sets = {"held-out crops": load(crop_files(task), lw.mean), "camera photos": load(camera_files(), lw.mean)}
+        crops = [task / "images" / f"{k}.jpg" for k, _ in read_label_list(task / "test.txt")]
+        camera = sorted(CAMERA.glob("*.jpg"))
+        transform = lw.transforms("fast")
+        sets = {"held-out crops": load(crops[:args.images], transform),
+                "camera photos": load(camera[:args.images], transform)}
         m32 = copy.deepcopy(lw.model).eval().to(memory_format=CL)
-        m16 = precision.bf16_model(lw.model)
+        m16 = bf16_model(lw.model)
         both = torch.cat(list(sets.values()))
 
         print(f"\n## 1. Per stage, all-bf16 vs fp32 ({len(both)} images: {', '.join(sets)})\n")
@@ -302,17 +324,19 @@ def main() -> None:
         print("\n".join(stage_table(m32, m16, both)), flush=True)
 
         vs = variants(m32, m16)
-        p32 = {k: p_high(vs[0], x) for k, x in sets.items()}
-        spread = ", ".join(f"{k} {p.std():.3f}" for k, p in p32.items())
-        rows = {v.name: " | ".join(fidelity(p32[k], p_high(v, x)) for k, x in sets.items()) for v in vs[1:]}
+        ref = {k: scores(vs[0], x) for k, x in sets.items()}
+        spread = ", ".join(f"{k} {p.std():.3f}" for k, (p, _) in ref.items())
+        rows = {v.name: " | ".join(fidelity(ref[k], scores(v, x)) for k, x in sets.items()) for v in vs[1:]}
         timed = [v for v in vs if v.timed]
         sp = speeds(timed, sets["held-out crops"][:32], args.repeats)
         base = sp["fp32"]
-        print(f"\n## 2. Variants (fp32 std of P: {spread}; guard bound max |dP| <= {precision.MAX_DELTA})\n")
-        print("| variant | crops max dP | crops mean dP | crops Spearman | camera max dP | camera mean dP | "
-              "camera Spearman | img/s (median) | x fp32 (median of per-repeat ratios) |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        print(f"| fp32 | 0 | 0 | 1 | 0 | 0 | 1 | {statistics.median(base):.1f} | 1.00 |")
+        print(f"\n## 2. Variants (fp32 std of P: {spread}; fidelity gate: accept max |d log-odds| <= {ACCEPT} "
+              f"per shortcut, bound {BOUND}, i.e. |dP| <= {BOUND / 4})\n")
+        print("| variant | crops max dP | crops mean dP | crops max d log-odds | crops Spearman | camera max dP | "
+              "camera mean dP | camera max d log-odds | camera Spearman | img/s (median) | "
+              "x fp32 (median of per-repeat ratios) |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"| fp32 | 0 | 0 | 0 | 1 | 0 | 0 | 0 | 1 | {statistics.median(base):.1f} | 1.00 |")
         for v in vs[1:]:
             speed = "| n/a | n/a"
             if v.timed:

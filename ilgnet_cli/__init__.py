@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.2.0"
+from ilgnet_cli._version import __version__
+
 __all__ = ["DataError", "IlgnetError", "UsageError", "load", "score_collection", "__version__"]
 
 
@@ -23,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return score_collection
     if name == "load":
-        from ilgnet_cli.model.store import load
+        from ilgnet_cli.predict.api import load
 
         return load
     if name in ("IlgnetError", "UsageError", "DataError"):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# On a CUDA machine: training throughput (batch 48 and 256, bf16), data-loader share, peak GPU
-# memory, and scoring 2,000 synthetic JPEGs. Copy the printed tables into the README.
+# On a CUDA machine: bf16/TF32 fidelity with weights trained there, the fidelity gate's cost,
+# scoring and model throughput. Copy the printed tables into docs/performance.md and the README.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python benchmarks/bench_gpu.py --iters "${ITERS:-300}" --batches 48 256 --jpegs "${JPEGS:-2000}" "$@"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+python3 benchmarks/bench_gpu.py "$@"

@@ -4,7 +4,7 @@
 
 Writes ilgnet_cli/data/means/{ava1,ava2}.npz (the authors' 3x256x256 BGR mean images, float32,
 exactly as in their .npy files) and ilgnet_cli/data/lists/{AVA1,AVA2}/{train,val}.txt.xz (their
-partition lists, byte for byte). tests/test_package_data.py checks the shipped files against
+partition lists, byte for byte). tests/test_transform.py and tests/test_partition.py check the shipped files against
 ../shared whenever it is present.
 """
 

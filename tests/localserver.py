@@ -169,7 +169,8 @@ class LocalServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # A short poll: shutdown() waits for it, at the end of every test that used a server.
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
     @property
@@ -285,3 +286,9 @@ def _send_html(handler: BaseHTTPRequestHandler, page: str, headers: dict[str, st
         handler.send_header(key, value)
     handler.end_headers()
     handler.wfile.write(body)
+
+
+def nested_page(path: str) -> str:
+    """A confirmation page that leads to another one, endlessly (``html_fn`` for a route)."""
+    n = int(path.rpartition("n=")[2] or 0) if "n=" in path else 0
+    return f'<html><a href="/uc?confirm=t&amp;n={n + 1}">Download anyway</a></html>'

@@ -1,12 +1,20 @@
+"""Finding the photos under what a user named: recursive walks by content (not only by name),
+hidden files, include/exclude globs, symlink loops, deep trees, pipes and devices never opened,
+and this run's own outputs never taken as inputs."""
+
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
+import sys
 from pathlib import Path
 
-from conftest import camera_photos
+import pytest
+from helpers import camera_photos
 
-from ilgnet_cli.photos.discover import Selection, find_images, sniff, unusable_reason
+from ilgnet_cli.photos.discover import EXPORT_MANIFEST, Selection, find_images, unusable_reason
+from ilgnet_cli.runtime.formats import holds_image, image_reason, sniff
 
 
 def _tree(tmp_path: Path) -> Path:
@@ -63,13 +71,23 @@ def test_sniff_signatures():
     assert sniff(b"\x00\x00\x00\x1cftypavif") == "HEIF"
     assert sniff(b"II*\x00\x08\x00") == "TIFF"
     assert sniff(b"hello") is None
+    assert sniff(b"GIF89a") == "GIF" and sniff(b"BM" + b"\0" * 16) == "BMP"
+
+
+def test_holds_image_and_image_reason_read_content_never_a_fifo(tmp_path):
+    shutil.copy(camera_photos(1)[0], tmp_path / "photo.dat")
+    (tmp_path / "notes.txt").write_text("hello")
+    os.mkfifo(tmp_path / "pipe.jpg.fifo")
+    assert holds_image(tmp_path / "photo.dat") and not holds_image(tmp_path / "notes.txt")
+    assert not holds_image(tmp_path / "pipe.jpg.fifo") and not holds_image(tmp_path / "absent")
+    assert image_reason(tmp_path / "photo.dat") == "it is an image"
+    assert image_reason(tmp_path / "x.NEF") == "it is named like an image (.NEF)"
+    assert image_reason(tmp_path / "notes.txt") is None
 
 
 def test_pipes_devices_and_broken_links_are_never_opened(tmp_path):
     """A FIFO named like a photo would block a reader forever; links to devices likewise."""
     if not hasattr(os, "mkfifo"):
-        import pytest
-
         pytest.skip("no FIFOs on this platform")
     shutil.copy(camera_photos(1)[0], tmp_path / "ok.jpg")
     os.mkfifo(tmp_path / "pipe.jpg")
@@ -85,3 +103,61 @@ def test_pipes_devices_and_broken_links_are_never_opened(tmp_path):
         "broken symbolic link",
         "no such file or folder",
     ]
+
+
+# --------------------------------------------------------------------------- this run's outputs and earlier exports
+
+
+def _outputs_tree(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    root.mkdir()
+    jpg = camera_photos(1)[0]
+    for name in ("a.jpg", "b.jpg"):
+        shutil.copy2(jpg, root / name)
+    (root / "best").mkdir()
+    shutil.copy2(jpg, root / "best" / "001_a.jpg")
+    shutil.copy2(jpg, root / "report.jpg")  # an -o report given an image extension
+    return root
+
+
+def test_discovery_skips_export_folders_and_the_report_file(tmp_path):
+    root = _outputs_tree(tmp_path)
+    sel = Selection(skip=[str(root / "best"), str(root / "report.jpg"), str(tmp_path / "not-there")])
+    found = sorted(os.path.relpath(p, root) for p in find_images([root], sel))
+    assert found == ["a.jpg", "b.jpg"]
+
+
+def test_discovery_skip_matches_the_folder_however_it_is_spelled(tmp_path, monkeypatch):
+    root = _outputs_tree(tmp_path)
+    os.symlink(root / "best", root / "alias")  # the same folder under another name
+    monkeypatch.chdir(tmp_path)
+    found = sorted(os.path.relpath(p, root) for p in find_images([root], Selection(skip=["photos/best"])))
+    assert found == ["a.jpg", "b.jpg", "report.jpg"]
+
+
+def test_export_folders_of_earlier_runs_are_not_walked(tmp_path):
+    """--copy-top leaves its manifest in the folder: a later run over the tree that holds it does
+    not score the copies (they would fill the ranking twice); named on its own, it is scored."""
+    root = _outputs_tree(tmp_path)
+    (root / "best" / EXPORT_MANIFEST).write_text('{"files": {}}')
+    assert sorted(os.path.relpath(p, root) for p in find_images([root])) == ["a.jpg", "b.jpg", "report.jpg"]
+    assert [os.path.relpath(p, root) for p in find_images([root / "best"])] == ["best/001_a.jpg"]
+
+
+def test_any_depth_of_folders_is_walked(tmp_path):
+    """The walk is iterative: a recursive one ended in RecursionError on deep trees. Here the tree
+    is 300 deep and the recursion limit 100 frames above the test's own (a tree deeper than the
+    real limit could not even be removed by pytest's clean-up, which recurses)."""
+    deep = tmp_path / "top"
+    folder = deep
+    for _ in range(300):
+        folder = folder / "d"
+    folder.mkdir(parents=True)
+    shutil.copy(camera_photos(1)[0], folder / "deep.jpg")
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(len(inspect.stack(0)) + 100)
+    try:
+        found = list(find_images([deep]))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert [Path(p).name for p in found] == ["deep.jpg"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from helpers import shared_path
 from scipy import stats
 from sklearn import metrics as skm
 

@@ -40,9 +40,10 @@ from pathlib import Path, PurePosixPath
 from typing import TypeVar, overload
 
 from ilgnet_cli.ava.records import read_ava
-from ilgnet_cli.download import Checksum, DownloadError, download
 from ilgnet_cli.errors import IlgnetError
-from ilgnet_cli.fsutil import current_umask
+from ilgnet_cli.runtime.download import Checksum, DownloadError, download
+from ilgnet_cli.runtime.fsutil import current_umask
+from ilgnet_cli.runtime.text import clip
 
 METADATA = ("AVA.txt", "tags.txt", "challenges.txt")
 # ASCII digits only: ``\d`` also matches "１２３" or "١٢", which int() would quietly turn into
@@ -101,11 +102,11 @@ class Manifest:
                 raise ValueError(f"larger than {MAX_MANIFEST_BYTES >> 20} MiB")
             raw = json.loads(data.decode("utf-8"))
         except (OSError, ValueError, RecursionError) as exc:
-            raise AVADownloadError(f"cannot read manifest {_cut(str(path))}: {_cut(str(exc))}") from None
+            raise AVADownloadError(f"cannot read manifest {clip(str(path))}: {clip(str(exc))}") from None
         try:
             return cls.from_json(raw)
         except AVADownloadError as exc:
-            raise AVADownloadError(f"bad manifest {_cut(str(path))}: {exc}") from None
+            raise AVADownloadError(f"bad manifest {clip(str(path))}: {exc}") from None
 
     @classmethod
     def from_json(cls, raw: object) -> Manifest:
@@ -119,13 +120,9 @@ class Manifest:
                    images=None if raw.get("images") is None else _image_spec(raw["images"]))
 
 
-def _cut(text: str, limit: int = 80) -> str:
-    text = text.replace("\n", " ").replace("\r", " ")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
 
 def _short(value: object) -> str:
-    return _cut(repr(value))
+    return clip(repr(value))
 
 
 def _object(raw: object, what: str, keys: set[str]) -> dict:
@@ -202,7 +199,7 @@ def confined(root: Path, relative: str, what: str) -> Path:
     real_root = root.resolve()
     path = (root / relative).resolve()
     if path == real_root or not path.is_relative_to(real_root):
-        raise AVADownloadError(f"{what} {_short(relative)} points outside {_cut(str(root))}")
+        raise AVADownloadError(f"{what} {_short(relative)} points outside {clip(str(root))}")
     return path
 
 
@@ -243,7 +240,7 @@ def url_template(value: object, what: str) -> str:
     for f, spec, conv in fields_used:
         if f != "id" or conv is not None or not re.fullmatch(r"0?[0-9]?d?", spec or "", re.ASCII):
             raise AVADownloadError(f"{what}: URL template {_short(template)} may only use {{id}} or {{id:0Nd}}, "
-                                   f"not {{{_cut(f + (':' + spec if spec else ''), 40)}}}")
+                                   f"not {{{clip(f + (':' + spec if spec else ''), 40)}}}")
     _url(template.format(id=1), what)
     return template
 
@@ -314,7 +311,7 @@ class _Budget:
 
 def _check_members(count: int, archive: Path) -> None:
     if count > MAX_MEMBERS:
-        raise UnsafeArchiveError(f"{_cut(archive.name)} has more than {MAX_MEMBERS:,} members")
+        raise UnsafeArchiveError(f"{clip(archive.name)} has more than {MAX_MEMBERS:,} members")
 
 
 def zip_member_count(path: Path) -> int | None:
@@ -437,7 +434,7 @@ def extract_archive(archive: Path, dest: Path, kind: str | None = None) -> Path:
     whole archive if any member is unsafe, and undoes a partial extraction that hits a size cap."""
     kind = kind or archive_kind(archive)
     if kind not in ARCHIVES:
-        raise AVADownloadError(f"unsupported archive type for {_cut(archive.name)}")
+        raise AVADownloadError(f"unsupported archive type for {clip(archive.name)}")
     fresh = not os.path.lexists(dest)
     dest.mkdir(parents=True, exist_ok=True)
     budget = _Budget(packed=sum(p.stat().st_size for p in (seven_zip_parts(archive) if kind == "7z" else [archive])))
@@ -456,7 +453,7 @@ def extract_archive(archive: Path, dest: Path, kind: str | None = None) -> Path:
         if isinstance(exc, AVADownloadError) or not isinstance(exc, Exception):
             raise
         # A hostile or damaged archive can make any of the three readers raise nearly anything.
-        raise AVADownloadError(f"cannot extract {_cut(archive.name)}: {_cut(f'{type(exc).__name__}: {exc}')}") from None
+        raise AVADownloadError(f"cannot extract {clip(archive.name)}: {clip(f'{type(exc).__name__}: {exc}')}") from None
     return dest
 
 
@@ -625,7 +622,7 @@ def _copy_regular(src: Path, folder: Path, name: str) -> Path:
     fd_in = os.open(src, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     with os.fdopen(fd_in, "rb") as fin:
         if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
-            raise AVADownloadError(f"--from: {_cut(str(src))} is not a regular file")
+            raise AVADownloadError(f"--from: {clip(str(src))} is not a regular file")
         fd, tmp = _new_temp(folder, name)
         try:
             with os.fdopen(fd, "wb") as fout:
@@ -699,7 +696,7 @@ def _import_archive(archive: Path, kind: str, dest: Path, report: Report) -> Non
     """Extract into a fresh random folder under DEST/.extract, move what is useful, remove the rest."""
     extract_root = dest / ".extract"
     if extract_root.is_symlink():
-        raise AVADownloadError(f"{_cut(str(extract_root))} is a symbolic link; remove it")
+        raise AVADownloadError(f"{clip(str(extract_root))} is a symbolic link; remove it")
     extract_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=extract_root, prefix=f"{archive.name[:100]}."))
     try:
@@ -719,10 +716,10 @@ def import_from(source: Path, dest: Path, report: Report) -> None:
         import_tree(source, dest, move=False, report=report)
         return
     if not source.exists():
-        raise AVADownloadError(f"--from: no such file or folder: {_cut(str(source))}")
+        raise AVADownloadError(f"--from: no such file or folder: {clip(str(source))}")
     kind = archive_kind(source)
     if kind is None:
-        raise AVADownloadError(f"--from: {_cut(source.name)} is neither a folder nor a zip/tar/7z archive")
+        raise AVADownloadError(f"--from: {clip(source.name)} is neither a folder nor a zip/tar/7z archive")
     _import_archive(source, kind, dest, report)
 
 
@@ -750,7 +747,7 @@ def plan_files(manifest: Manifest, dest: Path) -> list[tuple[ManifestFile, Path,
             raise AVADownloadError(f"manifest file {_short(name)}: unsupported archive type {_short(f.archive)}")
         download_to = confined(dest, f".downloads/{name}", "manifest file name")
         if download_to.parent != staging.resolve():
-            raise AVADownloadError(f"manifest file name {_short(name)} points outside {_cut(str(staging))}")
+            raise AVADownloadError(f"manifest file name {_short(name)} points outside {clip(str(staging))}")
         target = confined(dest, relative_target(f.target or name, "manifest target"), "manifest target")
         plan.append((f, download_to, target))
     return plan
@@ -788,7 +785,7 @@ def fetch_images(spec: dict, dest: Path, *, jobs: int, retries: int, backoff: fl
     if not ava_path.exists():
         raise AVADownloadError("the manifest's image list needs AVA.txt first (list it under 'files')")
     ids, odd = plain_ids(sorted(read_ava(ava_path).records))
-    report.failures.extend(f"AVA.txt: image id {_cut(str(i), 40)} is not a plain image id; skipped" for i in odd)
+    report.failures.extend(f"AVA.txt: image id {clip(str(i), 40)} is not a plain image id; skipped" for i in odd)
     images = dest / "images"
     todo = [i for i in ids if not (images / f"{i}.jpg").exists()]
     checksums = spec.get("checksums", {})
@@ -821,7 +818,7 @@ def fetch_images(spec: dict, dest: Path, *, jobs: int, retries: int, backoff: fl
 
 
 def _check_image(path: str) -> str | None:
-    from ilgnet_cli.photos.decode import DecodeError, decode
+    from ilgnet_cli.data.decode import DecodeError, decode
 
     try:
         decode(path, draft=256)

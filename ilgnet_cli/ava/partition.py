@@ -15,7 +15,7 @@ import numpy as np
 
 from ilgnet_cli.ava.records import AVAData, parse_label_lines, read_ava, read_id_list, read_label_list, write_label_list
 from ilgnet_cli.errors import DataError
-from ilgnet_cli.fsutil import atomic_write_text
+from ilgnet_cli.runtime.fsutil import atomic_write_text
 
 KINDS = ("ava1", "ava2", "standard", "ilgnet-ava1", "ilgnet-ava2")
 AUTHORS_KINDS = ("ilgnet-ava1", "ilgnet-ava2")
@@ -68,7 +68,7 @@ class Partition:
 
 
 def sha256_file(path: str | Path) -> str:
-    from ilgnet_cli.download import file_digest
+    from ilgnet_cli.runtime.download import file_digest
 
     return file_digest(Path(path))
 
@@ -298,8 +298,8 @@ def resolve_partition(dataset: str, ava_dir: str | Path) -> Path:
     and ``standard``, are built on demand under ``AVA/partitions/``. Anything else must be a
     folder written by ``ilgnet partition``.
     """
-    from ilgnet_cli.datadir import missing_ava_hint
     from ilgnet_cli.errors import DataError, UsageError
+    from ilgnet_cli.runtime.paths import missing_ava_hint
 
     kind = DATASET_ALIASES.get(dataset, dataset)
     if kind in KINDS:

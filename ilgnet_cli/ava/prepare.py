@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ilgnet_cli.model.preprocess import RESIZE
+from ilgnet_cli.model.transform import RESIZE
 
 SHAPE = (RESIZE, RESIZE, 3)
 
 
 def _load(job: tuple[str, bool]) -> tuple[np.ndarray | None, str | None]:
-    from ilgnet_cli.model.preprocess import resize_bilinear
-    from ilgnet_cli.photos.decode import DecodeError, decode
+    from ilgnet_cli.data.decode import DecodeError, decode
+    from ilgnet_cli.model.transform import resize_bilinear
 
     path, draft = job
     try:
@@ -94,7 +94,7 @@ def prepare(ids: list[int], images: str | Path, out: str | Path, *, jobs: int = 
             raise UsageError(f"{out} holds a cache for other images; use another output folder")
         if (old_mode := _read_mode(out)) != mode:
             raise UsageError(f"{out} was prepared with {old_mode} decoding, not {mode}; use another output folder")
-    from ilgnet_cli.fsutil import atomic_write_text
+    from ilgnet_cli.runtime.fsutil import atomic_write_text
 
     atomic_write_text(out / "prepare.json", json.dumps({"decode": mode}) + "\n")
     index = {i: row for row, i in enumerate(ids)}

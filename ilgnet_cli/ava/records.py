@@ -1,4 +1,4 @@
-"""AVA metadata (AVA.txt) and a Dataset over a partition.
+"""AVA metadata (AVA.txt) and partition lists.
 
 AVA.txt columns: index, image id, 10 vote counts (scores 1..10), 2 semantic tag ids,
 challenge id (README.txt of the June 2012 release).
@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ilgnet_cli.errors import DataError
 
-if TYPE_CHECKING:  # annotations only: importing these pulls in torch, which records does lazily
+if TYPE_CHECKING:  # annotations only
     from ilgnet_cli.ava.prepare import PreparedImages
-    from ilgnet_cli.model.preprocess import Mean
 
 HIGH_THRESHOLD = 5.0  # AVA1: mean score > 5 -> high (1); verified on 48,604 real images
 
@@ -119,7 +116,7 @@ def read_ava(path: str | Path, *, strict: bool = False) -> AVAData:
 
 
 def write_ava(path: str | Path, records: Iterable[AVARecord]) -> None:
-    from ilgnet_cli.fsutil import atomic_write_text
+    from ilgnet_cli.runtime.fsutil import atomic_write_text
 
     atomic_write_text(path, "".join(r.to_line(i) + "\n" for i, r in enumerate(records, 1)))
 
@@ -159,7 +156,7 @@ def read_label_list(path: str | Path) -> list[tuple[int, int]]:
 
 
 def write_label_list(path: str | Path, items: Iterable[tuple[int, int]]) -> None:
-    from ilgnet_cli.fsutil import atomic_write_text
+    from ilgnet_cli.runtime.fsutil import atomic_write_text
 
     atomic_write_text(path, "".join(f"{i}.jpg {label}\n" for i, label in items))
 
@@ -171,60 +168,3 @@ def available(items: list[tuple[int, int]], images: str | Path,
         return [it for it in items if it[0] in cache]
     folder = Path(images)
     return [it for it in items if (folder / f"{it[0]}.jpg").is_file()]
-
-
-# --------------------------------------------------------------------------- Dataset
-
-
-def resized_image(image_id: int, images: str | Path, cache: PreparedImages | None = None, *,
-                  draft: bool = False) -> np.ndarray:
-    """The 256x256 RGB uint8 image of an AVA id: from the ``ilgnet prepare`` cache when given,
-    else decoded from ``images/<id>.jpg`` and resized as the authors did.
-
-    ``draft=False`` (the default) decodes every pixel, as the authors' ``convert_imageset`` did;
-    ``draft=True`` lets libjpeg downscale in the DCT (faster, a few grey levels off).
-    """
-    from ilgnet_cli.model.preprocess import RESIZE, resize_bilinear
-    from ilgnet_cli.photos.decode import decode
-
-    if cache is not None:
-        return cache.get(image_id)
-    return resize_bilinear(decode(Path(images) / f"{image_id}.jpg", draft=RESIZE if draft else None).rgb)
-
-
-class PartitionDataset:
-    """A torch Dataset over (id, label) items (or a ``train.txt``-style list file) and an image folder.
-
-    Items are (input tensor, label). ``train=True`` uses the random crop + mirror of Caffe's
-    data layer; otherwise the deterministic centre crop. Images may be full-size JPEGs in
-    ``images/`` or the 256x256 cache made by ``ilgnet prepare``.
-    """
-
-    def __init__(self, items: list[tuple[int, int]] | str | Path, images: str | Path,
-                 mean: str | Mean | tuple[float, float, float] | np.ndarray, *, train: bool = False, seed: int = 0,
-                 cache: PreparedImages | None = None, draft: bool = False) -> None:
-        from ilgnet_cli.model.preprocess import parse_mean
-
-        self.items = read_label_list(items) if isinstance(items, str | Path) else list(items)
-        self.images = Path(images)
-        self.mean, self.train, self.seed, self.cache, self.draft = parse_mean(mean), train, seed, cache, draft
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __getitem__(self, index: int):
-        import torch
-
-        from ilgnet_cli.model.preprocess import CENTRE, preprocess_train, to_blob
-
-        image_id, label = self.items[index]
-        img = resized_image(image_id, self.images, self.cache, draft=self.draft)
-        if self.train:
-            # A per-item, per-epoch generator: the same run gives the same crops, whatever
-            # the number of workers (needed for exact resume and DDP parity).
-            return preprocess_train(img, self.mean, np.random.default_rng((self.seed, self.epoch, index))), label
-        return torch.from_numpy(to_blob(img, self.mean, CENTRE, CENTRE)), label

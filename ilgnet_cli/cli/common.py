@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,11 +23,22 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ilgnet_cli import __version__
-from ilgnet_cli.fsutil import display
+from ilgnet_cli._version import __version__
+from ilgnet_cli.runtime.text import display
+
+
+class _InOrder(typer.core.TyperGroup):
+    """Commands in the order they are declared (a photographer's first, the research loop after)."""
+
+    def list_commands(self, ctx):  # noqa: ANN001, ANN201 - Click's signature
+        order = ["score", "learn", "weights", "download", "partition", "prepare", "train", "eval"]
+        names = list(self.commands)
+        return sorted(names, key=lambda n: (order.index(n) if n in order else len(order), n))
+
 
 app = typer.Typer(
     name="ilgnet",
+    cls=_InOrder,
     help="Score photos for aesthetic quality with ILGNet (Jin et al., WCSP 2016), and train/evaluate it on AVA.",
     no_args_is_help=True,
     add_completion=False,
@@ -35,14 +48,47 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-weights_app = typer.Typer(help="Manage model weights: list, fetch, import Caffe models, verify.",
+weights_app = typer.Typer(help="Manage model weights: list, fetch, import, add, default, verify, remove.",
                           no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(weights_app, name="weights")
 download_app = typer.Typer(help="Download datasets.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(download_app, name="download")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # lines of text are never hard-wrapped (tables fit the width)
+# Messages are never hard-wrapped: a piped log keeps each warning and each printed command whole.
+err = Console(stderr=True, soft_wrap=True)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (systemd, a closed terminal, ``timeout``), handled like Ctrl-C: the run
+    stops, what finished is reported and kept, temp files are removed, exit 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_received: list[int] = []
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, _on_signal)
+
+
+def exit_code(exc: BaseException | None) -> int:
+    """128 + the signal that ended the run (Ctrl-C: 130)."""
+    signum = getattr(exc, "signum", None) or (_received[-1] if _received else signal.SIGINT)
+    return 128 + int(signum)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -70,9 +116,9 @@ def errors_as_messages():
     except OSError as exc:  # disk full, permissions, a path that vanished: one line, never a traceback
         where = f"{exc.filename}: " if exc.filename else ""
         raise fail(escape(display(f"{where}{exc.strerror or exc}"))) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err.print("interrupted")
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_code(exc)) from None
 
 
 def _version(value: bool) -> None:
@@ -124,6 +170,6 @@ def download_progress() -> tuple[_LazyProgress, Callable[[int, int | None], None
     return lazy, lazy.update
 
 def ava_dir(ava: Path | None) -> Path:
-    from ilgnet_cli.datadir import default_ava
+    from ilgnet_cli.runtime.paths import default_ava
 
     return ava if ava is not None else default_ava()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +18,7 @@ from ilgnet_cli.cli.common import (
     out,
     progress_bar,
 )
-from ilgnet_cli.fsutil import display
+from ilgnet_cli.runtime.text import display, strict_json
 
 DEFAULT_SOURCE = "hf-sxfly"
 
@@ -64,7 +63,7 @@ def download_ava(
                          progress=update)
     summary = report.to_json()
     if as_json:
-        print(json.dumps(summary))
+        print(strict_json(summary))
     else:
         out.print(f"AVA in {escape(display(str(dest)))}: {report.listed} listed, {report.present} present, "
                   f"{len(report.missing)} missing, {len(report.corrupt)} corrupt ({report.downloaded} downloaded, "
@@ -105,7 +104,7 @@ def partition(
                               test_list=test_list)
     summary = part.summary()
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(strict_json(summary, indent=2))
         return
     t = summary["test"]
     out.print(f"{kind.value}: train {summary['train']['total']} ({summary['train']['per_class']}), test {t['total']} "

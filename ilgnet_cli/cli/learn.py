@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ilgnet_cli.cli import options
 from ilgnet_cli.cli.common import (
     app,
     download_progress,
@@ -20,34 +20,36 @@ from ilgnet_cli.cli.common import (
     out,
     progress_bar,
 )
-from ilgnet_cli.fsutil import display
-from ilgnet_cli.photos.collection import default_workers
+from ilgnet_cli.runtime.text import display, strict_json
 
 
 @app.command()
 def learn(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Rated photos (files or folders): their XMP ratings are read.", show_default=False)] = None,
+    paths: Annotated[list[Path] | None, typer.Argument(help="Rated photos (files or folders): their XMP ratings are read.", show_default=False, metavar="PATH...")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Install the learned weights under this name (required unless --dry-run).")] = None,
     base: Annotated[str | None, typer.Option("--base", help="Weights to start from (default: the installed default weights).")] = None,
     keep: Annotated[list[Path] | None, typer.Option("--keep", help="A folder of liked photos (as 5 stars); repeatable.")] = None,
     reject: Annotated[list[Path] | None, typer.Option("--reject", help="A folder of rejected photos; repeatable.")] = None,
     ratings_csv: Annotated[Path | None, typer.Option("--ratings", help="A CSV of path,rating rows (-1 rejected, 1-5; paths relative to the CSV).")] = None,
+    catalog: Annotated[list[Path] | None, typer.Option("--catalog", help="A darktable library.db, digiKam digikam4.db or Lightroom Classic .lrcat: its ratings, picks and rejects, read-only (safe while the program is open); repeatable.")] = None,
+    darktable_initial_rating: Annotated[int | None, typer.Option("--darktable-initial-rating", min=0, max=5, help="The initial rating darktable gives on import (its default 1; 0: every darktable star is yours). Stars equal to it that darktable wrote are not taken for yours. Default: darktable's own setting, else 1.")] = None,
     liked: Annotated[float, typer.Option("--liked", help="Ratings from this up are liked.")] = 4.0,
     disliked: Annotated[float, typer.Option("--disliked", help="Ratings from 1 up to this, and rejects, are disliked (0: only rejects).")] = 2.0,
     folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds (grouped by scene).")] = 5,
     group_seconds: Annotated[float, typer.Option(min=0.0, help="Shots of one camera body this close in time are one scene.")] = 5.0,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace installed weights of the same --name (never the base).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Install even with too few ratings or no measured gain over the base.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Learn and evaluate; install nothing.")] = False,
     mirror: Annotated[bool, typer.Option("--mirror/--no-mirror", help="Also learn from each photo's mirror image.")] = True,
     seed: Annotated[int, typer.Option(help="Seed of the fold assignment and the bootstrap.")] = 0,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Descend into sub-folders.")] = True,
     hidden: Annotated[bool, typer.Option("--hidden", help="Include hidden files and folders.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per forward pass.")] = 16,
-    workers: Annotated[int | None, typer.Option(min=0, help="Decoding worker processes (default: one per CPU core, at most 8).")] = None,
-    max_pixels: Annotated[int | None, typer.Option(min=1, help="Refuse images declaring more pixels.")] = None,
-    offline: Annotated[bool, typer.Option("--offline", help="Never download the default weights.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    device: options.Device = "auto",
+    batch_size: options.BatchSize = 16,
+    workers: options.Workers = None,
+    max_pixels: options.MaxPixels = None,
+    offline: options.Offline = False,
+    as_json: options.Json = False,
 ) -> None:
     """Learn your taste from your ratings (XMP stars and rejects, --keep/--reject folders or a CSV).
 
@@ -61,30 +63,29 @@ def learn(
     from ilgnet_cli.model import store
     from ilgnet_cli.photos.discover import Selection
     from ilgnet_cli.photos.ratings import collect
-    from ilgnet_cli.photos.scoring import pick_device
+    from ilgnet_cli.runtime.device import pick_device
     from ilgnet_cli.training import learn as learning
 
     if name is None and not dry_run:
         raise fail("--name NAME is required (or --dry-run to evaluate only)", 2)
-    if not (paths or keep or reject or ratings_csv):
-        raise fail("give rated photos, --keep/--reject folders or --ratings FILE.csv", 2)
+    if not (paths or keep or reject or ratings_csv or catalog):
+        raise fail("give rated photos, --keep/--reject folders, --ratings FILE.csv or --catalog", 2)
     with errors_as_messages():
         try:
             thresholds = learning.Thresholds(liked=liked, disliked=disliked)
         except UsageError as exc:
             raise fail(str(exc), 2) from None
         if name is not None:
-            learning.check_name(name)
+            learning.check_name(name, replace=replace)
         dev = pick_device(device)
         selection = Selection(recursive=recursive, hidden=hidden)
         missing: list[str] = []
         found = collect(paths or [], keep=keep, reject=reject, ratings_csv=ratings_csv, selection=selection,
-                        missing=missing)
+                        missing=missing, catalogs=catalog, darktable_initial_rating=darktable_initial_rating)
         found.problems.extend(f"no such file or folder: {m}" for m in missing)
-        if base is None:
-            progress, update = download_progress()
-            with progress:
-                base = store.ensure_default(allow_download=not offline, progress=update)
+        progress, update = download_progress()
+        with progress:
+            base = store.resolve_weights(base, allow_download=not offline, progress=update)
         loaded = store.load_model(base, dev)
         if not as_json:
             _learn_ratings_summary(found, thresholds)
@@ -92,13 +93,14 @@ def learn(
         bar, on_done = _learn_progress(sum(thresholds.label(p.rating) is not None for p in found.photos),
                                        as_json)
         with bar:
-            outcome = learning.run(found, loaded, name=None if dry_run else name, thresholds=thresholds,
+            outcome = learning.learn_taste(found, loaded, name=None if dry_run else name, replace=replace, thresholds=thresholds,
                                    folds=folds, seconds=group_seconds, seed=seed, force=force, mirror=mirror,
-                                   device=dev, workers=default_workers() if workers is None else workers,
-                                   batch_size=batch_size, max_pixels=max_pixels, progress=on_done)
+                                   device=dev, workers=options.workers_or_default(workers),
+                                   batch_size=batch_size, max_pixels=max_pixels, progress=on_done,
+                                   grouping=bar.grouping)
     elapsed = time.monotonic() - started
     if as_json:
-        print(json.dumps(_learn_json(found, outcome, thresholds, loaded, elapsed), indent=2))
+        print(strict_json(_learn_json(found, outcome, thresholds, loaded, elapsed), indent=2))
     else:
         _learn_report(outcome, loaded.name, elapsed, force, dry_run)
     if outcome.installed is None and not (dry_run and outcome.refusal is None):
@@ -106,8 +108,17 @@ def learn(
 
 
 def _learn_progress(total: int, quiet: bool):
+    """The bar of the two long steps: reading the photos, then comparing them to group scenes."""
     bar = progress_bar(quiet=quiet)
     task = bar.add_task("reading photos", total=total)
+    grouping_task: list = []
+
+    def grouping(done: int, of: int) -> None:
+        if not grouping_task:
+            grouping_task.append(bar.add_task("grouping scenes", total=of))
+        bar.update(grouping_task[0], completed=done, total=of)
+
+    bar.grouping = grouping  # type: ignore[attr-defined]
     return bar, lambda done: bar.update(task, completed=done)
 
 
@@ -116,9 +127,8 @@ def _learn_ratings_summary(found, thresholds) -> None:
     sources = ", ".join(f"{v} from {k}" for k, v in found.sources().items())
     err.print(f"ratings: {len(found.photos)} rated photos ({counts}){'; ' + sources if sources else ''}; "
               f"{found.unrated} unrated (ignored)", highlight=False)
-    if found.ilgnet_written:
-        err.print(f"  {found.ilgnet_written} rating(s) written by ilgnet itself (ilgnet:Rating): not yours, ignored",
-                  highlight=False)
+    for line in found.set_aside_lines():  # ilgnet's own stars, darktable defaults, catalogs
+        err.print(f"  {escape(display(line))}", highlight=False)
     err.print(f"labels: {escape(thresholds.describe())}; ratings in between are left out", highlight=False)
     for kind, lines in (("conflict", found.conflicts), ("skipped", found.problems)):
         for line in lines[:10]:
@@ -169,11 +179,12 @@ def _learn_json(found, outcome, thresholds, loaded, elapsed: float) -> dict:
     return {
         "ratings": {"rated": len(found.photos), "counts": found.counts(), "sources": found.sources(),
                     "unrated": found.unrated, "ilgnet_written": found.ilgnet_written,
-                    "conflicts": found.conflicts, "problems": found.problems},
+                    "conflicts": found.conflicts, "problems": found.problems, **found.summary_json()},
         "thresholds": {"liked": thresholds.liked, "disliked": thresholds.disliked},
         "base": {"name": loaded.name, "sha256": loaded.sha256},
         "labelled": len(data.y) if data is not None else 0,
         "liked": int(data.y.sum()) if data is not None else 0,
+        "left_out": data.left_out if data is not None else 0,
         "groups": len(set(data.groups.tolist())) if data is not None else 0,
         "not_decoded": [{"path": p, "reason": r} for p, r in outcome.decode_errors],
         "cross_validation": outcome.cv.to_json() if outcome.cv is not None else None,

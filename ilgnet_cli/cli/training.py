@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from enum import Enum
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ilgnet_cli.cli import options
 from ilgnet_cli.cli.common import (
     app,
     ava_dir,
@@ -20,7 +20,8 @@ from ilgnet_cli.cli.common import (
     out,
     progress_bar,
 )
-from ilgnet_cli.fsutil import display
+from ilgnet_cli.runtime.precision import Precision
+from ilgnet_cli.runtime.text import display, strict_json
 
 DATASET_HELP = ("ava1 or ava2 (the paper's protocol: the authors' lists), standard, ilgnet-ava1, ilgnet-ava2, "
                 "or a partition folder from 'ilgnet partition'.")
@@ -69,6 +70,7 @@ def train(
     images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg images (default: AVA/images).")] = None,
     prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare' (default: AVA/prepared/PARTITION when it exists).")] = None,
     init: Annotated[str, typer.Option(help="bvlc-googlenet (ImageNet trunk, fetched if needed), random, or ILGNet weights (name or file).")] = "bvlc-googlenet",
+    offline: options.Offline = False,
     recipe: Annotated[RecipeName, typer.Option(help="paper: the authors' Caffe solver of the dataset (AVA1 or AVA2). fast: AdamW + cosine.")] = RecipeName.paper,
     iters: Annotated[int | None, typer.Option(min=1, help="Iterations (default: paper: the solver's max_iter; fast: --epochs).")] = None,
     epochs: Annotated[float | None, typer.Option(min=0.0, help="Epochs over the training list (fast: default 1).")] = None,
@@ -80,9 +82,9 @@ def train(
     checkpoint_every: Annotated[int | None, typer.Option(min=1, help="Validate and checkpoint every K iterations (default: the solver's test_interval; fast: 1000).")] = None,
     val_size: Annotated[int, typer.Option(min=0, help="Validation images held out of the training list (at most a tenth of it; 0: none).")] = 2000,
     val_list: Annotated[Path | None, typer.Option(help="A validation list (<id>.jpg <label>) instead; its images leave training.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: options.Device = "auto",
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp", help="bf16 autocast on CUDA (default: paper fp32, fast bf16).")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="DataLoader workers per process.")] = 4,
+    workers: options.Workers = None,
     seed: Annotated[int, typer.Option(help="Seed for init, validation split, data order, crops and dropout.")] = 0,
     mean: Annotated[str | None, typer.Option(help="Mean to subtract: ava1, ava2 (mean images), imagenet, B,G,R, a .npy or .binaryproto (default: the dataset's).")] = None,
     draft: Annotated[bool, typer.Option("--draft/--exact", help="JPEG draft decoding, or full decoding as the authors (default).")] = False,
@@ -117,15 +119,16 @@ def train(
             prepared = ava / "prepared" / folder.name  # what 'ilgnet prepare' made for this dataset
         cfg = TrainConfig(partition=folder, out=out_dir, images=images or (None if prepared else ava / "images"),
                           prepared=prepared, init=init, recipe=recipe.value, iters=iters, epochs=epochs,
-                          batch_size=batch_size, lr=lr, dropout=dropout, device=device, amp=amp, workers=workers,
+                          batch_size=batch_size, lr=lr, dropout=dropout, device=device, amp=amp, workers=options.workers_or_default(workers),
                           seed=seed, checkpoint_every=checkpoint_every, val_size=val_size, val_list=val_list,
-                          mean=mean, draft=draft, deterministic=deterministic, resume=resume)
+                          mean=mean, draft=draft, deterministic=deterministic, resume=resume,
+                          offline=offline)
         with progress:
             summary = run(cfg, progress=update)
     if not is_main:
         return
     if as_json:
-        print(json.dumps(summary))
+        print(strict_json(summary))
         return
     best = summary["best_val_accuracy"]
     line = f"trained {summary['steps']}/{summary['total']} iterations on {summary['world']} process(es)"
@@ -141,29 +144,26 @@ class TTAMode(str, Enum):
     tencrop = "10crop"
 
 
-class EvalPrecision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
 @app.command("eval")
 def eval_cmd(
     dataset: Annotated[str, typer.Option(help=DATASET_HELP)] = "ava1",
-    weights: Annotated[str, typer.Option("--weights", "-w", help="Installed weights name or .safetensors file.")] = "ilgnet-ava1",
+    weights: Annotated[str | None, typer.Option("--weights", "-w", help="Installed weights name or .safetensors file (default: the authors' weights for the dataset, ilgnet-ava1 or ilgnet-ava2; a partition folder needs -w).")] = None,
     ava: Annotated[Path | None, typer.Option("--ava", help="The AVA folder (default: $ILGNET_DATA/ava; AVA.txt for SRCC/PLCC).")] = None,
     images: Annotated[Path | None, typer.Option(help="Folder of <id>.jpg (default: AVA/images).")] = None,
     prepared: Annotated[Path | None, typer.Option(help="256x256 cache from 'ilgnet prepare'.")] = None,
     tta: Annotated[TTAMode, typer.Option(help="Test-time augmentation.")] = TTAMode.none,
     draft: Annotated[bool, typer.Option("--draft/--exact", help="JPEG draft decoding, or full decoding as the authors (default).")] = False,
-    precision: Annotated[EvalPrecision, typer.Option(help="fp32 as Caffe (default), or bf16 (a bf16 copy of the weights; faster where bf16 is native).")] = EvalPrecision.fp32,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    workers: Annotated[int, typer.Option(min=0)] = 4,
+    precision: Annotated[Precision, typer.Option(help="fp32 as Caffe (default), or bf16 (a bf16 copy of the weights; faster where bf16 is native, unchecked).")] = Precision.FP32,
+    device: options.Device = "auto",
+    batch_size: options.BatchSize = 32,
+    workers: options.Workers = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the report: .html (plots) or .json.")] = None,
+    offline: options.Offline = False,
+    allow_overlap: Annotated[bool, typer.Option("--allow-overlap", help="Evaluate even when the weights trained on test images (or their training data is unknown); the overlap is shown beside the accuracy and the paper comparison hidden.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Accuracy next to the test set's majority baseline and the paper, with balanced accuracy, ROC AUC, CIs."""
-    from ilgnet_cli.fsutil import atomic_write_text, check_writable_file
+    from ilgnet_cli.runtime.fsutil import atomic_write_text, check_writable_file
     from ilgnet_cli.training.evaluate import comparison_rows, evaluate
 
     if output is not None and output.suffix.lower() not in (".html", ".htm", ".json"):
@@ -171,12 +171,14 @@ def eval_cmd(
     with errors_as_messages():
         if output is not None:
             check_writable_file(output)
+        if precision is Precision.AUTO:
+            raise fail("eval runs in fp32 (as Caffe) or bf16 when asked; auto is for scoring", 2)
         result = evaluate(dataset, weights, ava_dir=ava_dir(ava), images=images, tta=tta.value, device=device,
-                          batch_size=batch_size, workers=workers, prepared=prepared, draft=draft,
-                          precision=precision.value)
+                          batch_size=batch_size, workers=options.workers_or_default(workers), prepared=prepared,
+                          draft=draft, precision=precision.value, allow_overlap=allow_overlap, offline=offline)
         if result is not None and output is not None:
             if output.suffix.lower() == ".json":
-                atomic_write_text(output, json.dumps(result.to_json(), indent=2) + "\n")
+                atomic_write_text(output, strict_json(result.to_json(), indent=2) + "\n")
             else:
                 from ilgnet_cli.training.eval_report import to_html
 
@@ -185,11 +187,12 @@ def eval_cmd(
     if result is None:
         return
     if as_json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(strict_json(result.to_json(), indent=2))
         return
     m = result.metrics
-    table = Table(title=f"{escape(display(result.dataset))}: {m.n} test images ({result.missing} missing); "
-                        f"{result.precision}, {result.decode} decoding, tta {result.tta}")
+    table = Table(title=f"{escape(display(result.dataset))}: {m.n} of {result.listed} test images scored; "
+                        f"{result.precision}, {result.decode} decoding, tta {result.tta}; weights trained on: "
+                        f"{escape(display(result.trained_on))}")
     for col in ("", "accuracy", "note"):
         table.add_column(col)
     for row in comparison_rows(result):

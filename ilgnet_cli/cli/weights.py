@@ -1,8 +1,7 @@
-"""`ilgnet weights list|fetch|import|add|verify|remove`: the weights store."""
+"""`ilgnet weights list|fetch|import|add|default|verify|remove`: the weights store."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, TypedDict
 
@@ -10,8 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ilgnet_cli.cli.common import download_progress, errors_as_messages, fail, out, weights_app
-from ilgnet_cli.fsutil import display
+from ilgnet_cli.cli import options
+from ilgnet_cli.cli.common import download_progress, err, errors_as_messages, fail, out, weights_app
+from ilgnet_cli.runtime.text import display, strict_json
 
 
 class _Row(TypedDict):
@@ -27,16 +27,19 @@ class _Row(TypedDict):
     source_checksum: str | None
     description: str
     path: str | None
+    trained_on: str
 
 
 @weights_app.command("list")
-def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Known weight sets (registry) and what is installed, with sizes and checksums."""
-    from ilgnet_cli.model import store
+def weights_list(as_json: options.Json = False) -> None:
+    """Known weight sets (registry) and what is installed, with sizes, checksums and what each was
+    trained on."""
+    from ilgnet_cli.model import records as store  # records and registry only: no torch to import
 
     with errors_as_messages():
         registry = store.load_registry()
         inst = {i.name: i for i in store.installed_all()}
+        default = store.default_name(registry)
     rows: list[_Row] = []
     for name in sorted(set(registry.weights) | set(inst)):
         spec = registry.weights.get(name)
@@ -45,10 +48,12 @@ def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
             description = spec.description
         else:
             assert rec is not None  # a name the registry lacks is an installed one
-            description = f"user weights from {rec.source}"
+            description = (f"your taste, learned on {rec.base}" if rec.architecture == store.ARCH_TASTE
+                           else f"user weights from {rec.source}")
+        trained_on = (rec.trained_on if rec is not None else spec.provenance if spec is not None else None)
         rows.append({
             "name": name,
-            "default": name == registry.default,
+            "default": name == default,
             "installed": rec is not None,
             "architecture": rec.architecture if rec else (spec.architecture if spec else ""),
             "size": rec.size if rec else (spec.size if spec else None),
@@ -57,9 +62,10 @@ def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
             "source_checksum": spec.checksum if spec else None,
             "description": description,
             "path": str(rec.path) if rec else None,
+            "trained_on": trained_on.describe() if trained_on is not None else "unknown",
         })
     if as_json:
-        out.print_json(json.dumps({"home": str(store.home()), "weights": rows}))
+        out.print_json(strict_json({"home": str(store.home()), "weights": rows}))
         return
     # One short row per set, its description on a line of its own: readable at 80 columns.
     table = Table(title=f"weights (store: {escape(display(str(store.home())))})", show_lines=True)
@@ -73,7 +79,7 @@ def weights_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSO
         elif r["source_checksum"]:
             check = r["source_checksum"][:17] + "…"
         else:
-            check = "not published"
+            check = "pinned on fetch"
         name = escape(display(r["name"])) + (" (default)" if r["default"] else "")
         table.add_row(f"{name}\n[dim]{escape(display(r['description']))}[/]", "yes" if r["installed"] else "no",
                       size, check)
@@ -85,7 +91,8 @@ def weights_fetch(
     name: Annotated[str, typer.Argument(help="Registry name, e.g. ilgnet-ava1, ilgnet-ava2, bvlc-googlenet.")],
     retries: Annotated[int, typer.Option(min=0, help="Retries per source.")] = 4,
 ) -> None:
-    """Download weights (mirrors, resume, checksum) and convert caffemodels to safetensors."""
+    """Download weights (sources in order, resumed; the published checksum, else the digest pinned
+    on the first fetch) and convert caffemodels to safetensors."""
     from ilgnet_cli.model import store
 
     with errors_as_messages():
@@ -100,13 +107,17 @@ def weights_import(
     caffemodel: Annotated[Path, typer.Argument(help="A .caffemodel file (ILGNet or bvlc_googlenet).")],
     name: Annotated[str | None, typer.Option(help="Name in the store (default: from the file name).")] = None,
     mean: Annotated[str | None, typer.Option(help="ava1 or ava2 (the authors' mean images), imagenet, B,G,R, or a mean image as .npy or Caffe .binaryproto (default ava1; imagenet for GoogLeNet).")] = None,
+    trained_on: Annotated[str | None, typer.Option("--trained-on", help="A registry name whose training data these weights are (e.g. ilgnet-ava1 for your copy of the authors' AVA1 model); recorded as declared. Without it a file ilgnet does not know has unknown provenance, and 'ilgnet eval' asks for --allow-overlap.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace installed weights of the same name.")] = False,
 ) -> None:
     """Convert a Caffe model into the weights store (safetensors), checking every layer."""
     from ilgnet_cli.model import store
 
     with errors_as_messages():
-        rec = store.import_caffemodel(caffemodel, name, mean)
-    out.print(f"imported {caffemodel.name} as {rec.name} ({rec.architecture}): {rec.path}")
+        rec = store.import_caffemodel(caffemodel, name, mean, trained_on=trained_on, replace=replace)
+    out.print(f"imported {escape(display(caffemodel.name))} as {rec.name} ({rec.architecture}): "
+              f"{escape(display(str(rec.path)))}; trained on: {escape(display(rec.trained_on.describe()))}",
+              highlight=False)
 
 
 @weights_app.command("add")
@@ -114,42 +125,71 @@ def weights_add(
     file: Annotated[Path, typer.Argument(help="An ILGNet .safetensors file (e.g. RUN_DIR/best.safetensors).")],
     name: Annotated[str, typer.Option(help="Name in the store.")],
     mean: Annotated[str | None, typer.Option(help="Override the mean stored in the file.")] = None,
+    trained_on: Annotated[str | None, typer.Option("--trained-on", help="For a file that does not record what it was trained on: the registry name whose training data it is (recorded as declared).")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace installed weights of the same name.")] = False,
 ) -> None:
     """Install an ILGNet .safetensors file (checked against the architecture) into the store."""
     from ilgnet_cli.model import store
 
     with errors_as_messages():
-        rec = store.add_safetensors(file, name, mean)
-    out.print(f"added {rec.name}: {rec.path}")
+        rec = store.add_safetensors(file, name, mean, replace=replace, trained_on=trained_on)
+    out.print(f"added {rec.name}: {escape(display(str(rec.path)))}; trained on: "
+              f"{escape(display(rec.trained_on.describe()))}", highlight=False)
+
+
+@weights_app.command("default")
+def weights_default(
+    name: Annotated[str | None, typer.Argument(help="Weights to use when none are named (installed or in the registry).")] = None,
+) -> None:
+    """Show or set the weights `score`, `learn` and the API use when none are named."""
+    from ilgnet_cli.model import records as store
+
+    with errors_as_messages():
+        if name is not None:
+            store.set_default(name)
+        current = store.default_name()
+    state = "installed" if store.installed(current) is not None else "not installed yet (fetched on first use)"
+    out.print(f"default weights: {escape(display(current))} ({state})", highlight=False)
 
 
 @weights_app.command("verify")
 def weights_verify(
     name: Annotated[str | None, typer.Argument(help="Weights to check (default: all installed).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: options.Json = False,
 ) -> None:
-    """Re-hash installed weights and check every tensor against the architecture."""
+    """Re-hash installed weights and check every tensor; finish or roll back installs that were cut
+    short and remove their temp files. Exit 1 when anything was wrong (even if mended)."""
     from ilgnet_cli.model import store
 
-    names = [name] if name else [i.name for i in store.installed_all()]
-    results = [store.verify(n) for n in names]
+    with errors_as_messages():
+        mended = store.repair_store()
+        names = [name] if name else sorted({i.name for i in store.installed_all()} | set(store._unrecorded()))
+        results = [store.verify(n) for n in names]
     if as_json:
-        out.print_json(json.dumps([r.__dict__ for r in results]))
+        out.print_json(strict_json({"repaired": mended, "weights": [r.__dict__ for r in results]}))
     else:
+        for line in mended:
+            out.print(f"[yellow]repaired[/] {escape(display(line))}", highlight=False)
         for r in results:
             mark = "[green]ok[/]" if r.ok else "[red]FAILED[/]"
-            out.print(f"{mark} {r.name}: {r.message}", highlight=False)
+            out.print(f"{mark} {escape(display(r.name))}: {escape(display(r.message))}", highlight=False)
+            for line in r.repaired:
+                out.print(f"  [yellow]repaired[/] {escape(display(line))}", highlight=False)
         if not results:
-            out.print("no weights installed")
-    if not all(r.ok for r in results) or (name and not results):
+            out.print(f"no weights installed in {escape(display(str(store.weights_dir())))}", highlight=False)
+    if mended or not all(r.ok for r in results) or (name and not results):
         raise typer.Exit(1)
 
 
 @weights_app.command("remove")
 def weights_remove(name: Annotated[str, typer.Argument(help="Installed weights name.")]) -> None:
-    """Delete installed weights from the store."""
+    """Delete installed weights from the store (tastes learned on them stop working: they are named)."""
     from ilgnet_cli.model import store
 
+    rec = store.installed(name) if store.NAME_RE.fullmatch(name or "") else None
     if not store.remove(name):
-        raise fail(f"weights {name!r} are not installed")
-    out.print(f"removed {name}")
+        raise fail(f"weights {escape(display(repr(name)))} are not installed")
+    out.print(f"removed {escape(display(name))}", highlight=False)
+    if rec is not None and (orphans := store.tastes_of(rec.sha256)):
+        err.print(f"[yellow]warning[/]: tastes learned on it no longer load: {escape(display(', '.join(orphans)))}",
+                  highlight=False)

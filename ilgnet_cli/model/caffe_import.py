@@ -23,6 +23,7 @@ import numpy as np
 
 from ilgnet_cli.errors import IlgnetError
 from ilgnet_cli.model.ilgnet import TRUNK_LAYERS, ILGNet, torch_module_name
+from ilgnet_cli.runtime.text import clip
 
 
 class CaffeModelError(IlgnetError, ValueError):
@@ -45,14 +46,9 @@ class LayerMismatchError(IlgnetError, ValueError):
 
 
 def _short(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(_cut(n, 60) for n in names[:limit])
+    shown = ", ".join(clip(n, 60) for n in names[:limit])
     return shown + (f", ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
-
-def _cut(text: str, limit: int = 80) -> str:
-    """``text`` as one short printable line: names and values come from untrusted files."""
-    head = "".join(c if c.isprintable() else "?" for c in text[:limit + 1])
-    return head if len(head) <= limit else head[:limit - 3] + "..."
 
 
 # Wire types.
@@ -212,14 +208,14 @@ def _check_shape(dims: list[int], size: int, *, legacy: bool) -> tuple[int, ...]
     low, high = (0, _INT32_MAX) if legacy else (1, max(size, 1))
     bad = [d for d in dims if not low <= d <= high]
     if bad:
-        raise CaffeModelError(f"corrupt blob: dimension {_cut(str(bad[0]), 24)} is impossible for {size} values")
+        raise CaffeModelError(f"corrupt blob: dimension {clip(str(bad[0]), 24)} is impossible for {size} values")
     product = 1
     for d in dims:
         product *= d
         if product > size:
             break
     if product != size:
-        shown = _cut("x".join(map(str, dims)), 60)
+        shown = clip("x".join(map(str, dims)), 60)
         raise CaffeModelError(f"corrupt blob: shape {shown} does not hold the {size} values of its data")
     return tuple(dims)
 
@@ -274,7 +270,7 @@ def read_caffemodel(path: str | Path) -> list[CaffeLayer]:
     """Every layer of a binary caffemodel (name, type, parameter blobs), in file order."""
     path = Path(path)
     size = path.stat().st_size
-    shown = _cut(path.name)
+    shown = clip(path.name)
     if size == 0:
         raise CaffeModelError(f"{shown}: empty file")
     with path.open("rb") as fh:
@@ -293,7 +289,7 @@ def read_caffemodel(path: str | Path) -> list[CaffeLayer]:
             elif num == 2 and wt == _LEN:
                 layers.append(_parse_layer(buf, a, b, 1))
     except (CaffeModelError, struct.error, IndexError) as exc:
-        raise CaffeModelError(f"{shown}: {_cut(str(exc), 200)}") from None
+        raise CaffeModelError(f"{shown}: {clip(str(exc), 200)}") from None
     finally:
         _FIELDS_LEFT.reset(budget)
         # numpy views into the map were copied, so closing is safe.

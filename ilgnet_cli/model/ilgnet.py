@@ -17,6 +17,8 @@ Caffe semantics that differ from common PyTorch ports and are reproduced here:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
@@ -139,7 +141,7 @@ class ILGNet(nn.Module):
     """Inception modules with connected Local and Global features (ILGNet).
 
     ``forward`` returns logits of shape (N, 2); ``softmax(logits)[:, 1]`` is the aesthetic score.
-    Input: (N, 3, 227, 227) BGR, 0-255, mean-subtracted (see :mod:`ilgnet_cli.model.preprocess`).
+    Input: (N, 3, 227, 227) BGR, 0-255, mean-subtracted (see :mod:`ilgnet_cli.model.transform`).
     """
 
     # Registered by name from INCEPTION_CFG in __init__ (Caffe's names), so declared for the type checker.
@@ -147,7 +149,7 @@ class ILGNet(nn.Module):
     inception_3b: Inception
     inception_4a: Inception
 
-    def __init__(self, dropout: float = DROPOUT) -> None:
+    def __init__(self, dropout: float = DROPOUT, *, init: bool = True) -> None:
         super().__init__()
         self.conv1 = _Scope(**{"7x7_s2": nn.Conv2d(3, 64, 7, stride=2, padding=3)})
         self.conv2 = _Scope(**{
@@ -165,7 +167,8 @@ class ILGNet(nn.Module):
         self.temp3 = nn.Linear(128 * 4 * 4, 512)
         self.temp_cjy = nn.Linear(256 + 256 + 512, 1024)
         self.dropout = nn.Dropout(dropout)
-        self.reset_parameters()
+        if init:
+            self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
         """Caffe's fillers from the prototxt: Xavier (fan-in, uniform) weights, constant biases."""
@@ -209,6 +212,55 @@ class ILGNet(nn.Module):
 
     def forward(self, data: torch.Tensor) -> torch.Tensor:
         return self.blobs(data)["loss1/classifier_cjy"]
+
+    def forward_features(self, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, :func:`pooled_features`): what ``ilgnet learn`` fits a taste on."""
+        blobs = self.blobs(data)
+        return blobs["loss1/classifier_cjy"], pooled_features(blobs)
+
+
+# temp2 has 256 units for inception_3b's 480 channels: the pooled feature keeps every ~1.9th
+# channel, so that all four branches (1x1, 3x3, 5x5, pool) are represented.
+I3B_CHANNELS = tuple(int(round(v)) for v in torch.linspace(0, 479, 256).tolist())
+FEATURE_DIM = 1024
+
+
+def pooled_features(blobs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The 1024-d trunk feature a taste reads: per-channel means of inception_3a (256) and of 256
+    of inception_3b's channels, and loss1/conv's 128 channels averaged over each 2x2 quadrant of
+    its 4x4 map (512, index c*4 + quadrant)."""
+    i3a = blobs["inception_3a/output"].mean(dim=(2, 3))
+    i3b = blobs["inception_3b/output"][:, list(I3B_CHANNELS)].mean(dim=(2, 3))
+    quads = F.avg_pool2d(blobs["loss1/conv"], 2).flatten(1)
+    return torch.cat((i3a, i3b, quads), dim=1)
+
+
+@contextlib.contextmanager
+def _no_default_init() -> Iterator[None]:
+    """Conv2d and Linear skip their random initialisation while the block runs (their weights
+    stay uninitialised memory, never touched)."""
+    saved = {cls: cls.reset_parameters for cls in (nn.Conv2d, nn.Linear)}
+    for cls in saved:
+        setattr(cls, "reset_parameters", lambda self: None)  # noqa: B010 - a class attribute, swapped back below
+    try:
+        yield
+    finally:
+        for cls, method in saved.items():
+            setattr(cls, "reset_parameters", method)  # noqa: B010
+
+
+def empty_ilgnet(dropout: float = DROPOUT) -> ILGNet:
+    """ILGNet whose parameters are uninitialised (never written, so never resident), for
+    ``load_state_dict(state, assign=True)``: loading weights never pays for 150.9 M random ones
+    (1.8 s and 600 MB on 2 cores). Not the meta device: its first use imports 0.5 s of torch."""
+    with _no_default_init():
+        return ILGNet(dropout, init=False)
+
+
+@functools.cache
+def state_shapes() -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape."""
+    return {k: tuple(v.shape) for k, v in empty_ilgnet().state_dict().items()}
 
 
 def score_from_logits(logits: torch.Tensor) -> torch.Tensor:

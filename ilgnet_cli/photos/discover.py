@@ -17,36 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".tif", ".tiff", ".webp", ".bmp", ".dib",
-    ".gif", ".heic", ".heif", ".hif", ".avif",
-    # camera RAW (decoded with rawpy)
-    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2", ".dng", ".pef", ".srw",
-    ".x3f", ".3fr", ".iiq", ".erf", ".mef", ".mos", ".rwl",
-})
-# Files that sit next to photos and are never images: skip without reading them.
-SKIP_EXTENSIONS = frozenset({".xmp", ".txt", ".json", ".csv", ".html", ".htm", ".pp3", ".dop", ".on1", ".db",
-                             ".aae", ".thm", ".mov", ".mp4", ".m4v", ".avi", ".mts", ".wav", ".part"})
-
-
-def sniff(head: bytes) -> str | None:
-    """Image format from a file's first 32 bytes, or None."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-        return "TIFF"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "GIF"
-    if head[:2] == b"BM" and len(head) >= 18:
-        return "BMP"
-    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif",
-                                               b"avis", b"heim", b"heis"):
-        return "HEIF"
-    return None
+from ilgnet_cli.runtime.formats import IMAGE_EXTENSIONS, SKIP_EXTENSIONS, sniff
 
 
 def _looks_like_image(path: Path) -> bool:
@@ -57,18 +28,6 @@ def _looks_like_image(path: Path) -> bool:
         return False
     try:
         with path.open("rb") as fh:
-            return sniff(fh.read(32)) is not None
-    except OSError:
-        return False
-
-
-def holds_image(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a regular file whose content is an image (by signature, not name)."""
-    p = Path(path).expanduser()
-    try:
-        if not p.is_file():  # never open a FIFO or device: reading could block
-            return False
-        with p.open("rb") as fh:
             return sniff(fh.read(32)) is not None
     except OSError:
         return False
@@ -105,6 +64,12 @@ class Selection:
         if self.include and not any(match(p) for p in self.include):
             return False
         return not any(match(p) for p in self.exclude)
+
+
+# Written by --copy-top/--link-top into their folder: a later run over a tree that holds an export
+# folder never scores the copies (they would fill the ranking twice). A folder given by name is
+# still scored.
+EXPORT_MANIFEST = ".ilgnet-export.json"
 
 
 def _hidden(name: str) -> bool:
@@ -146,43 +111,49 @@ def find_images(paths: Sequence[str | os.PathLike[str]], selection: Selection | 
         yield from _walk(root, root, sel, seen_files, seen_dirs)
 
 
-def _walk(folder: Path, root: Path, sel: Selection, seen_files: set[str],
+def _walk(top: Path, root: Path, sel: Selection, seen_files: set[str],
           seen_dirs: set[tuple[int, int]]) -> Iterator[str]:
-    try:
-        st = folder.stat()
-    except OSError:
-        return
-    key = (st.st_dev, st.st_ino)
-    if key in seen_dirs:  # a symlink loop or a folder reached twice
-        return
-    seen_dirs.add(key)
-    try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError:
-        return
-    subdirs = []
-    for entry in entries:
-        if not sel.hidden and _hidden(entry.name):
-            continue
+    """Files under ``top`` in a stable order (a folder's files, then each sub-folder in turn).
+    Iterative, so any folder depth is fine (a recursive walk ended in RecursionError)."""
+    stack = [top]
+    while stack:
+        folder = stack.pop()
         try:
-            is_dir = entry.is_dir()  # follows symlinks; loops are cut by seen_dirs
-            is_file = not is_dir and entry.is_file()
+            st = folder.stat()
         except OSError:
             continue
-        if is_dir:
-            subdirs.append(Path(entry.path))
+        key = (st.st_dev, st.st_ino)
+        if key in seen_dirs:  # a symlink loop or a folder reached twice
             continue
-        if not is_file:
+        seen_dirs.add(key)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
             continue
-        path = Path(entry.path)
-        rel = path.relative_to(root).as_posix()
-        if not sel.wanted(rel) or not _looks_like_image(path):
+        if folder != root and any(e.name == EXPORT_MANIFEST for e in entries):
             continue
-        real = os.path.realpath(path)
-        if real in seen_files:
-            continue
-        seen_files.add(real)
-        yield str(path)
-    if sel.recursive:
-        for sub in subdirs:
-            yield from _walk(sub, root, sel, seen_files, seen_dirs)
+        subdirs = []
+        for entry in entries:
+            if not sel.hidden and _hidden(entry.name):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows symlinks; loops are cut by seen_dirs
+                is_file = not is_dir and entry.is_file()
+            except OSError:
+                continue
+            if is_dir:
+                subdirs.append(Path(entry.path))
+                continue
+            if not is_file:
+                continue
+            path = Path(entry.path)
+            rel = path.relative_to(root).as_posix()
+            if not sel.wanted(rel) or not _looks_like_image(path):
+                continue
+            real = os.path.realpath(path)
+            if real in seen_files:
+                continue
+            seen_files.add(real)
+            yield str(path)
+        if sel.recursive:
+            stack.extend(reversed(subdirs))

@@ -7,11 +7,12 @@ files: any failure loses the EXIF fields only (``ExifInfo.error`` says why), nev
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 logging.getLogger("exifread").setLevel(logging.CRITICAL)
 
@@ -37,9 +38,21 @@ class ExifInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> ExifInfo:
+        """Fields of the right type only: cached rows come from a file anyone could edit."""
         if not data:
             return cls()
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        kinds = {"has_gps": (bool,), "iso": (int,), "focal_length_35mm": (int,),
+                 "exposure_s": (int, float), "aperture": (int, float), "focal_length": (int, float)}
+        fields: dict[str, Any] = {}
+        for k, v in data.items():
+            if k not in cls.__dataclass_fields__ or v is None:
+                continue
+            want = kinds.get(k, (str,))
+            if isinstance(v, want) and (want == (bool,) or not isinstance(v, bool)):
+                if isinstance(v, float) and not math.isfinite(v):
+                    continue  # no NaN/inf in reports: JSON has no such numbers
+                fields[k] = cut_text(v) if isinstance(v, str) else v
+        return cls(**fields)
 
     @property
     def camera(self) -> str:
@@ -62,14 +75,40 @@ class ExifInfo:
         return dt.timestamp()
 
 
+# EXIF strings are a camera's make, a lens name, a date: a few dozen characters. Longer ones are
+# cut here, marked, so that a 10 MB "Make" costs nothing in reports, the cache or the terminal.
+MAX_TEXT = 120
+CUT_MARK = " …(cut)"
+# No single read of EXIF data is larger than this: exifread follows counts written in the file,
+# and a hostile count would make it read (and then walk) a whole 10 MB value.
+MAX_READ = 1 << 20
+
+
+def cut_text(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + CUT_MARK
+
+
+class _CappedReader:
+    """A file object for exifread whose reads never exceed :data:`MAX_READ` bytes."""
+
+    def __init__(self, fh) -> None:  # noqa: ANN001 - any binary file object
+        self.fh = fh
+
+    def read(self, size: int = -1) -> bytes:
+        return self.fh.read(MAX_READ if size is None or size < 0 or size > MAX_READ else size)
+
+    def __getattr__(self, name: str):  # noqa: ANN204 - seek, tell, ... as the file has them
+        return getattr(self.fh, name)
+
+
 def _text(tags: dict, *keys: str) -> str | None:
     for key in keys:
         tag = tags.get(key)
         if tag is None:
             continue
-        text = str(tag.printable if hasattr(tag, "printable") else tag).replace("\x00", "").strip()
+        text = str(tag.printable if hasattr(tag, "printable") else tag)[:MAX_TEXT * 4].replace("\x00", "").strip()
         if text and text.lower() not in ("unknown", "none", "0000000000"):
-            return text
+            return cut_text(text)
     return None
 
 
@@ -82,10 +121,12 @@ def _number(tags: dict, key: str) -> float | None:
     value: Any = values[0] if isinstance(values, list) and values else values
     try:
         if hasattr(value, "num") and hasattr(value, "den"):
-            return None if value.den == 0 else float(Fraction(value.num, value.den))
-        return float(value)
-    except (TypeError, ValueError, ZeroDivisionError):
+            number = None if value.den == 0 else float(Fraction(value.num, value.den))
+        else:
+            number = float(value) if not isinstance(value, str) or len(value) < 40 else None
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         return None
+    return number if number is not None and math.isfinite(number) else None  # JSON has no NaN or inf
 
 
 def _captured(tags: dict) -> str | None:
@@ -120,7 +161,7 @@ def read_exif(path: str | Path) -> ExifInfo:
 
     try:
         with open(path, "rb") as fh:
-            tags = exifread.process_file(fh, details=False)
+            tags = exifread.process_file(cast(BinaryIO, _CappedReader(fh)), details=False)
         if not tags:
             return _pillow_exif(path)
         seconds = _number(tags, "EXIF ExposureTime")
@@ -167,7 +208,7 @@ def _pillow_exif(path: str | Path) -> ExifInfo:
             return None
 
     def text(value: Any) -> str | None:
-        return str(value).replace("\x00", "").strip() or None if value is not None else None
+        return cut_text(str(value)[:MAX_TEXT * 4].replace("\x00", "").strip()) or None if value is not None else None
 
     tags = {"EXIF DateTimeOriginal": sub.get(0x9003) or exif.get(0x0132), "EXIF SubSecTimeOriginal": sub.get(0x9291),
             "EXIF OffsetTimeOriginal": sub.get(0x9011)}

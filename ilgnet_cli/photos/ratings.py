@@ -1,20 +1,40 @@
-"""The photographer's own ratings, where editors keep them, for ``ilgnet learn``.
+"""The photographer's own ratings, wherever photo managers keep them: for ``ilgnet learn``, and
+for ``ilgnet score --xmp``, which keeps them.
 
-Sources, in the order that wins when two disagree:
+A photo's ratings are read from every source there is, and when the user's disagree the first
+in this FIXED order wins (no file time ever decides, so an ilgnet rewrite cannot flip it):
 
 1. ``--ratings FILE.csv``: ``path,rating`` rows (paths relative to the CSV's folder; a header
    row is allowed);
 2. ``--keep DIR`` / ``--reject DIR``: every image under them is liked (5) / rejected (-1);
-3. XMP sidecars beside the photo: Adobe/Lightroom ``IMG.xmp`` and darktable ``IMG.JPG.xmp``
-   (when both exist and differ, the one modified last wins: it is what the user did last);
-4. XMP embedded in the image (JPEG APP1, HEIC, TIFF/DNG tag 700): a sidecar beats it, as in
-   Lightroom.
+3. catalogs (``--catalog``, in the order given): darktable ``library.db``, digiKam
+   ``digikam4.db``, Lightroom Classic ``.lrcat`` (catalogs.py; a catalog's photos are read from
+   the catalog only, unless they are also under the folders given);
+4. the darktable-style sidecar ``IMG.JPG.xmp`` (darktable, digiKam);
+5. the Adobe-style sidecar ``IMG.xmp`` (Lightroom for RAW files, Capture One, Bridge);
+6. XMP embedded in the image (JPEG APP1, HEIC, TIFF/DNG tag 700): ``xmp:Rating``, else
+   Windows' ``MicrosoftPhoto:Rating``; digiKam's ``PickLabel`` (1: rejected, which beats stars;
+   3: accepted, read as a pick when there are no stars);
+7. EXIF ``Rating`` / ``RatingPercent`` (IFD0 0x4746 / 0x4749; Windows, some cameras).
 
-``xmp:Rating`` is -1 (rejected), 0 (unrated) or 1-5 (reals allowed). A rating equal to
-``ilgnet:Rating`` was written by ``ilgnet score --xmp`` (the same rule xmp.py uses to keep hand
-ratings), so it is ilgnet's guess, never the user's taste, and is left out; ``ilgnet:`` fields
-are never read as ratings. Unrated photos are left out. Nothing here raises for bad input:
-unreadable sidecars, bad CSV rows and conflicts become one-line notes in the report.
+A pick (Lightroom's flag, digiKam's "accepted") without stars counts as liked, like ``--keep``.
+``xmp:Rating`` is -1 (rejected), 0 (unrated) or 1-5 (reals allowed).
+
+Set aside before choosing, never taken for the user's taste (xmp.not_the_users, and counted in
+:attr:`RatingsReport.set_aside`):
+
+* ilgnet's own: a rating equal to ``ilgnet:Rating`` in the same packet; ilgnet's copy of the
+  user's rating from another source (``ilgnet:KeptRating``: the original is read instead); a
+  rating equal to any star the ledger says ilgnet wrote for that photo (ledger.py), wherever a
+  photo manager copied it (darktable's sidecar and library, a catalog, the file);
+* darktable's default: every photo darktable imports gets its "initial rating" (1 star unless
+  the user changed it); in a sidecar darktable wrote (its namespace) or in its library a
+  rating equal to it is no opinion. ``--darktable-initial-rating N`` says otherwise (0: every
+  darktable star is the user's); without it darktable's own setting is read (the darktablerc
+  beside a ``--catalog`` library, else the user's), else 1.
+
+Unrated photos are left out. Nothing here raises for bad input: unreadable sidecars and
+catalogs, bad CSV rows and conflicts become one-line notes in the report.
 """
 
 from __future__ import annotations
@@ -24,12 +44,24 @@ import io
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ilgnet_cli.photos.discover import Selection, find_images
-from ilgnet_cli.photos.xmp import XmpError, read_ratings, sidecar_paths
+from ilgnet_cli.photos.xmp import (
+    DARKTABLE_DEFAULT,
+    ILGNET_KEPT,
+    ILGNET_LEDGER,
+    ILGNET_MARKER,
+    PacketRatings,
+    RatingContext,
+    XmpError,
+    not_the_users,
+    percent_stars,
+    read_packet,
+    sidecar_paths,
+)
 
 MAX_CSV_BYTES = 64 << 20
 # Embedded XMP is found by Pillow (JPEG, HEIC, TIFF/DNG); for other files (RAWs Pillow cannot
@@ -42,16 +74,31 @@ REJECTED = -1.0
 class RatedPhoto:
     path: str
     rating: float  # -1 rejected, else 1..5
-    source: str  # "csv", "keep folder", "reject folder", "adobe sidecar", "darktable sidecar", "embedded XMP"
+    source: str  # "csv", "keep folder", "reject folder", a catalog, "darktable sidecar", "adobe sidecar", ...
+
+
+# Why ratings were set aside, as :attr:`RatingsReport.set_aside` counts them (photos per reason).
+SET_ASIDE = {
+    ILGNET_MARKER: "rating(s) ilgnet wrote itself (ilgnet:Rating)",
+    ILGNET_LEDGER: "star(s) ilgnet once wrote, copied by a photo manager (ledger)",
+    ILGNET_KEPT: "copies ilgnet made of your ratings (their originals are read)",
+    DARKTABLE_DEFAULT: "darktable default star(s)",
+}
+ILGNET_OWN = (ILGNET_MARKER, ILGNET_LEDGER)
 
 
 @dataclass
 class RatingsReport:
     photos: list[RatedPhoto] = field(default_factory=list)
     unrated_paths: list[str] = field(default_factory=list)
-    ilgnet_written: int = 0  # ratings ilgnet wrote itself: left out
-    problems: list[str] = field(default_factory=list)  # unreadable sidecars, bad CSV rows
+    ilgnet_written: int = 0  # photos whose only ratings were ilgnet's own: left out
+    problems: list[str] = field(default_factory=list)  # unreadable sidecars and catalogs, bad CSV rows
     conflicts: list[str] = field(default_factory=list)
+    set_aside: Counter[str] = field(default_factory=Counter)  # photos per reason (SET_ASIDE keys)
+    catalogs: list[dict[str, object]] = field(default_factory=list)  # per --catalog: what was read
+    missing_on_disk: list[str] = field(default_factory=list)  # photos a catalog lists that are not on disk
+    darktable_initial: int = 1
+    darktable_initial_from: str = "darktable's default"
 
     @property
     def unrated(self) -> int:
@@ -65,18 +112,112 @@ class RatingsReport:
     def sources(self) -> dict[str, int]:
         return dict(Counter(p.source for p in self.photos))
 
+    def set_aside_lines(self) -> list[str]:
+        """One line per reason ratings were not taken for the user's (for the summary)."""
+        lines = []
+        for key, what in SET_ASIDE.items():
+            n = self.set_aside.get(key, 0)
+            if not n:
+                continue
+            line = f"{n} photo(s) with {what}: not yours, ignored"
+            if key == DARKTABLE_DEFAULT:
+                line = (f"{n} photo(s) with darktable's default star ({self.darktable_initial}, "
+                        f"{self.darktable_initial_from}): not yours, ignored (--darktable-initial-rating 0 "
+                        "if darktable gives no stars on import)")
+            elif key == ILGNET_KEPT:
+                line = f"{n} photo(s) with {what}"
+            lines.append(line)
+        for cat in self.catalogs:  # (one that could not be read is among the problems)
+            if cat["kind"]:
+                lines.append(f"catalog {cat['path']} ({cat['kind']}): {cat['photos']} photo(s) on disk, "
+                             f"{cat['with_rating']} with stars, a flag or a reject")
+        if self.missing_on_disk:
+            lines.append(f"{len(self.missing_on_disk)} catalog photo(s) missing on disk, e.g. "
+                         f"{self.missing_on_disk[0]}")
+        return lines
+
+    def summary_json(self) -> dict[str, object]:
+        """What ``learn --json`` adds to its ``ratings`` object."""
+        return {"set_aside": {k: self.set_aside.get(k, 0) for k in SET_ASIDE},
+                "darktable_initial_rating": {"value": self.darktable_initial, "from": self.darktable_initial_from},
+                "catalogs": self.catalogs, "missing_on_disk": len(self.missing_on_disk)}
+
 
 def _fmt(rating: float) -> str:
     return "rejected" if rating == REJECTED else f"{rating:g}"
 
 
-def _usable(rating: float | None, ours: float | None) -> tuple[float | None, bool]:
-    """(the user's rating or None, whether it was ilgnet's own)."""
+# --------------------------------------------------------------------------- one photo's readings
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One source's rating of one photo (unrated sources are not kept)."""
+
+    source: str
+    rating: float  # -1 rejected, 1..5
+    rank: int  # position in the fixed order (lower wins)
+    not_users: str | None = None  # why it is not the user's (a SET_ASIDE key), None when it is
+
+
+RANK_CSV, RANK_FOLDER, RANK_CATALOG, RANK_DARKTABLE, RANK_ADOBE, RANK_EMBEDDED, RANK_EXIF = range(7)
+SIDECAR_RANKS = {"darktable": RANK_DARKTABLE, "adobe": RANK_ADOBE}
+
+
+class _Context:
+    """What classifying a rating needs: the ledger (looked up lazily, per photo) and darktable's
+    initial rating."""
+
+    def __init__(self, ledger: object, darktable_initial: int, notes: list[str]) -> None:
+        from ilgnet_cli.photos.ledger import Ledger
+
+        self.owned = ledger == "default"  # the user's ledger, opened (and closed) here
+        if self.owned:
+            ledger = Ledger()
+        self.ledger: Ledger | None = ledger if isinstance(ledger, Ledger) else None
+        self.darktable_initial = darktable_initial
+        self.notes = notes
+        self._empty: bool | None = None
+        self._stars: dict[str, frozenset[float]] = {}
+
+    def ilgnet_stars(self, image: str) -> Callable[[], frozenset[float]]:
+        def lookup() -> frozenset[float]:
+            if self.ledger is None:
+                return frozenset()
+            if self._empty is None:
+                self._empty = self.ledger.is_empty()
+            if self._empty:
+                return frozenset()
+            key = os.path.realpath(image)
+            if key not in self._stars:
+                self._stars[key] = self.ledger.stars(image)
+            return self._stars[key]
+
+        return lookup
+
+    def classify(self, image: str, rating: float | None, packet: PacketRatings) -> str | None:
+        return not_the_users(rating, packet, self.ilgnet_stars(image), self.darktable_initial)
+
+    def finish(self) -> None:
+        """The ledger's notes into ours; the user's ledger closed."""
+        if self.ledger is not None:
+            self.notes.extend(n for n in self.ledger.notes if n not in self.notes)
+            self.ledger.notes.clear()
+            if self.owned:
+                self.ledger.close()
+
+
+def _packet_readings(image: str, source: str, rank: int, packet: PacketRatings, ctx: _Context) -> list[Reading]:
+    """The readings one XMP packet gives: xmp:Rating (else MicrosoftPhoto:Rating), digiKam's pick label."""
+    rating = packet.rating if packet.rating is not None else packet.microsoft
+    if packet.pick_label == 1:  # digiKam's reject beats any stars
+        return [Reading(f"{source} (digiKam reject)", REJECTED, rank)]
     if rating is None or rating == 0:
-        return None, False
-    if ours is not None and rating == ours:
-        return None, True
-    return rating, False
+        if packet.pick_label == 3:
+            return [Reading(f"{source} (digiKam pick)", 5.0, rank)]
+        return []
+    name = source if packet.rating is not None else f"{source} (MicrosoftPhoto)"
+    return [Reading(name, rating, rank, ctx.classify(image, rating, packet))]
 
 
 class _Folders:
@@ -99,48 +240,38 @@ class _Folders:
         return path.parent / found if found else None
 
 
-def _sidecar_rating(image: str, folders: _Folders, report: RatingsReport) -> tuple[float | None, str, bool]:
-    """(rating, source, ilgnet's own) from the image's sidecars; the newer wins when two differ."""
-    found: list[tuple[float, float, str]] = []  # (mtime, rating, style)
-    ours_seen = False
+def _sidecar_readings(image: str, folders: _Folders, ctx: _Context, problems: list[str],
+                      skip: Path | None = None) -> list[Reading]:
+    out: list[Reading] = []
     for style, path in zip(("adobe", "darktable"), sidecar_paths(image, "both"), strict=True):
         actual = folders.actual(path)
-        if actual is None:
+        if actual is None or (skip is not None and os.path.normcase(str(actual)) == os.path.normcase(str(skip))):
             continue
         try:
-            rating, ours = read_ratings(actual)
-            mtime = os.lstat(actual).st_mtime
+            packet = read_packet(actual)
         except XmpError as exc:
-            report.problems.append(f"unreadable sidecar: {exc}")
+            problems.append(f"unreadable sidecar: {exc}")
             continue
         except OSError as exc:
-            report.problems.append(f"unreadable sidecar: {actual}: {exc.strerror or exc}")
+            problems.append(f"unreadable sidecar: {actual}: {exc.strerror or exc}")
             continue
-        rating, own = _usable(rating, ours)
-        ours_seen |= own
-        if rating is not None:
-            found.append((mtime, rating, style))
-    if not found:
-        return None, "", ours_seen
-    found.sort(key=lambda f: (f[0], f[2] == "darktable"))
-    mtime, rating, style = found[-1]
-    if len({f[1] for f in found}) > 1:
-        others = ", ".join(f"{s} {_fmt(r)}" for _, r, s in found[:-1])
-        report.conflicts.append(f"{image}: sidecars disagree ({style} {_fmt(rating)} vs {others}); "
-                                f"the {style} sidecar (modified last) wins")
-    return rating, f"{style} sidecar", False
+        if packet is not None:
+            out.extend(_packet_readings(image, f"{style} sidecar", SIDECAR_RANKS[style], packet, ctx))
+    return out
 
 
-def embedded_xmp(path: str) -> bytes | None:
-    """The XMP packet inside an image file, or None. Never raises."""
+def _embedded(path: str) -> tuple[bytes | None, float | None]:
+    """(the XMP packet inside an image file, its EXIF Rating/RatingPercent as stars). Never raises."""
     from PIL import Image
 
-    import ilgnet_cli.photos.decode  # noqa: F401 - registers the HEIF opener
+    import ilgnet_cli.data.decode  # noqa: F401 - registers the HEIF opener
 
+    stars = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
+                stars = _exif_stars(img)
                 data = img.info.get("xmp")
                 if data is None and hasattr(img, "tag_v2"):
                     data = img.tag_v2.get(700)
@@ -148,12 +279,31 @@ def embedded_xmp(path: str) -> bytes | None:
                     data = data.encode("utf-8")
                 if isinstance(data, bytes | bytearray) and data.strip(b"\x00 \t\r\n"):
                     # Phones pad or NUL-terminate the packet (iPhone HEIC): not part of the XML.
-                    return bytes(data).strip(b"\x00")
+                    return bytes(data).strip(b"\x00"), stars
                 if hasattr(img, "tag_v2") or img.format in ("JPEG", "MPO"):
-                    return None  # Pillow read the container: nothing embedded
+                    return None, stars  # Pillow read the container: nothing embedded
     except Exception:  # noqa: BLE001 - a file Pillow cannot open may still hold a packet
         pass
-    return _scan_packet(path)
+    return _scan_packet(path), stars
+
+
+def _exif_stars(img: object) -> float | None:
+    """EXIF IFD0 Rating (0x4746, 0-5) or else RatingPercent (0x4749), as Windows writes them."""
+    try:
+        exif = img.getexif()  # type: ignore[attr-defined]
+        rating, percent = exif.get(0x4746), exif.get(0x4749)
+    except Exception:  # noqa: BLE001 - EXIF parsers raise anything on broken files
+        return None
+    if isinstance(rating, int) and not isinstance(rating, bool) and 1 <= rating <= 5:
+        return float(rating)
+    if isinstance(percent, int) and not isinstance(percent, bool):
+        return percent_stars(str(percent))
+    return None
+
+
+def embedded_xmp(path: str) -> bytes | None:
+    """The XMP packet inside an image file, or None. Never raises."""
+    return _embedded(path)[0]
 
 
 def _scan_packet(path: str) -> bytes | None:
@@ -169,36 +319,71 @@ def _scan_packet(path: str) -> bytes | None:
     return head[start:end + len(b"</x:xmpmeta>")] if end >= 0 else None
 
 
-def _embedded_rating(image: str, report: RatingsReport) -> tuple[float | None, bool]:
-    data = embedded_xmp(image)
-    if data is None:
-        return None, False
-    try:
-        rating, ours = read_ratings(f"{image} (embedded XMP)", data)
-    except XmpError as exc:
-        report.problems.append(f"unreadable embedded XMP: {exc}")
-        return None, False
-    return _usable(rating, ours)
+def _embedded_readings(image: str, ctx: _Context, problems: list[str]) -> list[Reading]:
+    data, exif_stars = _embedded(image)
+    out: list[Reading] = []
+    if data is not None:
+        try:
+            packet = read_packet(f"{image} (embedded XMP)", data)
+        except XmpError as exc:
+            problems.append(f"unreadable embedded XMP: {exc}")
+            packet = None
+        if packet is not None:
+            out.extend(_packet_readings(image, "embedded XMP", RANK_EMBEDDED, packet, ctx))
+    if exif_stars is not None:
+        out.append(Reading("EXIF Rating", exif_stars, RANK_EXIF, ctx.classify(image, exif_stars, PacketRatings())))
+    return out
 
 
-def xmp_ratings(files: list[str]) -> RatingsReport:
-    """Ratings of ``files`` from their sidecars, else their embedded XMP."""
-    report = RatingsReport()
-    folders = _Folders()
-    for image in files:
-        rating, source, own_sidecar = _sidecar_rating(image, folders, report)
-        embedded, own_embedded = _embedded_rating(image, report)
-        if rating is not None and embedded is not None and embedded != rating:
-            report.conflicts.append(f"{image}: sidecar says {_fmt(rating)}, embedded XMP {_fmt(embedded)}; "
-                                    "the sidecar wins (as in Lightroom)")
-        if rating is None and embedded is not None:
-            rating, source = embedded, "embedded XMP"
-        if rating is not None:
-            report.photos.append(RatedPhoto(image, rating, source))
-        elif own_sidecar or own_embedded:
+def file_readings(image: str, ctx: _Context, problems: list[str], folders: _Folders | None = None,
+                  skip: Path | None = None) -> list[Reading]:
+    """Every rating the photo's own files hold: its sidecars (but ``skip``), embedded XMP, EXIF."""
+    return (_sidecar_readings(image, folders or _Folders(), ctx, problems, skip)
+            + _embedded_readings(image, ctx, problems))
+
+
+# --------------------------------------------------------------------------- choosing
+
+
+@dataclass
+class _Photo:
+    path: str
+    readings: list[Reading] = field(default_factory=list)
+
+
+def _choose(photo: _Photo, report: RatingsReport) -> None:
+    """The user's rating of one photo by the fixed order; what was set aside is counted."""
+    for reason in {r.not_users for r in photo.readings if r.not_users}:
+        report.set_aside[reason] += 1
+    users = sorted((r for r in photo.readings if r.not_users is None), key=lambda r: r.rank)
+    if not users:
+        if any(r.not_users in ILGNET_OWN for r in photo.readings):
             report.ilgnet_written += 1
         else:
-            report.unrated_paths.append(image)
+            report.unrated_paths.append(photo.path)
+        return
+    best = users[0]
+    others = [r for r in users[1:] if r.rating != best.rating]
+    if others:
+        said = ", ".join(f"{r.source} {_fmt(r.rating)}" for r in others)
+        report.conflicts.append(f"{photo.path}: {best.source} says {_fmt(best.rating)}, {said}; "
+                                f"{best.source} wins")
+    report.photos.append(RatedPhoto(photo.path, best.rating, best.source))
+
+
+def _key(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def xmp_ratings(files: list[str], *, ledger: object = None, darktable_initial: int = 1) -> RatingsReport:
+    """Ratings of ``files`` from their sidecars, embedded XMP and EXIF (``ledger``: a
+    :class:`ledger.Ledger` to recognise ilgnet's stars by, None: only ``ilgnet:Rating``)."""
+    report = RatingsReport(darktable_initial=darktable_initial)
+    ctx = _Context(ledger, darktable_initial, report.problems)
+    folders = _Folders()
+    for image in files:
+        _choose(_Photo(image, file_readings(image, ctx, report.problems, folders)), report)
+    ctx.finish()
     return report
 
 
@@ -270,10 +455,6 @@ def csv_ratings(path: str | os.PathLike[str]) -> RatingsReport:
     return _dedupe(report)
 
 
-def _key(path: str) -> str:
-    return os.path.realpath(path)
-
-
 def _dedupe(report: RatingsReport) -> RatingsReport:
     """One rating per photo: the first wins, a different later one is a conflict."""
     seen: dict[str, RatedPhoto] = {}
@@ -290,24 +471,81 @@ def _dedupe(report: RatingsReport) -> RatingsReport:
 
 def collect(paths: Sequence[str | os.PathLike[str]], *, keep: list | None = None, reject: list | None = None,
             ratings_csv: str | os.PathLike[str] | None = None, selection: Selection | None = None,
-            missing: list[str] | None = None) -> RatingsReport:
-    """All ratings: CSV, then keep/reject folders, then the XMP of the images under ``paths``."""
-    parts = []
+            missing: list[str] | None = None, catalogs: Sequence[str | os.PathLike[str]] | None = None,
+            darktable_initial_rating: int | None = None, ledger: object = "default") -> RatingsReport:
+    """All ratings: CSV, keep/reject folders, ``catalogs``, and the sidecars, embedded XMP and
+    EXIF of the images under ``paths``; one per photo by the fixed order (module docstring).
+
+    ``darktable_initial_rating``: darktable's initial rating (None: its settings, else 1);
+    ``ledger``: the :class:`ledger.Ledger` of ilgnet's stars ("default": the user's; None: none).
+    """
+    from ilgnet_cli.photos.catalogs import darktable_initial_rating as initial_rating
+    from ilgnet_cli.photos.catalogs import read_catalog
+
+    report = RatingsReport()
+    read = [read_catalog(c) for c in catalogs or []]
+    report.darktable_initial, report.darktable_initial_from = initial_rating(darktable_initial_rating, read)
+    ctx = _Context(ledger, report.darktable_initial, report.problems)
+    photos: dict[str, _Photo] = {}  # by real path, in the order first met
+
+    def photo(path: str) -> _Photo:
+        return photos.setdefault(_key(path), _Photo(path))
+
+    explicit = []
     if ratings_csv is not None:
-        parts.append(csv_ratings(ratings_csv))
+        explicit.append((csv_ratings(ratings_csv), RANK_CSV))
     if keep or reject:
-        parts.append(folder_ratings(keep or [], reject or [], selection))
+        explicit.append((folder_ratings(keep or [], reject or [], selection), RANK_FOLDER))
+    for part, rank in explicit:
+        report.problems.extend(part.problems)
+        report.conflicts.extend(part.conflicts)
+        for p in part.photos:
+            photo(p.path).readings.append(Reading(p.source, p.rating, rank))
+        for u in part.unrated_paths:
+            photo(u)
+    for cat in read:
+        report.problems.extend(cat.problems)
+        report.catalogs.append(cat.summary())
+        report.missing_on_disk.extend(cat.missing)
+        for e in cat.entries:
+            ph = photo(e.path)
+            if e.pick:
+                ph.readings.append(Reading(f"{cat.source} (pick)", 5.0, RANK_CATALOG))
+            elif e.rating is not None:
+                why = ctx.classify(e.path, e.rating, PacketRatings(darktable=e.darktable))
+                ph.readings.append(Reading(cat.source, e.rating, RANK_CATALOG, why))
     if paths:
-        parts.append(xmp_ratings(list(find_images(paths, selection, missing))))
-    merged = RatingsReport()
-    for part in parts:
-        merged.photos.extend(part.photos)
-        merged.problems.extend(part.problems)
-        merged.conflicts.extend(part.conflicts)
-        merged.ilgnet_written += part.ilgnet_written
-    merged = _dedupe(merged)
-    # A photo unrated in its XMP but rated in the CSV or a folder is rated.
-    rated = {_key(p.path) for p in merged.photos}
-    unrated = {_key(u): u for part in parts for u in part.unrated_paths if _key(u) not in rated}
-    merged.unrated_paths = list(unrated.values())
-    return merged
+        folders = _Folders()
+        for image in find_images(paths, selection, missing):
+            photo(image).readings.extend(file_readings(image, ctx, report.problems, folders))
+    for ph in photos.values():
+        _choose(ph, report)
+    ctx.finish()
+    return report
+
+
+def sidecar_contexts(plans: Sequence[tuple[str, Path]], darktable_initial_rating: int | None = None, *,
+                     use_ledger: bool = True, notes: list[str] | None = None) -> list[RatingContext]:
+    """For each (image, sidecar about to be written): what its other sources say (the other
+    sidecar style, embedded XMP, EXIF), read before anything is written, for ``score --xmp``."""
+    from ilgnet_cli.photos.catalogs import darktable_initial_rating as initial_rating
+
+    initial, _ = initial_rating(darktable_initial_rating)
+    notes = notes if notes is not None else []
+    ctx = _Context("default" if use_ledger else None, initial, notes)
+    folders = _Folders()
+    targets = {os.path.normcase(str(sidecar)) for _, sidecar in plans}
+    out = []
+    for image, sidecar in plans:
+        problems: list[str] = []
+        readings = file_readings(image, ctx, problems, folders, skip=sidecar)
+        # A sidecar that is itself about to be written reports its own problem when it is.
+        notes.extend(f"not read before writing: {p}" for p in problems
+                     if not any(t in os.path.normcase(p) for t in targets))
+        users = sorted((r for r in readings if r.not_users is None), key=lambda r: r.rank)
+        hand = (users[0].rating, users[0].source) if users else None
+        # ilgnet's stars classify the sidecar's own rating: none to classify in a new sidecar.
+        stars = ctx.ilgnet_stars(image)() if os.path.lexists(sidecar) else frozenset()
+        out.append(RatingContext(ilgnet_stars=stars, darktable_initial=initial, hand=hand))
+    ctx.finish()
+    return out

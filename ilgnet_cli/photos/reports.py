@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import stat
 import statistics
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,17 +23,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
-from rich.table import Table
+from rich.text import Text
 
-from ilgnet_cli import __version__
+from ilgnet_cli._version import __version__
 from ilgnet_cli.errors import UsageError
-from ilgnet_cli.fsutil import atomic_write_text, copy_new, display, escape_controls, json_escaped, printable
+from ilgnet_cli.photos.discover import EXPORT_MANIFEST
 from ilgnet_cli.photos.exif import ExifInfo
-from ilgnet_cli.photos.scoring import ScoreResult, ScoreRun
+from ilgnet_cli.photos.results import ScoreResult, ScoreRun
+from ilgnet_cli.runtime.fsutil import atomic_write_text, copy_new
+from ilgnet_cli.runtime.text import display, escape_controls, json_escaped, printable, strict_json
 
 FORMATS = ("table", "csv", "json", "html")
 CSV_FIELDS = ("rank", "score", "path", "status", "error", "width", "height", "format", "captured", "camera",
-              "lens", "exposure", "aperture", "iso", "focal_length", "has_gps", "sharpness", "burst", "keeper", "note")
+              "lens", "exposure", "aperture", "iso", "focal_length", "has_gps", "sharpness", "precision", "decode",
+              "burst", "keeper", "note")
 
 # Below this short side (in stored pixels) the model sees mostly upscaling blur, and its score
 # means little: such photos are scored but marked in every report.
@@ -41,7 +45,7 @@ TINY_SIDE = 64
 
 def note_for(result: ScoreResult) -> str | None:
     """A warning that goes with the score ("tiny: 1x1, upscaled"), or None."""
-    notes = [str(result.info["note"])] if isinstance(result.info.get("note"), str) else []
+    notes = []
     w, h = result.width, result.height
     if result.ok and isinstance(w, int) and isinstance(h, int) and min(w, h) < TINY_SIDE:
         notes.append(f"tiny: {w}x{h}, upscaled")
@@ -49,7 +53,7 @@ def note_for(result: ScoreResult) -> str | None:
 
 
 def exif_of(result: ScoreResult) -> ExifInfo:
-    return ExifInfo.from_json(result.info.get("exif"))
+    return result.exif
 
 
 def record(result: ScoreResult, rank: int | None) -> dict[str, Any]:
@@ -72,10 +76,11 @@ def record(result: ScoreResult, rank: int | None) -> dict[str, Any]:
         "focal_length": exif.focal_length,
         "has_gps": exif.has_gps,
         "exif_error": exif.error,
-        "sharpness": result.info.get("sharpness"),
-        "precision": result.info.get("precision"),
-        "burst": result.info.get("burst"),
-        "keeper": result.info.get("keeper"),
+        "sharpness": result.sharpness,
+        "precision": result.precision,
+        "decode": result.decode,
+        "burst": result.burst.id if result.burst else None,
+        "keeper": result.burst.keeper if result.burst else None,
         "note": note_for(result),
     }
 
@@ -102,7 +107,7 @@ def to_json(run: ScoreRun, min_score: float | None = None, top: int | None = Non
         "results": [record(r, i) for i, r in enumerate(rows, 1)],
         "errors": [{"path": r.path, "reason": r.error} for r in run.errors],
     }
-    return json_escaped(json.dumps(payload, indent=2, ensure_ascii=False))
+    return json_escaped(strict_json(payload, indent=2, ensure_ascii=False))
 
 
 def to_csv(run: ScoreRun, min_score: float | None = None, top: int | None = None) -> str:
@@ -135,10 +140,60 @@ def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
     return {k: csv_cell(v) for k, v in row.items()}
 
 
-def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> Table:
+def keepers(run: ScoreRun, min_score: float | None = None, top: int | None = None) -> list[ScoreResult]:
+    """What ``--copy-top``/``--link-top`` export: the best ``top`` photos, and with bursts only
+    each burst's keeper (a burst's blurred frames are never exported as keepers)."""
+    rows = selected(run, min_score, top)
+    if run.bursts is not None:
+        rows = [r for r in rows if r.burst is None or r.burst.keeper]
+    return rows
+
+
+def shown_path(path: str, roots: list[str]) -> str:
+    """``path`` as the table shows it: relative to the folder argument it was found under (the
+    longest that holds it), else as given."""
+    absolute = os.path.abspath(path)
+    best = None
+    for root in roots:
+        r = os.path.abspath(root)
+        if os.path.isdir(r) and (absolute == r or absolute.startswith(r.rstrip(os.sep) + os.sep)):
+            if best is None or len(r) > len(best):
+                best = r
+    return os.path.relpath(absolute, best) if best is not None else path
+
+
+def middle(text: str, width: int) -> str:
+    """``text`` cut to ``width`` terminal cells in the middle (``IMG_00…/DSC_0001.JPG``): a file
+    name's end (its number, its extension) says the most."""
+    from rich.cells import cell_len
+
+    if cell_len(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    keep = width - 1
+    head, tail = "", ""
+    left, right = keep // 2, keep - keep // 2
+    for ch in text:
+        if cell_len(head + ch) > left:
+            break
+        head += ch
+    for ch in reversed(text):
+        if cell_len(ch + tail) > right:
+            break
+        tail = ch + tail
+    return head + "…" + tail
+
+
+def terminal_table(run: ScoreRun, top: int, min_score: float | None = None, *,
+                   roots: Iterable[str | os.PathLike[str]] = (), width: int = 80) -> Text:
+    """The best ``top`` rows, one terminal line each within ``width`` columns: file paths relative
+    to the folder given on the command line and cut in the middle, never wrapped."""
+    from rich.cells import cell_len
+
     rows = selected(run, min_score, top)
     if run.bursts is not None:  # one row per burst: its keeper
-        rows = [r for r in rows if r.info.get("keeper")]
+        rows = [r for r in rows if r.burst is not None and r.burst.keeper]
         total = len([b for b in run.bursts if min_score is None or b.keeper.score >= min_score])
         real = sum(len(b.members) > 1 for b in run.bursts)
         title = (f"ILGNet scores — best {len(rows)} of {total} shots and bursts "
@@ -146,29 +201,43 @@ def terminal_table(run: ScoreRun, top: int, min_score: float | None = None) -> T
     else:
         total = len(selected(run, min_score))
         title = f"ILGNet scores — top {len(rows)} of {total} ({run.weights_name})"
-    table = Table(title=_plain(display(title)), title_justify="left")
-    table.add_column("rank", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("file", overflow="fold")
-    table.add_column("date")
-    table.add_column("camera", overflow="fold")
+    root_list = [os.fspath(r) for r in roots]
+    cols: dict[str, list[str]] = {
+        "rank": [str(i) for i in range(1, len(rows) + 1)],
+        "score": [f"{r.score:.4f}" for r in rows],
+        "file": [display(shown_path(r.path, root_list)) for r in rows],
+        "date": [display((r.exif.captured or "")[:16].replace("T", " ")) for r in rows],
+        "camera": [display(r.exif.camera) for r in rows],
+    }
     if run.bursts is not None:
-        table.add_column("burst", justify="right")
-    notes = [note_for(r) for r in rows]
+        cols["burst"] = [f"keeper of {r.burst.size}" if r.burst and r.burst.size > 1 else "" for r in rows]
+    notes = [display(note_for(r)) if note_for(r) else "" for r in rows]
     if any(notes):
-        table.add_column("note", style="yellow", overflow="fold")
-    for i, (r, note) in enumerate(zip(rows, notes, strict=True), 1):
-        exif = exif_of(r)
-        date = (exif.captured or "")[:19].replace("T", " ")
-        # Rich markup in file names and EXIF must print literally, terminal controls escaped.
-        cells = [str(i), f"{r.score:.4f}", _plain(display(r.path)), _plain(display(date)), _plain(display(exif.camera))]
-        if run.bursts is not None:
-            size = r.info.get("burst_size", 1)  # a single shot is no burst
-            cells.append(f"keeper of {size}" if isinstance(size, int) and size > 1 else "")
-        if any(notes):
-            cells.append(_plain(display(note)))
-        table.add_row(*cells)
-    return table
+        cols["note"] = notes
+    caps = {"camera": 22, "note": 24}
+    widths = {k: min(caps.get(k, 10_000), max([cell_len(k), *(cell_len(v) for v in vs)])) for k, vs in cols.items()}
+    gap = 2
+    rest = width - sum(w + gap for k, w in widths.items() if k != "file")
+    for drop in ("note", "camera", "date"):  # a narrow terminal: the file name matters most
+        if rest >= 16 or drop not in widths:
+            continue
+        rest += widths.pop(drop) + gap
+        cols.pop(drop)
+    widths["file"] = max(8, min(widths["file"], rest))
+    right = {"rank", "score"}
+
+    def cell(key: str, text: str) -> str:
+        text = middle(text, widths[key])
+        pad = " " * (widths[key] - cell_len(text))
+        return pad + text if key in right else text + pad
+
+    out = Text(no_wrap=True, overflow="crop")
+    out.append(middle(display(title), width) + "\n", style="bold")
+    out.append((" " * gap).join(cell(k, k) for k in cols).rstrip() + "\n", style="dim")
+    for i in range(len(rows)):
+        out.append((" " * gap).join(cell(k, cols[k][i]) for k in cols).rstrip() + "\n")
+    out.rstrip()
+    return out
 
 
 def _plain(text: str | None) -> str:
@@ -286,11 +355,47 @@ def histogram_svg(dist: Distribution, bins: int = 20, width: int = 640, height: 
 # --------------------------------------------------------------------------- HTML
 
 
+# A thumbnail is decoded in a worker process under a deadline, as photos are when scored: a file that
+# hangs or crashes its decoder costs only its preview, never the report.
+THUMBNAIL_TIMEOUT_S = 60
+
+
+def make_thumbnails(jobs: list[tuple[str, int]], max_pixels: int | None = None,
+               timeout: float = THUMBNAIL_TIMEOUT_S) -> dict[tuple[str, int], str | None]:
+    """Data URIs of (path, size) thumbnails, made in worker processes; None where the photo could
+    not be decoded in ``timeout`` seconds (the stuck worker is ended)."""
+    import multiprocessing as mp
+
+    from ilgnet_cli.runtime.system import default_signals, default_workers
+
+    out: dict[tuple[str, int], str | None] = {}
+    todo = list(dict.fromkeys(jobs))
+    ctx = mp.get_context("spawn" if os.name == "nt" else "fork")
+    while todo:
+        pool = ctx.Pool(min(default_workers(), len(todo)), initializer=default_signals, maxtasksperchild=50)
+        try:
+            pending = [(job, pool.apply_async(thumbnail_data_uri, (job[0], job[1], max_pixels))) for job in todo]
+            todo = []
+            for i, (job, res) in enumerate(pending):
+                try:
+                    out[job] = res.get(timeout)
+                except mp.TimeoutError:
+                    out[job] = None  # the stuck one: the pool is ended, the rest start again
+                    todo = [j for j, _ in pending[i + 1:] if j not in out]
+                    break
+                except Exception:  # noqa: BLE001 - a decoder crash in the worker: no preview
+                    out[job] = None
+        finally:
+            pool.terminate()
+            pool.join()
+    return out
+
+
 def thumbnail_data_uri(path: str, size: int = 240, max_pixels: int | None = None) -> str | None:
     """A small JPEG of the photo (orientation applied) as a data: URI, or None if undecodable."""
     from PIL import Image
 
-    from ilgnet_cli.photos.decode import DecodeError, decode
+    from ilgnet_cli.data.decode import DecodeError, decode
 
     try:
         rgb = decode(path, draft=size, max_pixels=max_pixels).rgb
@@ -366,7 +471,7 @@ def _groups(run: ScoreRun, rows: list[ScoreResult]) -> list[list[ScoreResult]]:
         return [[r] for r in rows]
     cells: list[list[ScoreResult]] = []
     for r in rows:
-        if r.info.get("keeper") or not cells:
+        if (r.burst is not None and r.burst.keeper) or not cells:
             cells.append([r])
         else:
             cells[-1].append(r)
@@ -383,8 +488,13 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
     def esc(text: str) -> str:  # untrusted text: markup escaped, controls and bidi overrides visible
         return html.escape(display(text))
 
+    rows = selected(run, min_score, top)
+    cells = _groups(run, rows)
+    wanted = [(c[0].path, 240) for c in cells] + [(m.path, 160) for c in cells if len(c) > 1 for m in c[1:]]
+    previews = make_thumbnails(wanted, max_pixels) if thumbnails else {}
+
     def picture(r: ScoreResult, size: int, inner: str = "", css: str = "") -> str:
-        uri = thumbnail_data_uri(r.path, size=size, max_pixels=max_pixels) if thumbnails else None
+        uri = previews.get((r.path, size))
         name = os.path.basename(r.path)
         img = (f'<img src="{esc(uri)}" alt="{esc(name)}" loading="lazy">' if uri
                else '<div class="noimg">no preview</div>')
@@ -399,9 +509,8 @@ def to_html(run: ScoreRun, top: int | None = None, min_score: float | None = Non
                 + f'<br><span class="name" title="{esc(r.path)}">{esc(os.path.basename(r.path))}</span>'
                 f'<br><span class="exif">{esc(_caption(exif_of(r)))}</span></figcaption>')
 
-    rows = selected(run, min_score, top)
     figures = []
-    for rank, cell in enumerate(_groups(run, rows), 1):
+    for rank, cell in enumerate(cells, 1):
         first = cell[0]
         if len(cell) == 1:  # a single shot, or a burst of one: an ordinary cell
             figures.append(f'<figure class="shot">{picture(first, 240)}{caption(f"#{rank}", first)}</figure>')
@@ -458,28 +567,122 @@ def guess_format(output: str | Path | None, fmt: str | None) -> str:
     return {"htm": "html"}.get(suffix, suffix) if suffix in ("csv", "json", "html", "htm") else "table"
 
 
-def export_top(results: Iterable[ScoreResult], dest: str | Path, *, link: bool = False) -> list[Path]:
+MAX_MANIFEST = 16 << 20
+
+
+@dataclass
+class Export:
+    """What ``--copy-top``/``--link-top`` did in ``folder``."""
+
+    folder: Path
+    added: list[Path] = field(default_factory=list)
+    kept: list[Path] = field(default_factory=list)  # already there from an earlier run (renamed to the new rank)
+    removed_from_ranking: list[Path] = field(default_factory=list)  # earlier keepers no longer ranked: left in place
+
+
+def _read_manifest(dest: Path) -> dict[str, dict[str, Any]]:
+    from ilgnet_cli.runtime.fsutil import UnreadableFile, read_json_object
+
+    try:
+        raw = read_json_object(dest / EXPORT_MANIFEST, MAX_MANIFEST)
+    except (OSError, UnreadableFile):
+        return {}
+    entries = raw.get("files")
+    if not isinstance(entries, dict):
+        return {}
+    out = {}
+    for name, entry in entries.items():
+        if (isinstance(name, str) and name and "/" not in name and os.sep not in name and name not in (".", "..")
+                and isinstance(entry, dict) and isinstance(entry.get("source"), str)):
+            out[name] = entry
+    return out
+
+
+def _source_stamp(path: str) -> dict[str, Any]:
+    st = os.stat(path)
+    return {"source": os.path.realpath(path), "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+
+
+def _still_ours(target: Path, entry: dict[str, Any], link: bool) -> bool:
+    """The file an earlier run exported is still what it exported (a copy or link of the same,
+    unchanged photo), so it need not be exported again."""
+    try:
+        st = os.lstat(target)
+        src = os.stat(entry["source"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+    if (src.st_size, src.st_mtime_ns) != (entry.get("source_size"), entry.get("source_mtime_ns")):
+        return False
+    if link:
+        return stat.S_ISLNK(st.st_mode) and os.readlink(target) == entry["source"]
+    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (entry.get("size"), entry.get("mtime_ns"))
+
+
+def export_top(results: Iterable[ScoreResult], dest: str | Path, *, link: bool = False) -> Export:
     """Copy (or symlink) ranked files into ``dest`` as ``NNN_name``; never overwrites anything.
 
-    The free-name check and the write are one step (a hard link or symlink to a name fails if
-    anything is there), so a file or link that appears in ``dest`` meanwhile is never replaced."""
+    Idempotent: a photo an earlier run already exported (and that is unchanged) is not exported
+    again, only renamed to its new rank when that name is free; earlier keepers that dropped out of
+    the ranking are left where they are and counted. The folder's manifest
+    (``.ilgnet-export.json``) remembers what ilgnet put there, and marks the folder so that a
+    later run over a tree holding it never scores the copies. The free-name check and the write
+    are one step (a hard link or symlink to a name fails if anything is there), so a file or link
+    that appears in ``dest`` meanwhile is never replaced."""
+    from ilgnet_cli.runtime.fsutil import atomic_write_text
+
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob(".ilgnet-copy.*.tmp"):  # a copy cut short by kill -9: ours, never a keeper
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink(missing_ok=True)
+    manifest = _read_manifest(dest)
+    exported_of = {e["source"]: name for name, e in manifest.items() if _still_ours(dest / name, e, link)}
     rows = list(results)
     width = max(3, len(str(len(rows))))
-    written = []
+    done = Export(dest)
     for i, r in enumerate(rows, 1):
-        for target in _free_names(dest, f"{i:0{width}d}_{os.path.basename(r.path)}"):
+        try:
+            stamp = _source_stamp(r.path)
+        except OSError:
+            continue
+        wanted = _fit_name(f"{i:0{width}d}_{os.path.basename(r.path)}")
+        old = exported_of.pop(stamp["source"], None)
+        if old is not None:
+            target = dest / old
+            if old != wanted and not os.path.lexists(dest / wanted):
+                try:  # link() fails if the name was taken meanwhile; nothing is ever replaced
+                    os.link(target, dest / wanted, follow_symlinks=False)
+                    os.unlink(target)
+                    manifest[wanted] = manifest.pop(old)
+                    target = dest / wanted
+                except OSError:
+                    pass
+            done.kept.append(target)
+            continue
+        for target in _free_names(dest, wanted):
             try:
                 if link:
-                    os.symlink(os.path.abspath(r.path), target)
+                    os.symlink(stamp["source"], target)
                 else:
                     copy_new(r.path, target)
             except FileExistsError:
                 continue
-            written.append(target)
+            st = os.lstat(target)
+            manifest[target.name] = {**stamp, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "link": link}
+            done.added.append(target)
             break
-    return written
+    done.removed_from_ranking = sorted(dest / name for name in exported_of.values())
+    atomic_write_text(dest / EXPORT_MANIFEST, json.dumps({"generator": f"ilgnet {__version__}", "files": manifest},
+                                                         indent=1) + "\n")
+    return done
+
+
+def _fit_name(name: str) -> str:
+    first = Path(name)
+    stem, suffix = first.stem, first.suffix
+    if len(os.fsencode(suffix)) > 32:
+        stem, suffix = name, ""
+    return _fit(stem, suffix)
 
 
 NAME_MAX = 255  # bytes, on every common file system

@@ -4,8 +4,14 @@
   ``IMG_0001.JPG.xmp``. Both carry ``xmp:Rating`` (1-5) plus ``ilgnet:Score``,
   ``ilgnet:Model`` and ``ilgnet:Rating`` (the rating ilgnet wrote, to tell it from a hand rating).
 * An existing sidecar is merged: every other element, attribute, namespace, comment and the
-  ``<?xpacket?>`` wrapper are kept; a rating the user set by hand (one that differs from
-  ``ilgnet:Rating``) is kept unless ``overwrite_ratings``.
+  ``<?xpacket?>`` wrapper are kept; a rating the user set by hand is kept unless
+  ``overwrite_ratings``. Not hand ratings (:func:`not_the_users`, the rule ``learn`` uses too):
+  one equal to ``ilgnet:Rating``, ilgnet's copy of the user's rating (``ilgnet:KeptRating``),
+  any star the ledger says ilgnet wrote for the photo (a photo manager's copy), and darktable's
+  default (its initial rating, in a sidecar darktable wrote). ``write_sidecars`` first reads
+  the photo's other sources (the other sidecar style, embedded XMP, EXIF): a rating the user
+  made there is written instead of ilgnet's guess, as ``ilgnet:KeptRating``, so that the photo
+  manager reading this sidecar shows the user's rating, never ilgnet's.
 * Parsing is defused (no DTDs, no entity expansion, no external entities): a hostile sidecar
   is refused and left untouched. The image file itself is never opened for writing.
 * Encodings: the BOM, else the null-byte pattern of the first ``<`` (UTF-16/32 without a BOM),
@@ -21,8 +27,8 @@
   point out of the photo's folder); a FIFO or device is never opened. Before anything is
   written the result is decoded and parsed again.
 * An existing ``xmp:Rating`` counts as a hand rating only when it is a real XMP rating (-1 for
-  rejected, or 1-5; XMP allows reals such as 3.5) that differs from ``ilgnet:Rating``; anything
-  else ('abc', '99', '-5') is no rating, and is replaced.
+  rejected, or 1-5; XMP allows reals such as 3.5) that is not ilgnet's or darktable's default
+  (above); anything else ('abc', '99', '-5') is no rating, and is replaced.
 * A hard-linked sidecar is replaced by a new file (atomic rename), never written through: the
   other names keep their content.
 * Two images with one sidecar (``a.CR2`` + ``a.JPG`` in Adobe style; names that differ only in
@@ -40,21 +46,29 @@ import re
 import stat
 import unicodedata
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from ilgnet_cli.errors import IlgnetError, UsageError
+from ilgnet_cli.runtime.text import clip
 
 NS = {
     "x": "adobe:ns:meta/",
     "rdf": "http://www.w3.org/1999/02/22-rdf-syntax-ns#",
     "xmp": "http://ns.adobe.com/xap/1.0/",
     "ilgnet": "https://github.com/ilgnet/ilgnet-cli/ns/1.0/",
+}
+# Read, never written: whose sidecar it is, and ratings other programs keep in XMP.
+READ_NS = {
+    "darktable": "http://darktable.sf.net/",  # every sidecar darktable writes declares it
+    "MicrosoftPhoto": "http://ns.microsoft.com/photo/1.0/",  # Windows: Rating in percent
+    "digiKam": "http://www.digikam.org/ns/1.0/",  # PickLabel: 0 none, 1 rejected, 2 pending, 3 accepted
 }
 STYLES = ("adobe", "darktable", "both")
 XML_NS = "http://www.w3.org/XML/1998/namespace"
@@ -115,11 +129,6 @@ def stars_for(scores: list[float], spec: str) -> list[int]:
 def _q(prefix: str, name: str) -> str:
     return f"{{{NS[prefix]}}}{name}"
 
-
-def _cut(text: str, limit: int = 80) -> str:
-    """``text`` for a one-line message: unprintable characters shown as U+FFFD, long values cut."""
-    text = "".join(ch if ch.isprintable() else "\ufffd" for ch in text[:limit + 1])
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # Characters XML 1.0 allows; anything else in a value we write (a model name with control
@@ -187,10 +196,10 @@ def _sniff(data: bytes, path: Path) -> _Encoding:
     try:
         info = codecs.lookup(name)
     except LookupError:
-        raise XmpError(f"{path}: unknown encoding {_cut(name)!r}") from None
+        raise XmpError(f"{path}: unknown encoding {clip(name)!r}") from None
     if not getattr(info, "_is_text_encoding", True) or info.name.startswith(("utf-16", "utf-32")):
         # rot13/hex are not text; a UTF-16/32 declaration in 8-bit bytes is a lie.
-        raise XmpError(f"{path}: unusable encoding {_cut(name)!r}")
+        raise XmpError(f"{path}: unusable encoding {clip(name)!r}")
     return _Encoding(info.name)
 
 
@@ -227,7 +236,7 @@ def _decode(data: bytes, path: Path) -> tuple[str, _Encoding]:
     except UnicodeDecodeError as exc:
         raise XmpError(f"{path}: cannot decode as {enc.codec} (byte {exc.start + len(enc.bom)})") from None
     except UnicodeError as exc:  # codecs such as idna raise their own
-        raise XmpError(f"{path}: cannot decode as {enc.codec} ({_cut(str(exc))})") from None
+        raise XmpError(f"{path}: cannot decode as {enc.codec} ({clip(str(exc))})") from None
     try:
         same = text.encode(enc.codec) == body
     except UnicodeError:
@@ -311,11 +320,11 @@ def _parse(text: str, path: Path) -> _Doc:
     except DefusedXmlException as exc:
         raise XmpError(f"{path}: refused, unsafe XML ({type(exc).__name__})") from None
     except ET.ParseError as exc:
-        raise XmpError(f"{path}: not valid XML ({_cut(str(exc))})") from None
+        raise XmpError(f"{path}: not valid XML ({clip(str(exc))})") from None
     if root is None or builder.root_start is None or builder.root_end is None:
         raise XmpError(f"{path}: no XML element")
     if root.tag not in ROOTS:
-        raise XmpError(f"{path}: not an XMP packet (its root is {_cut(str(root.tag))!r})")
+        raise XmpError(f"{path}: not an XMP packet (its root is {clip(str(root.tag))!r})")
     raw = text.encode("utf-8")  # expat's offsets count UTF-8 bytes
     start, end = builder.root_start, builder.root_end
     if end == start or raw.startswith(b"</", end):  # expat marks an end tag at its '<'
@@ -360,6 +369,15 @@ def _set(descs: list[ET.Element], key: str, value: str, path: Path) -> None:
         child.text = value
 
 
+def _remove(descs: list[ET.Element], key: str) -> None:
+    """Drop ``key`` (attribute or simple element) wherever it is."""
+    for desc in descs:
+        desc.attrib.pop(key, None)
+        for child in desc.findall(key):
+            if not len(child):
+                desc.remove(child)
+
+
 def _as_rating(value: str | None) -> float | None:
     """``value`` as an XMP rating (-1 rejected, 0 unrated, up to 5); None when it is not one."""
     try:
@@ -374,16 +392,114 @@ def read_ratings(path: str | Path, data: bytes | None = None) -> tuple[float | N
     (embedded in an image; ``path`` then only names it in messages); None where absent or not a
     rating. Read with the same defused, capped parser as merging: raises XmpError (one line)
     for what it refuses, OSError for a file it cannot read. No sidecar: (None, None)."""
+    packet = read_packet(path, data)
+    return (packet.rating, packet.ours) if packet is not None else (None, None)
+
+
+@dataclass(frozen=True)
+class PacketRatings:
+    """What one XMP packet says about its photo's rating, and who wrote it."""
+
+    rating: float | None = None  # xmp:Rating (-1 rejected, 0 unrated, up to 5)
+    ours: float | None = None  # ilgnet:Rating: the star ilgnet guessed
+    kept: float | None = None  # ilgnet:KeptRating: the user's rating ilgnet copied here from elsewhere
+    microsoft: float | None = None  # MicrosoftPhoto:Rating as stars
+    pick_label: int | None = None  # digiKam:PickLabel
+    darktable: bool = False  # written by darktable (its namespace is in the packet)
+
+
+def percent_stars(value: str | None) -> float | None:
+    """Windows' MicrosoftPhoto:Rating / EXIF RatingPercent (1, 25, 50, 75, 99 for 1-5 stars) as
+    stars, with the ranges Windows reads back (1-12, 13-37, 38-62, 63-87, 88-100); 0: unrated."""
+    try:
+        p = float((value or "").strip())
+    except ValueError:
+        return None
+    if not math.isfinite(p) or not 1 <= p <= 100:
+        return None
+    return float(1 + sum(p >= b for b in (13, 38, 63, 88)))
+
+
+def _pick_label(value: str | None) -> int | None:
+    try:
+        label = int((value or "").strip())
+    except ValueError:
+        return None
+    return label if 0 <= label <= 3 else None
+
+
+def _by_darktable(descs: list[ET.Element]) -> bool:
+    prefix = f"{{{READ_NS['darktable']}}}"
+    return any(k.startswith(prefix) for d in descs for k in d.attrib) or any(
+        isinstance(child.tag, str) and child.tag.startswith(prefix) for d in descs for child in d)
+
+
+def _packet(descs: list[ET.Element]) -> PacketRatings:
+    def read(uri: str, name: str) -> str | None:
+        return _get(descs, f"{{{uri}}}{name}")
+
+    return PacketRatings(
+        rating=_as_rating(read(NS["xmp"], "Rating")), ours=_as_rating(read(NS["ilgnet"], "Rating")),
+        kept=_as_rating(read(NS["ilgnet"], "KeptRating")),
+        microsoft=percent_stars(read(READ_NS["MicrosoftPhoto"], "Rating")),
+        pick_label=_pick_label(read(READ_NS["digiKam"], "PickLabel")), darktable=_by_darktable(descs))
+
+
+def read_packet(path: str | Path, data: bytes | None = None) -> PacketRatings | None:
+    """Everything rating-related in the sidecar at ``path`` (None: no sidecar) or in the packet
+    ``data``; raises as :func:`read_ratings`."""
     path = Path(path)
     if data is None:
         data = _read_existing(path)
         if data is None:
-            return None, None
+            return None
     elif len(data) > MAX_SIDECAR_BYTES:
         raise XmpError(f"{path}: XMP packet too large (more than {MAX_SIDECAR_BYTES} bytes)")
     text, _ = _decode(data, path)
-    descs = _descriptions(_parse(text, path).root)
-    return _as_rating(_get(descs, _q("xmp", "Rating"))), _as_rating(_get(descs, _q("ilgnet", "Rating")))
+    return _packet(_descriptions(_parse(text, path).root))
+
+
+# Why a rating is not the user's opinion (None: it is). The same rule for `learn` (ratings.py)
+# and for the hand-rating rule of `score --xmp`.
+ILGNET_MARKER = "ilgnet_marker"  # xmp:Rating equal to ilgnet:Rating in the same packet
+ILGNET_KEPT = "ilgnet_kept_copy"  # ilgnet's copy of the user's rating from another source
+ILGNET_LEDGER = "ilgnet_ledger"  # a star ilgnet once wrote for this photo, copied by a photo manager
+DARKTABLE_DEFAULT = "darktable_default"  # darktable's initial rating, in a sidecar darktable wrote
+
+
+def not_the_users(rating: float | None, packet: PacketRatings, ilgnet_stars: Callable[[], Collection[float]],
+                  darktable_initial: float | None) -> str | None:
+    """Why ``rating`` (read from ``packet``) is not the user's, or None when it is.
+
+    ``ilgnet_stars`` gives every star ilgnet wrote for the photo (the ledger; called only when
+    needed); ``darktable_initial`` is darktable's initial rating (None or 0: it gives none)."""
+    if rating is None or rating == 0:
+        return None
+    if packet.kept is not None and rating == packet.kept:
+        return ILGNET_KEPT  # (a reject too: ilgnet copies the user's rejects)
+    if rating == -1:
+        return None  # ilgnet never guesses a reject
+    if packet.ours is not None and rating == packet.ours:
+        return ILGNET_MARKER
+    if rating in ilgnet_stars():
+        return ILGNET_LEDGER
+    if packet.darktable and darktable_initial and rating == darktable_initial:
+        return DARKTABLE_DEFAULT
+    return None
+
+
+@dataclass(frozen=True)
+class RatingContext:
+    """What the rest of a photo's metadata says, read before anything is written.
+
+    ``ilgnet_stars``: every star ilgnet wrote for the photo (ledger); ``darktable_initial``:
+    darktable's initial rating (a darktable sidecar's rating equal to it is no opinion);
+    ``hand``: the user's rating found in another source of this photo (value, where), which the
+    sidecar then shows instead of ilgnet's guess."""
+
+    ilgnet_stars: frozenset[float] = frozenset()
+    darktable_initial: float | None = 1.0
+    hand: tuple[float, str] | None = None
 
 
 @dataclass
@@ -393,32 +509,52 @@ class SidecarChange:
     old_rating: str | None
     new_rating: str | None
     score: float
+    kept_from: str | None = None  # keep-hand-rating: the other source whose rating was written here
 
 
 def plan_and_write(path: Path, stars: int, score: float, model: str, *, overwrite_ratings: bool = False,
-                   dry_run: bool = False) -> SidecarChange:
+                   dry_run: bool = False, context: RatingContext | None = None) -> SidecarChange:
     """Merge rating + score into the sidecar at ``path`` (created if absent); atomic write.
+
+    The sidecar's rating is the user's (kept) unless it is ilgnet's own (``ilgnet:Rating``, a
+    copy ilgnet made, a star the ledger lists) or darktable's default (``context``); when it is
+    not, a rating the user set elsewhere (``context.hand``) is written instead of ilgnet's guess,
+    marked as a copy (``ilgnet:KeptRating``), so that photo managers show the user's rating.
+    ``overwrite_ratings`` writes ilgnet's guess regardless.
 
     Raises XmpError (one line, naming the file) for a sidecar it will not touch, which is then
     left byte for byte; OSError for one it cannot read or write.
     """
-    from ilgnet_cli.fsutil import atomic_write_bytes
+    from ilgnet_cli.runtime.fsutil import atomic_write_bytes
 
+    ctx = context or RatingContext()
     data = _read_existing(path)
     text, enc = _decode(data, path) if data is not None else (TEMPLATE, _Encoding("utf-8"))
     doc = _parse(text, path)
     descs = _descriptions(doc.root)
     rating_key, ours_key = _q("xmp", "Rating"), _q("ilgnet", "Rating")
+    kept_key, kept_from_key = _q("ilgnet", "KeptRating"), _q("ilgnet", "KeptFrom")
     old = _get(descs, rating_key)
     old_rating = _as_rating(old)
-    hand_rating = old_rating not in (None, 0) and old_rating != _as_rating(_get(descs, ours_key))
+    hand_rating = old_rating not in (None, 0) and not_the_users(
+        old_rating, _packet(descs), lambda: ctx.ilgnet_stars, ctx.darktable_initial) is None
     new = str(stars)
     action = "create" if data is None else "update"
+    kept_from = None
     if hand_rating and not overwrite_ratings and old is not None:  # a hand rating is never None
         action, new = "keep-hand-rating", old
+    elif ctx.hand is not None and not overwrite_ratings:
+        # The user rated this photo elsewhere: show theirs, marked as a copy (learn reads the original).
+        action, new, kept_from = "keep-hand-rating", f"{ctx.hand[0]:g}", ctx.hand[1]
+        _set(descs, rating_key, new, path)
+        _set(descs, kept_key, new, path)
+        _set(descs, kept_from_key, _xml_safe(ctx.hand[1]), path)
+        _remove(descs, ours_key)
     else:
         _set(descs, rating_key, new, path)
         _set(descs, ours_key, new, path)
+        _remove(descs, kept_key)
+        _remove(descs, kept_from_key)
     _set(descs, _q("ilgnet", "Score"), f"{score:.6f}", path)
     _set(descs, _q("ilgnet", "Model"), _xml_safe(model), path)
     with _namespaces(doc.prefixes):
@@ -428,12 +564,12 @@ def plan_and_write(path: Path, stars: int, score: float, model: str, *, overwrit
     try:  # an 8-bit declared encoding: what it lacks (a model name) becomes a character reference
         result = enc.bom + out.encode(enc.codec, "xmlcharrefreplace")
     except UnicodeError as exc:
-        raise XmpError(f"{path}: cannot write it back as {enc.codec} ({_cut(str(exc))})") from None
+        raise XmpError(f"{path}: cannot write it back as {enc.codec} ({clip(str(exc))})") from None
     _check_merged(result, enc, new, path)
     if not dry_run:
         atomic_write_bytes(path, result)
-    return SidecarChange(path=path, action=action, old_rating=None if old is None else _cut(old), new_rating=new,
-                         score=score)
+    return SidecarChange(path=path, action=action, old_rating=None if old is None else clip(old), new_rating=new,
+                         score=score, kept_from=kept_from)
 
 
 def _check_merged(data: bytes, enc: _Encoding, rating: str, path: Path) -> None:
@@ -453,7 +589,7 @@ def _clash_key(path: Path) -> tuple[str, str]:
 
 
 def _claim_order(claim: tuple) -> tuple[bool, str]:
-    from ilgnet_cli.photos.decode import RAW_EXTENSIONS
+    from ilgnet_cli.data.decode import RAW_EXTENSIONS
 
     image = Path(claim[0].path)
     return image.suffix.lower() not in RAW_EXTENSIONS, str(image)
@@ -481,13 +617,24 @@ def _spelling(path: Path, listings: dict[str, dict[str, list[str]]]) -> Path:
 
 
 def write_sidecars(results: list, *, style: str = "adobe", stars_spec: str = "quantile", model: str,
-                   overwrite_ratings: bool = False, dry_run: bool = False) -> tuple[list[SidecarChange], list[str]]:
+                   overwrite_ratings: bool = False, dry_run: bool = False, weights_sha256: str | None = None,
+                   darktable_initial_rating: int | None = None, ledger: bool = True,
+                   notes: list[str] | None = None) -> tuple[list[SidecarChange], list[str]]:
     """Sidecars for every scored result; returns (changes, one-line errors and warnings).
 
     A sidecar claimed by several images is written once, for the RAW, else for the first path
     in sorted order; each other image gets a ``clash`` change and a warning. A sidecar already
     there under another case (``IMG_1.XMP``) is the one merged.
+
+    Every rating source of each photo (both sidecar styles, embedded XMP, EXIF) is read before
+    anything is written: a rating the user made anywhere is kept (see :func:`plan_and_write`),
+    ilgnet's own stars and darktable's default (``darktable_initial_rating``; None: from
+    darktable's settings, else 1) are not. Unless ``dry_run``, each star ilgnet writes is
+    recorded in the ledger (``ledger=False``: not); ledger problems are warnings, appended to
+    ``notes`` (else to the errors).
     """
+    from ilgnet_cli.photos.ratings import sidecar_contexts
+
     check_options(style, stars_spec)
     scored = [r for r in results if r.ok]
     stars = stars_for([r.score for r in scored], stars_spec)
@@ -498,21 +645,43 @@ def write_sidecars(results: list, *, style: str = "adobe", stars_spec: str = "qu
             claims.setdefault(_clash_key(path), {}).setdefault(image, (r, s, path))
     changes, errors = [], []
     listings: dict[str, dict[str, list[str]]] = {}
+    planned: list[tuple[Any, int, Path]] = []
     for group in claims.values():
         winner, *others = sorted(group.values(), key=_claim_order)
         r, s, path = winner
         try:
-            path = _spelling(path, listings)
-            changes.append(plan_and_write(path, s, r.score, model, overwrite_ratings=overwrite_ratings,
-                                          dry_run=dry_run))
+            planned.append((r, s, _spelling(path, listings)))
         except XmpError as exc:
             errors.append(str(exc))
-        except OSError as exc:
-            errors.append(f"{path}: {exc.strerror or exc}")
         for other, _, other_path in others:
             changes.append(SidecarChange(path=other_path, action="clash", old_rating=None, new_rating=None,
                                          score=other.score))
             mine, theirs = Path(r.path).name, Path(other.path).name
             errors.append(f"{other_path}: the sidecar of both {mine} and {theirs}; written for {mine} only "
                           "(--xmp-style darktable gives each file its own)")
+    # Read first, write after: one photo's new sidecar must not pass for another source of it.
+    warnings: list[str] = notes if notes is not None else errors
+    contexts = sidecar_contexts([(r.path, path) for r, _, path in planned], darktable_initial_rating,
+                                use_ledger=ledger, notes=warnings)
+    written = []
+    for (r, s, path), ctx in zip(planned, contexts, strict=True):
+        try:
+            change = plan_and_write(path, s, r.score, model, overwrite_ratings=overwrite_ratings, dry_run=dry_run,
+                                    context=ctx)
+        except XmpError as exc:
+            errors.append(str(exc))
+            continue
+        except OSError as exc:
+            errors.append(f"{path}: {exc.strerror or exc}")
+            continue
+        changes.append(change)
+        if change.action in ("create", "update"):
+            written.append((r, s, path))
+    if ledger and not dry_run and written:
+        from ilgnet_cli.photos.ledger import Ledger, Written
+
+        with Ledger() as book:
+            book.record([Written(photo=r.path, stars=s, score=r.score, weights=model, weights_sha256=weights_sha256,
+                                 sidecar=str(path)) for r, s, path in written])
+            warnings.extend(book.notes)
     return changes, errors

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ilgnet_cli.fsutil import printable
+from ilgnet_cli.runtime.text import printable
 from ilgnet_cli.training import metrics
 
 if TYPE_CHECKING:
@@ -251,16 +251,11 @@ def _ci(ci: tuple[float, float], spec: str) -> str:
 
 def comparison_table(result: EvalResult, ece: float) -> str:
     m = result.metrics
-    rows: list[tuple[str, str, str, str]] = []  # (what, value, note, css class)
-    if result.paper_accuracy is not None:
-        rows.append(("paper (Jin et al. 2016)", _fmt(result.paper_accuracy, ".2%"), "as reported; authors' test list",
-                     ""))
-    else:
-        rows.append(("paper (Jin et al. 2016)", "—", "not comparable to the paper: it reports accuracy only on its "
-                     "own AVA1/AVA2 test lists", ""))
-    rows += [("always the majority class", _fmt(m.majority_baseline, ".2%"), "baseline of this test set", ""),
-             (f"ours ({result.weights}, tta {result.tta})", _fmt(m.accuracy, ".2%"), _ci(m.accuracy_ci, ".2%"), "ours"),
-             ("balanced accuracy", _fmt(m.balanced_accuracy, ".2%"), _ci(m.balanced_accuracy_ci, ".2%"), ""),
+    from ilgnet_cli.training.evaluate import comparison_rows
+
+    rows: list[tuple[str, str, str, str]] = [  # (what, value, note, css class): ours first, as in the terminal
+        (w, v, n, "ours" if i == 0 else "") for i, (w, v, n) in enumerate(comparison_rows(result))]
+    rows += [("balanced accuracy", _fmt(m.balanced_accuracy, ".2%"), _ci(m.balanced_accuracy_ci, ".2%"), ""),
              ("ROC AUC", _fmt(m.roc_auc, ".3f"), _ci(m.roc_auc_ci, ".3f"), "")]
     if m.srcc is not None:
         rows.append(("SRCC with mean votes", _fmt(m.srcc, ".3f"), "Spearman rank correlation", ""))
@@ -274,7 +269,8 @@ def comparison_table(result: EvalResult, ece: float) -> str:
 
 def run_table(result: EvalResult, n_scored: int) -> str:
     notes = "".join(f"<li>{esc(n)}</li>" for n in result.notes) or "<li>none</li>"
-    rows = [("dataset", result.dataset), ("weights", result.weights), ("test-time augmentation", result.tta),
+    rows = [("dataset", result.dataset), ("weights", result.weights),
+            ("trained on", getattr(result, "trained_on", None) or "unknown"), ("test-time augmentation", result.tta),
             ("precision", getattr(result, "precision", None) or "not recorded"),
             ("decode", getattr(result, "decode", None) or "not recorded"),
             ("images scored", f"{n_scored} of {result.listed} listed"), ("missing images", result.missing)]

@@ -13,11 +13,10 @@ scene sharp vs blurred, warm vs cool grade, high vs low contrast; random base we
 
 The pooled feature beat the base's own ``temp_cjy`` output and its input (held-out AUC blur
 0.93 vs 0.87 / 0.89, grade 0.93 vs 0.90 / 0.91, contrast 0.91 vs 0.91 / 0.89); fine-tuning
-more than a linear head on a few hundred photos is what overfits. Installed, temp1/temp2/
-temp3 become the averaging layers that compute that feature, temp_cjy the identity and
-``loss1/classifier_cjy`` the head as logits ``(0, w.h + b)``: the file is a normal ILGNet whose
-softmax index 1 is the head's P(liked) (to float rounding), so ``ilgnet score --weights NAME``
-needs nothing new.
+more than a linear head on a few hundred photos is what overfits. Installed, the taste is only
+that head (a few KB) and the sha256 of its base (:mod:`ilgnet_cli.model.taste`); loading it
+composes the two, so ``ilgnet score --weights NAME`` needs nothing new and the store does not
+hold another 604 MB copy of the network per taste.
 
 Evaluation is grouped k-fold cross-validation: photos of one scene (same file stem, one burst
 of one camera body, perceptual hashes close) are always on the same side of a fold. Base and
@@ -39,15 +38,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ilgnet_cli.data.decode import Decoded
+from ilgnet_cli.data.source import PhotoFiles
 from ilgnet_cli.errors import DataError, UsageError
+from ilgnet_cli.model.ilgnet import FEATURE_DIM
+from ilgnet_cli.model.provenance import Provenance
+from ilgnet_cli.model.transform import Crops, DecodeMode
+from ilgnet_cli.photos.bursts import body, burst_groups
+from ilgnet_cli.photos.collection import photo_extra
+from ilgnet_cli.photos.exif import ExifInfo
+from ilgnet_cli.predict.predictor import Predictor
+from ilgnet_cli.runtime.text import clip
 from ilgnet_cli.training import metrics
 
 if TYPE_CHECKING:
-    from ilgnet_cli.model.ilgnet import ILGNet
-
-FEATURE_DIM = 1024
+    from ilgnet_cli.model.store import LoadedWeights
 MIN_RATINGS = 40
 MIN_PER_SIDE = 10
 DEFAULT_FOLDS = 5
@@ -127,48 +133,11 @@ def hash_distance(a: int | list[int], b: int | list[int]) -> int:
     return min(min(bin(a[0] ^ x).count("1") for x in b), min(bin(b[0] ^ x).count("1") for x in a))
 
 
-def learn_extra(path: str, decoded: Any) -> dict[str, Any]:
+def learn_extra(path: str, decoded: Decoded) -> dict[str, Any]:
     """Worker-side extras: EXIF and sharpness (as scoring's), and the perceptual hashes."""
-    from ilgnet_cli.photos.scoring import exif_extra
-
-    out = exif_extra(path, decoded)
+    out = photo_extra(path, decoded)
     out["phash"] = phashes(decoded.rgb)
     return out
-
-
-# temp2 has 256 units for inception_3b's 480 channels: it pools every ~1.9th channel, so that
-# all four branches (1x1, 3x3, 5x5, pool) are represented.
-I3B_CHANNELS = tuple(int(round(v)) for v in np.linspace(0, 479, 256))
-
-
-def pooled_features(blobs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The 1024-d feature the head reads: per-channel means of inception_3a (256) and of 256 of
-    inception_3b's channels, and loss1/conv's 128 channels averaged over each 2x2 quadrant of
-    its 4x4 map (512, index c*4 + quadrant). All are averages of ReLU outputs, so the installed
-    network computes exactly these in temp1/temp2/temp3 (see :func:`head_state`)."""
-    i3a = blobs["inception_3a/output"].mean(dim=(2, 3))
-    i3b = blobs["inception_3b/output"][:, list(I3B_CHANNELS)].mean(dim=(2, 3))
-    quads = torch.nn.functional.avg_pool2d(blobs["loss1/conv"], 2).flatten(1)
-    return torch.cat((i3a, i3b, quads), dim=1)
-
-
-class _FeatureTap(nn.Module):
-    """The base model, unchanged (its logits give the base score), that also keeps each batch's
-    pooled features of the image and of its mirror image, in order."""
-
-    def __init__(self, model: ILGNet, mirror: bool) -> None:
-        super().__init__()
-        self.model, self.mirror = model, mirror
-        self.rows: list[torch.Tensor] = []
-        self.mirrored: list[torch.Tensor] = []
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        blobs = self.model.blobs(batch)
-        self.rows.extend(pooled_features(blobs).float().cpu().unbind(0))
-        if self.mirror:
-            flipped = pooled_features(self.model.blobs(torch.flip(batch, dims=[3])))
-            self.mirrored.extend(flipped.float().cpu().unbind(0))
-        return blobs["loss1/classifier_cjy"]
 
 
 @dataclass
@@ -181,37 +150,42 @@ class Features:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not decoded
 
 
-def extract(files: list[str], loaded: Any, *, device: torch.device | str = "cpu", batch_size: int = 16,
+def extract(files: list[str], loaded: LoadedWeights, *, device: torch.device | str = "cpu", batch_size: int = 16,
             workers: int = 0, mirror: bool = True, max_pixels: int | None = None,
             progress: Callable[[int], None] | None = None) -> Features:
-    """Base-model features of ``files``, decoded and batched exactly as ``ilgnet score`` does."""
-    from ilgnet_cli.photos.scoring import score_paths
+    """Base-model features of ``files`` (and of their mirror images), decoded and batched as
+    ``ilgnet score`` does (the same predictor and fast decode, checked by the fidelity gate)."""
+    from ilgnet_cli.photos.collection import decoder_version
+    from ilgnet_cli.predict.gate import Gate, Shortcut, VerdictStore, verdict_key
+    from ilgnet_cli.runtime.paths import cache_home
 
-    tap = _FeatureTap(loaded.model, mirror)
+    transform = loaded.transforms(DecodeMode.FAST, Crops.MIRROR if mirror else Crops.CENTRE)
+    key = verdict_key(Shortcut.DECODE, weights_sha256=loaded.sha256, device="", versions="",
+                      decoder=f"{transform.key}, {decoder_version()}")
+    gate = Gate({Shortcut.DECODE: key}, VerdictStore(cache_home() / "precision.json"))
+    predictor = Predictor(loaded.model, transform, device=device, batch_size=batch_size, workers=workers,
+                          gate=gate, features=True)
+    final: dict[int, Any] = {}
+    for pred in predictor.predict(PhotoFiles(files, extra=learn_extra, max_pixels=max_pixels)):
+        final[pred.index] = pred
+        if progress and not pred.corrected:
+            progress(len(final))
     paths, scores, info, errors, rows, mirrored = [], [], [], [], [], []
-    done = 0
-    for result in score_paths(files, tap, loaded.mean, device=device, batch_size=batch_size, workers=workers,
-                              extra=learn_extra, max_pixels=max_pixels):
-        done += 1
-        if progress:
-            progress(done)
-        if not result.ok:
-            errors.append((result.path, result.error or "not decoded"))
+    for i in sorted(final):
+        pred = final[i]
+        if not pred.ok or pred.features is None:
+            errors.append((pred.name, pred.error or "not decoded"))
             continue
-        if not tap.rows:  # scoring calls the model once per batch, in order: a row per decoded photo
-            raise RuntimeError("feature rows out of step with the scored photos")
-        row = tap.rows.pop(0)
-        flip = tap.mirrored.pop(0) if mirror else None
-        assert result.score is not None  # a photo that scored (result.ok) has its score
-        if not (math.isfinite(result.score) and bool(torch.isfinite(row).all())):
-            errors.append((result.path, "the base model gave non-finite values (broken weights?)"))
+        feats = pred.features
+        if not (np.isfinite(feats).all() and math.isfinite(pred.crop_scores[0])):
+            errors.append((pred.name, "the base model gave non-finite values (broken weights?)"))
             continue
-        paths.append(result.path)
-        scores.append(result.score)
-        info.append(result.info)
-        rows.append(row.numpy())
-        if flip is not None:
-            mirrored.append(flip.numpy())
+        paths.append(pred.name)
+        scores.append(pred.crop_scores[0])  # the centre crop: what `ilgnet score` gives
+        info.append(pred.meta)
+        rows.append(feats[0])
+        if mirror:
+            mirrored.append(feats[1])
     empty = np.zeros((0, FEATURE_DIM), np.float32)
     return Features(paths=paths, h=np.stack(rows) if rows else empty,
                     h_mirror=(np.stack(mirrored) if mirrored else empty) if mirror else None,
@@ -238,17 +212,15 @@ class _UnionFind:
 
 
 def scene_groups(paths: list[str], info: list[dict[str, Any]], *, seconds: float = DEFAULT_GROUP_SECONDS,
-                 phash_distance: int = PHASH_DISTANCE) -> np.ndarray:
+                 phash_distance: int = PHASH_DISTANCE,
+                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Group id per photo: near-identical shots share one, so that no fold has them on both sides.
 
     Joined: the same file stem in one folder (RAW + JPEG, edits saved beside); one burst (same
     camera body, each shot within ``seconds`` of the previous, as bursts.py); perceptual hashes
-    within ``phash_distance`` bits (copies, crops, grades, shots without EXIF times).
+    within ``phash_distance`` bits (copies, centred crops, grades, shots without EXIF times).
     """
     import os
-
-    from ilgnet_cli.photos.bursts import group_bursts
-    from ilgnet_cli.photos.scoring import ScoreResult
 
     n = len(paths)
     uf = _UnionFind(n)
@@ -260,23 +232,51 @@ def scene_groups(paths: list[str], info: list[dict[str, Any]], *, seconds: float
             uf.union(stems[key], i)
         else:
             stems[key] = i
-    results = [ScoreResult(path=str(i), score=0.0, info={"exif": d.get("exif")}) for i, d in enumerate(info)]
-    for burst in group_bursts(results, seconds):
-        first = int(burst.members[0].path)
-        for m in burst.members[1:]:
-            uf.union(first, int(m.path))
-    hashes = [d.get("phash") for d in info]
-    for i in range(n):
-        hash_i = hashes[i]
-        if hash_i is None:
-            continue
-        for j in range(i + 1, n):
-            hash_j = hashes[j]
-            if hash_j is not None and hash_distance(hash_i, hash_j) <= phash_distance:
-                uf.union(i, j)
+    exifs = [ExifInfo.from_json(d.get("exif") if isinstance(d.get("exif"), dict) else None) for d in info]
+    for group in burst_groups([body(e) for e in exifs], [e.timestamp() for e in exifs], seconds, paths):
+        for j in group[1:]:
+            uf.union(group[0], j)
+    for i, j in near_pairs([d.get("phash") for d in info], phash_distance, progress):
+        uf.union(i, j)
     roots = [uf.find(i) for i in range(n)]
     ids = {r: k for k, r in enumerate(dict.fromkeys(roots))}
     return np.asarray([ids[r] for r in roots], dtype=np.int64)
+
+
+NEAR_CHUNK = 512  # rows of the all-pairs comparison at a time (bounded memory)
+
+
+def near_pairs(hashes: list[Any], distance: int, progress: Callable[[int, int], None] | None = None
+               ) -> list[tuple[int, int]]:
+    """Pairs (i < j) whose :func:`hash_distance` is at most ``distance``.
+
+    Every pair is compared, but as vectorised popcounts over chunks of rows (numpy), not in
+    Python: 20,000 photos take seconds, with ``progress(done, total)`` after every chunk. An exact
+    index that skips pairs cannot beat this at a radius of 12 bits in 64: a block index needs
+    13 blocks of 5 bits, each matching 1/32 of all photos."""
+    valid = [i for i, h in enumerate(hashes) if isinstance(h, list) and h and all(isinstance(x, int) for x in h)]
+    if len(valid) < 2:
+        return []
+    scales = max(len(hashes[i]) for i in valid)
+    table = np.zeros((len(valid), scales), dtype=np.uint64)
+    for row, i in enumerate(valid):
+        hs = [x & 0xFFFFFFFFFFFFFFFF for x in hashes[i]]
+        table[row, :] = hs + [hs[0]] * (scales - len(hs))
+    whole = table[:, 0]
+    out: list[tuple[int, int]] = []
+    for start in range(0, len(valid), NEAR_CHUNK):
+        rows = whole[start:start + NEAR_CHUNK]
+        # the whole of each row's photo against every scale of every photo, and the reverse
+        best = np.full((len(rows), len(valid)), 64, dtype=np.uint8)
+        for s in range(scales):
+            best = np.minimum(best, np.bitwise_count(rows[:, None] ^ table[None, :, s]))
+            best = np.minimum(best, np.bitwise_count(table[start:start + NEAR_CHUNK, s][:, None] ^ whole[None, :]))
+        a, b = np.nonzero(best <= distance)
+        out.extend((valid[start + x], valid[y]) for x, y in zip(a.tolist(), b.tolist(), strict=True)
+                   if start + x < y)
+        if progress:
+            progress(min(start + NEAR_CHUNK, len(valid)), len(valid))
+    return out
 
 
 def group_folds(groups: np.ndarray, y: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
@@ -498,35 +498,6 @@ def cross_validate(feats: Features, y: np.ndarray, stars: np.ndarray, groups: np
 # --------------------------------------------------------------------------- installing
 
 
-def head_state(base_state: dict[str, torch.Tensor], head: Head) -> dict[str, np.ndarray]:
-    """The base trunk with a new head that computes :func:`pooled_features` and then the head:
-    temp1/temp2/temp3 become averaging layers (all inputs are ReLU outputs, >= 0, so their ReLU
-    changes nothing), temp_cjy the identity (its inputs are >= 0 too) and
-    ``loss1/classifier_cjy`` gives logits (0, w.h + b): softmax index 1 is the head's P(liked)."""
-    state = {k: v.detach().cpu().numpy() for k, v in base_state.items()}
-    hw = 28 * 28
-    temp1 = np.zeros((256, 256 * hw), np.float32)
-    for c in range(256):
-        temp1[c, c * hw:(c + 1) * hw] = 1.0 / hw
-    temp2 = np.zeros((256, 480 * hw), np.float32)
-    for j, c in enumerate(I3B_CHANNELS):
-        temp2[j, c * hw:(c + 1) * hw] = 1.0 / hw
-    temp3 = np.zeros((512, 128 * 16), np.float32)
-    for c in range(128):
-        for q, (qy, qx) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
-            for dy in range(2):
-                for dx in range(2):
-                    temp3[c * 4 + q, c * 16 + (2 * qy + dy) * 4 + 2 * qx + dx] = 0.25
-    classifier = np.zeros((2, FEATURE_DIM), np.float32)
-    classifier[1] = head.w.astype(np.float32)
-    for name, weight in (("temp1", temp1), ("temp2", temp2), ("temp3", temp3),
-                         ("temp_cjy", np.eye(FEATURE_DIM, dtype=np.float32)), ("loss1.classifier_cjy", classifier)):
-        state[f"{name}.weight"] = weight
-        state[f"{name}.bias"] = np.zeros(weight.shape[0], np.float32)
-    state["loss1.classifier_cjy.bias"][1] = head.b
-    return state
-
-
 def check_enough(y: np.ndarray) -> str | None:
     """Why these labels are too few to learn from and evaluate, or None."""
     liked, disliked = int(y.sum()), int(len(y) - y.sum())
@@ -548,7 +519,7 @@ class Dataset:
 
 
 def labelled(feats: Features, ratings: dict[str, float], thresholds: Thresholds, *,
-             seconds: float = DEFAULT_GROUP_SECONDS) -> Dataset:
+             seconds: float = DEFAULT_GROUP_SECONDS, progress: Callable[[int, int], None] | None = None) -> Dataset:
     """Keep the photos with a label; groups are computed over them."""
     keep, y, stars, left_out = [], [], [], 0
     for i, p in enumerate(feats.paths):
@@ -563,7 +534,7 @@ def labelled(feats: Features, ratings: dict[str, float], thresholds: Thresholds,
     sub = Features(paths=[feats.paths[i] for i in idx], h=feats.h[idx],
                    h_mirror=feats.h_mirror[idx] if feats.h_mirror is not None else None,
                    base_scores=feats.base_scores[idx], info=[feats.info[i] for i in idx], errors=feats.errors)
-    groups = scene_groups(sub.paths, sub.info, seconds=seconds)
+    groups = scene_groups(sub.paths, sub.info, seconds=seconds, progress=progress)
     return Dataset(sub, np.asarray(y, np.int64), np.asarray(stars, np.float64), groups, left_out)
 
 
@@ -596,8 +567,9 @@ class Outcome:
     labelled_before_decoding: int = 0
 
 
-def check_name(name: str) -> None:
-    """A store name for learned weights; never one of the registry's (it would hide them)."""
+def check_name(name: str, *, base: str | None = None, replace: bool = False) -> None:
+    """A store name for a taste: never one of the registry's (it would hide them), never the base,
+    and an installed set only with ``replace``."""
     from ilgnet_cli.model import store
 
     store._check_name(name)
@@ -607,12 +579,18 @@ def check_name(name: str) -> None:
         known = {}
     if name in known:
         raise UsageError(f"--name {name} is a registry weights name; choose another (e.g. {name}-mine)")
+    if base is not None and name == base:
+        raise UsageError(f"--name {name} is the base weights themselves; choose another name")
+    if not replace and store.installed(name) is not None:
+        raise UsageError(f"weights {name!r} are installed already: choose another --name, or --replace them")
 
 
-def run(ratings: Any, loaded: Any, *, name: str | None, thresholds: Thresholds = Thresholds(),
+def learn_taste(ratings: Any, loaded: Any, *, name: str | None, replace: bool = False,
+                thresholds: Thresholds = Thresholds(),
         folds: int = DEFAULT_FOLDS, seconds: float = DEFAULT_GROUP_SECONDS, seed: int = 0, force: bool = False,
         mirror: bool = True, device: torch.device | str = "cpu", workers: int = 0, batch_size: int = 16,
-        max_pixels: int | None = None, progress: Callable[[int], None] | None = None) -> Outcome:
+        max_pixels: int | None = None, progress: Callable[[int], None] | None = None,
+        grouping: Callable[[int, int], None] | None = None) -> Outcome:
     """Ratings -> features -> grouped CV -> head -> installed as ``name`` (None: evaluate only).
 
     Installs only when the learned weights beat the base beyond noise on held-out folds and
@@ -621,7 +599,16 @@ def run(ratings: Any, loaded: Any, *, name: str | None, thresholds: Thresholds =
     from ilgnet_cli.model import store
 
     if name is not None:
-        check_name(name)
+        check_name(name, base=loaded.name, replace=replace)
+        # A taste is a head on stored weights (found again by their sha256): a file given as the
+        # base must be in the store; stored by 'weights add', it is the stored copy that counts.
+        stored = next((i for i in store.installed_all() if loaded.sha256 in (i.sha256, i.source_sha256)), None)
+        if stored is None:
+            raise UsageError(f"--base {clip(str(loaded.path))} is not in the weights store, and a taste is "
+                             f"installed as a head on stored weights: run 'ilgnet weights add FILE --name NAME', "
+                             f"then learn with --base NAME (or leave out --name to only evaluate)")
+        if stored.sha256 != loaded.sha256:
+            loaded = store.load_model(stored.name, device)
     rating_of = {p.path: p.rating for p in ratings.photos}
     files = [p.path for p in ratings.photos if thresholds.label(p.rating) is not None]
     if not files:
@@ -629,7 +616,8 @@ def run(ratings: Any, loaded: Any, *, name: str | None, thresholds: Thresholds =
                         "nothing to learn from")
     feats = extract(files, loaded, device=device, batch_size=batch_size, workers=workers, mirror=mirror,
                     max_pixels=max_pixels, progress=progress)
-    data = labelled(feats, rating_of, thresholds, seconds=seconds)
+    data = labelled(feats, rating_of, thresholds, seconds=seconds, progress=grouping)
+    data.left_out = sum(thresholds.label(p.rating) is None for p in ratings.photos)  # never extracted
     out = Outcome(data=data, cv=None, head=None, refusal=check_enough(data.y), decode_errors=feats.errors,
                   labelled_before_decoding=len(files))
     if len(np.unique(data.y)) < 2:
@@ -643,10 +631,11 @@ def run(ratings: Any, loaded: Any, *, name: str | None, thresholds: Thresholds =
                            f"{out.cv.auc_gain.ci[0]:+.3f} to {out.cv.auc_gain.ci[1]:+.3f})")
     out.head = train_head(data.feats, np.arange(len(data.y)), data.y, data.groups, seed)
     if name is not None and (out.refusal is None or force):
-        meta = metadata(base_name=loaded.name, base_sha256=loaded.sha256, ratings=len(ratings.photos), data=data,
-                        thresholds=thresholds, cv=out.cv, head=out.head, mirror=mirror, forced=out.refusal is not None)
-        state = head_state(loaded.model.state_dict(), out.head)
-        out.installed = store._install(name, state, loaded.mean, architecture=store.ARCH_FULL,
-                                       source=f"ilgnet learn: {len(data.y)} rated photos, base {loaded.name}",
-                                       source_sha256=loaded.sha256, metadata=meta)
+        meta = metadata(base_name=loaded.name, base_sha256=loaded.sha256, ratings=len(ratings.photos),
+                        data=data, thresholds=thresholds, cv=out.cv, head=out.head, mirror=mirror,
+                        forced=out.refusal is not None)
+        provenance = Provenance(dataset="photos", summary=f"{len(data.y)} photos you rated (no AVA images)",
+                                bases=(loaded.provenance,))
+        out.installed = store.install_taste(name, loaded, out.head.w, out.head.b, metadata=meta,
+                                            provenance=provenance, replace=replace)
     return out

@@ -34,25 +34,31 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
-from ilgnet_cli import __version__
-from ilgnet_cli.ava.records import PartitionDataset, available, read_label_list, write_label_list
+from ilgnet_cli._version import __version__
+from ilgnet_cli.ava.records import available, read_label_list, write_label_list
+from ilgnet_cli.ava.source import AvaImages
 from ilgnet_cli.errors import DataError, UsageError
-from ilgnet_cli.fsutil import atomic_write_text
 from ilgnet_cli.model.ilgnet import HEAD_LAYERS, ILGNet
-from ilgnet_cli.model.inference import Forward, infer
+from ilgnet_cli.model.provenance import UNKNOWN, Provenance, ids_digest
 from ilgnet_cli.model.store import save_weights
-from ilgnet_cli.training.distributed import Dist, init_distributed
+from ilgnet_cli.model.transform import Crops, DecodeMode, Transform
+from ilgnet_cli.predict.predictor import Predictor
+from ilgnet_cli.runtime.distributed import Dist, init_distributed
+from ilgnet_cli.runtime.fsutil import atomic_write_text
+from ilgnet_cli.runtime.paths import AVA_SIZE_HINT, offline
+from ilgnet_cli.runtime.text import strict_json
 
 if TYPE_CHECKING:
     from ilgnet_cli.ava.prepare import PreparedImages
-    from ilgnet_cli.model.preprocess import Mean
+    from ilgnet_cli.model.transform import Mean
 
 
 @dataclass(frozen=True)
@@ -193,7 +199,7 @@ def make_optimizer(model: ILGNet, recipe: Recipe) -> torch.optim.Optimizer:
 
 
 class _EpochSampler(DistributedSampler):
-    """DistributedSampler that can start mid-epoch (resume) and tells the dataset its epoch."""
+    """DistributedSampler that can start mid-epoch (resume) and hands out (index, epoch) pairs."""
 
     start = 0
 
@@ -205,17 +211,23 @@ class _EpochSampler(DistributedSampler):
         return super().__len__() - self.start
 
 
-class _EpochDataset(torch.utils.data.Dataset):
-    def __init__(self, base: PartitionDataset) -> None:
-        self.base = base
+class TrainingImages(torch.utils.data.Dataset):
+    """The one training Dataset: (index, epoch) -> (random crop of the 256x256 image, label).
+
+    The crop and mirror come from a generator seeded by (seed, epoch, index): the same run gives
+    the same crops whatever the number of workers (needed for exact resume and DDP parity)."""
+
+    def __init__(self, source: AvaImages, transform: Transform, seed: int) -> None:
+        self.source, self.transform, self.seed = source, transform.with_(crops=Crops.RANDOM), seed
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.source)
 
-    def __getitem__(self, item: tuple[int, int]):
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, epoch = item
-        self.base.epoch = epoch  # per item: persistent workers never see a stale epoch
-        return self.base[index]
+        rgb = self.source.resized(index, self.transform)
+        rng = np.random.default_rng((self.seed, epoch, index))
+        return torch.from_numpy(self.transform.blobs(rgb, rng)), self.source.label(index)
 
 
 # --------------------------------------------------------------------------- config and state
@@ -245,10 +257,12 @@ class TrainConfig:
     draft: bool = False  # JPEG draft decoding; the authors decoded in full
     deterministic: bool = False
     resume: bool = False
+    offline: bool = False  # never download the ImageNet trunk
 
 
 # What defines a run's result: a resumed run must match these exactly.
-DEFINING = ("partition_kind", "protocol", "train_list_sha256", "val", "decode", "init", "recipe", "iters",
+DEFINING = ("partition_kind", "protocol", "train_list_sha256", "train_ids_sha256", "val", "decode", "init", "recipe",
+            "iters",
             "batch_size", "dropout", "seed", "mean", "precision")
 
 
@@ -268,6 +282,9 @@ class RunSetup:
     cache: PreparedImages | None
     images: Path
     config: dict
+    transform: Transform
+    provenance: Provenance = UNKNOWN  # set once the initial weights are known
+    ids: np.ndarray | None = None  # every AVA id the weights will have seen
 
 
 def _sha256_items(items: list[tuple[int, int]]) -> str:
@@ -276,7 +293,7 @@ def _sha256_items(items: list[tuple[int, int]]) -> str:
 
 def _new_run_dir(cfg: TrainConfig, dd: Dist) -> Path:
     """The run folder: --out, else the latest run of this partition (resume) or a new one."""
-    from ilgnet_cli.datadir import runs_dir
+    from ilgnet_cli.runtime.paths import runs_dir
 
     if cfg.out is not None:
         return Path(cfg.out)
@@ -366,8 +383,10 @@ def _setup(cfg: TrainConfig, dd: Dist, cuda: bool) -> RunSetup:
     items, val_items, val_how = _split_validation(cfg, run_dir, available(listed, images, cache))
     val_items = available(val_items, images, cache)
     if len(items) < global_batch:
+        hint = ("; run 'ilgnet prepare' again" if cache else
+                f"; get them with 'ilgnet download ava' ({AVA_SIZE_HINT}) or give --images DIR")
         raise DataError(f"only {len(items)} training images found in {cache.folder if cache else images} "
-                        f"({len(listed)} listed; batch {global_batch})")
+                        f"({len(listed)} listed; batch {global_batch}){hint}")
     steps_per_epoch = len(items) // global_batch
     total = cfg.iters or (recipe.max_iter if cfg.epochs is None and recipe.max_iter else
                           max(1, int(math.ceil((cfg.epochs or 1.0) * steps_per_epoch))))
@@ -375,30 +394,35 @@ def _setup(cfg: TrainConfig, dd: Dist, cuda: bool) -> RunSetup:
         "ilgnet_version": __version__, "torch_version": torch.__version__,
         "partition": str(cfg.partition), "partition_kind": kind, "protocol": protocol,
         "train_list_sha256": _sha256_items(listed), "train_images": len(items), "val": val_how,
+        # the images actually present and trained on: a resume after more arrived would train on others
+        "train_ids_sha256": ids_digest(i for i, _ in items),
         "images": str(cfg.images) if cfg.images else None, "prepared": str(cfg.prepared) if cfg.prepared else None,
         "decode": decode, "init": cfg.init, "recipe": asdict(recipe),
         "solver": {"base_lr": recipe.base_lr, "lr_policy": recipe.schedule, "stepsize": recipe.step_size,
                    "gamma": recipe.gamma, "momentum": recipe.momentum, "weight_decay": recipe.weight_decay,
                    "max_iter": recipe.max_iter, "batch": global_batch},
         "iters": total, "batch_size": global_batch, "dropout": cfg.dropout, "seed": cfg.seed,
-        "mean": mean.describe(), "precision": "bf16-autocast" if amp else "fp32",
+        "mean": mean.describe(), "mean_sha256": mean.digest, "precision": "bf16-autocast" if amp else "fp32",
         "world": dd.world, "workers": cfg.workers, "deterministic": cfg.deterministic,
     }
     if cfg.resume:
         _check_resume_config(run_dir, config)
     every = cfg.checkpoint_every or min(recipe.test_interval, total)
+    transform = Transform(mean, decode=DecodeMode.DRAFT if cfg.draft else DecodeMode.EXACT)
     return RunSetup(run_dir=run_dir, recipe=recipe, total=total, global_batch=global_batch, every=every, amp=amp,
-                    mean=mean, train_items=items, val_items=val_items, cache=cache, images=images, config=config)
+                    mean=mean, train_items=items, val_items=val_items, cache=cache, images=images, config=config,
+                    transform=transform)
 
 
 def _save_checkpoint(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, step: int, state: dict,
-                     mean) -> Path:
+                     mean, provenance: Provenance | None = None, extra: dict | None = None) -> Path:
     """Write checkpoints/last atomically: a new folder, then renames (old kept until done)."""
     ckpt_root = run_dir / "checkpoints"
     new, last, old = ckpt_root / f".tmp-{step}", ckpt_root / "last", ckpt_root / "last.old"
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
-    save_weights(new / "model.safetensors", model.state_dict(), mean, metadata={"step": str(step)})
+    save_weights(new / "model.safetensors", model.state_dict(), mean, metadata={"step": str(step)},
+                 provenance=provenance, extra=extra)
     full = {"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), **state}
     if torch.cuda.is_available():
         full["cuda_rng"] = torch.cuda.get_rng_state_all()
@@ -419,25 +443,42 @@ def _checkpoint_dir(run_dir: Path) -> Path | None:
     return None
 
 
-def _init_model(cfg: TrainConfig, model: ILGNet) -> str:
+TRUNK_MISSING = ("ImageNet GoogLeNet (bvlc-googlenet, 51 MB) is not installed{why}: fetch it with 'ilgnet weights "
+                 "fetch bvlc-googlenet', import a copy with 'ilgnet weights import bvlc_googlenet.caffemodel', "
+                 "or train from scratch with --init random")
+
+
+def _init_model(cfg: TrainConfig, model: ILGNet) -> tuple[str, Provenance | None, np.ndarray | None]:
+    """Initial weights -> (what, their provenance (None: random), the AVA ids they saw)."""
     from ilgnet_cli.model import store
 
     gen = torch.Generator().manual_seed(cfg.seed)
     model.reset_parameters(gen)
     if cfg.init == "random":
-        return "random (Caffe fillers)"
+        return "random (Caffe fillers)", None, None
     name = cfg.init
-    if store.installed(name) is None and not Path(name).exists():
-        if name == "bvlc-googlenet":
-            store.fetch(name)
-        else:
+    if store.installed(name) is None and not (Path(name).exists() and "/" in name or name.endswith(".safetensors")):
+        if name != "bvlc-googlenet":
             raise store.WeightsError(f"initial weights {name!r}: not installed and not a file")
+        if cfg.offline or offline():
+            raise store.WeightsError(TRUNK_MISSING.format(why=" and downloads are off"))
+        try:
+            store.fetch(name, retries=2)
+        except store.WeightsError as exc:
+            raise store.WeightsError(TRUNK_MISSING.format(why=f" and could not be fetched ({exc})")) from None
     _, path = store.resolve(name)
     state, meta = store.read_weights(path)
     store.check_state(state, full=meta.get("architecture") == store.ARCH_FULL)
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected
-    return f"{name} ({len(state)} tensors; {len(missing)} fresh)"
+    rec = store.installed(name) if store.NAME_RE.fullmatch(name) else None
+    prov = Provenance.loads(meta.get("provenance"))
+    if not prov.known and rec is not None:
+        prov = rec.trained_on
+    from ilgnet_cli.model.provenance import IDS_TENSOR
+
+    ids = store._read_extra(path, IDS_TENSOR)
+    return f"{name} ({len(state)} tensors; {len(missing)} fresh)", prov, ids
 
 
 def _resume(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, cuda: bool) -> tuple[int, float, str]:
@@ -462,22 +503,21 @@ def _resume(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, cuda
                         f"({type(exc).__name__}); start a new run folder") from None
 
 
-def _loader(ds: PartitionDataset, sampler: _EpochSampler, batch: int, cfg: TrainConfig, cuda: bool) -> DataLoader:
-    return DataLoader(_EpochDataset(ds), batch_size=batch, sampler=sampler, num_workers=cfg.workers,
+def _loader(ds: TrainingImages, sampler: _EpochSampler, batch: int, cfg: TrainConfig, cuda: bool) -> DataLoader:
+    return DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=cfg.workers,
                       pin_memory=cuda, persistent_workers=cfg.workers > 0, drop_last=True,
                       prefetch_factor=4 if cfg.workers > 0 else None)
 
 
-def validate(model: torch.nn.Module, ds: PartitionDataset, device: torch.device, batch: int, workers: int,
-             amp: bool) -> float:
-    """Accuracy on ``ds`` (rank 0 alone: no gathering), in the run's precision."""
-    # PartitionDataset is a map-style dataset by duck typing (ava.records does not import torch).
-    loader: DataLoader[Any] = DataLoader(cast("Dataset[Any]", ds), batch_size=batch, num_workers=workers)
+def validate(model: torch.nn.Module, source: AvaImages, transform: Transform, device: torch.device, batch: int,
+             workers: int, amp: bool) -> float:
+    """Accuracy on ``source`` (rank 0 alone: no gathering), in the run's precision."""
+    predictor = Predictor(model, transform, device=device, batch_size=batch, workers=workers, autocast=amp)
     correct = total = 0
-    for y, p in infer(Forward(model, "autocast" if amp else "fp32"), ((y, x) for x, y in loader), device):
-        assert p is not None
-        correct += int(((p > 0.5).long() == y).sum())
-        total += len(y)
+    for pred in predictor.predict(source):
+        total += 1
+        if pred.score is not None:
+            correct += int((pred.score > 0.5) == bool(source.label(pred.index)))
     return correct / max(1, total)
 
 
@@ -509,7 +549,7 @@ class _RunLog:
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(strict_json(record) + "\n")
         if self.writer is not None:
             for key in ("loss", "lr", "val_accuracy"):
                 if key in record:
@@ -522,43 +562,60 @@ class _RunLog:
 
 
 def _validate_and_checkpoint(run: RunSetup, model: ILGNet, optimizer: torch.optim.Optimizer, step: int, best: float,
-                             val_ds: PartitionDataset | None, device: torch.device, per_rank: int, cfg: TrainConfig,
+                             val_ds: AvaImages | None, device: torch.device, per_rank: int, cfg: TrainConfig,
                              log: _RunLog) -> float:
     """Rank 0: validate, keep best.safetensors, write the checkpoint set -> the new best accuracy."""
     if val_ds is None:
         # No validation images: the latest model is the best we know.
-        save_weights(run.run_dir / "best.safetensors", model.state_dict(), run.mean, metadata={"step": str(step)})
+        save_weights(run.run_dir / "best.safetensors", model.state_dict(), run.mean, metadata={"step": str(step)},
+                     provenance=run.provenance, extra=_ids_extra(run))
     else:
-        val_acc = validate(model, val_ds, device, per_rank, cfg.workers, run.amp)
+        val_acc = validate(model, val_ds, run.transform, device, per_rank, cfg.workers, run.amp)
         log.write({"step": step, "val_accuracy": val_acc, "val_n": len(val_ds)})
         if val_acc > best:
             best = val_acc
             save_weights(run.run_dir / "best.safetensors", model.state_dict(), run.mean,
-                         metadata={"step": str(step), "val_accuracy": f"{val_acc:.6f}"})
-    _save_checkpoint(run.run_dir, model, optimizer, step, {"best": best, "seed": cfg.seed}, run.mean)
+                         metadata={"step": str(step), "val_accuracy": f"{val_acc:.6f}"},
+                         provenance=run.provenance, extra=_ids_extra(run))
+    _save_checkpoint(run.run_dir, model, optimizer, step, {"best": best, "seed": cfg.seed}, run.mean,
+                     run.provenance, _ids_extra(run))
     return best
+
+
+def _ids_extra(run: RunSetup) -> dict[str, np.ndarray]:
+    from ilgnet_cli.model.provenance import IDS_TENSOR
+
+    return {} if run.ids is None else {IDS_TENSOR: run.ids}
 
 
 def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) training; returns a summary. Works alone or under torchrun."""
-    from ilgnet_cli.photos.scoring import pick_device
+    from ilgnet_cli.runtime.device import exact_fp32, pick_device
 
     dd = init_distributed(pick_device(cfg.device))
     device = dd.device
     cuda = device.type == "cuda"
+    exact_fp32(device)  # the paper recipe is Caffe's fp32; --amp is the mixed precision, asked for
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     run = _setup(cfg, dd, cuda)
     recipe, total, per_rank = run.recipe, run.total, run.global_batch // dd.world
-    train_ds = PartitionDataset(run.train_items, run.images, run.mean, train=True, seed=cfg.seed, cache=run.cache,
-                                draft=cfg.draft)
-    val_ds = PartitionDataset(run.val_items, run.images, run.mean, cache=run.cache, draft=cfg.draft) \
-        if run.val_items else None
+    train_ds = TrainingImages(AvaImages(run.train_items, run.images, run.cache), run.transform, cfg.seed)
+    val_ds = AvaImages(run.val_items, run.images, run.cache) if run.val_items else None
     steps_per_epoch = len(train_ds) // run.global_batch
 
     torch.manual_seed(cfg.seed + dd.rank)
     model = ILGNet(dropout=cfg.dropout)
-    init_note = _init_model(cfg, model)
+    init_note, init_prov, init_ids = _init_model(cfg, model)
+    own = np.asarray([i for i, _ in run.train_items], dtype=np.int64)
+    ids = np.unique(np.concatenate([own, np.asarray(init_ids, dtype=np.int64).reshape(-1)]) if init_ids is not None
+                    else own)
+    run.provenance = Provenance(
+        dataset="partition", summary=f"partition {cfg.partition.name}: {len(own):,} AVA training images",
+        ids_sha256=ids_digest(ids.tolist()), ids_count=int(len(ids)), ids_ref="tensor",
+        partition=run.config.get("partition_kind") or cfg.partition.name, mean=run.mean.digest,
+        bases=(init_prov,) if init_prov is not None else ())
+    run.ids = ids
     model = model.to(device).to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, recipe)
     step, best, history_note = 0, -1.0, ""
@@ -579,7 +636,7 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
             progress({"event": "start", "run_dir": str(run.run_dir), "total": total, "step": step,
                       "val_n": len(run.val_items), "train_n": len(train_ds)})
 
-    sampler = _EpochSampler(cast("Dataset[Any]", train_ds), num_replicas=dd.world, rank=dd.rank, shuffle=True,
+    sampler = _EpochSampler(train_ds, num_replicas=dd.world, rank=dd.rank, shuffle=True,
                             seed=cfg.seed, drop_last=True)
     ddp_model.train()
     t0, seen, last_log = time.monotonic(), 0, time.monotonic()
@@ -633,7 +690,5 @@ def train(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> d
     summary = {"steps": step, "total": total, "best_val_accuracy": best if best >= 0 else None,
                "val_n": len(run.val_items), "run_dir": str(run.run_dir), "world": dd.world, "init": init_note,
                "note": history_note, "images_per_s": seen / max(time.monotonic() - t0, 1e-9)}
-    if dd.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    dd.end()
     return summary

@@ -31,6 +31,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -492,7 +493,9 @@ def _resume(run_dir: Path, model: ILGNet, optimizer: torch.optim.Optimizer, cuda
     try:
         model.load_state_dict(state)
         # Only tensors and plain containers: a state.pt that needs anything else is refused, never run.
-        saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle protocol is one refusal line, not a torch warning too
+            warnings.simplefilter("ignore", UserWarning)
+            saved = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["torch_rng"])
         if cuda and "cuda_rng" in saved:

@@ -300,7 +300,6 @@ def test_caffemodel_with_non_finite_weights_is_refused(caffemodels, tmp_path, ba
     from caffe_schema import write_caffemodel
 
     layers = [(n, t, [a.copy() for a in arrays]) for n, t, arrays in caffemodels["layers"]]
-    layers[-1][2][1][0] = bad  # the last layer's bias
     path = tmp_path / "bad.caffemodel"
     if bad == 1e300:  # only double_data can hold it; keep the file small: every other layer as float
         write_caffemodel(path, layers, double=False)
@@ -314,6 +313,7 @@ def test_caffemodel_with_non_finite_weights_is_refused(caffemodels, tmp_path, ba
         b.double_data.extend([float(v) for v in values[:0]] + [1e300] + values[1:])
         path.write_bytes(net.SerializeToString())
     else:
+        layers[-1][2][1][0] = bad  # the last layer's bias
         write_caffemodel(path, layers)
     failed_in_one_line(cli("weights", "import", path, "--name", "bad"), "non-finite")
     assert store.installed_all() == []

@@ -117,7 +117,7 @@ def test_progress_bar_shows_what_count_fields_and_hides_when_quiet():
     text = _render(bar)
     assert "training" in text and "3/40" in text and "loss 0.693" in text and "12.5 it/s" in text
     assert bar.console.stderr  # reports on stdout stay clean
-    assert progress_bar(quiet=True).disable and not bar.disable
+    assert progress_bar(quiet=True).disable and bar.disable == (not bar.console.is_terminal)
 
 
 def test_download_bar_counts_bytes():

@@ -42,6 +42,7 @@ def test_the_table_the_summary_and_the_distribution(tiny_cli, photo_folder, cli)
     assert any(line.split()[2] == "Apple_iPhone-4.jpg" for line in table[2:])  # relative to the folder given
     assert "tiny: 1x1, upscaled" in result.stdout
     summary = result.errors
+    assert result.stderr.splitlines() == summary  # no blank line (a stopped progress bar left one in logs)
     assert summary[0].startswith("scored 5 of 5 files (0 from cache, 5 decoded)")
     scores = next(line for line in summary if line.startswith("scores: "))
     assert " · median " in scores and " · min-score 0" in scores

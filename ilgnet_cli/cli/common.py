@@ -138,10 +138,12 @@ def main_callback(
 def progress_bar(*fields: str, quiet: bool = False, data: bool = False) -> Progress:
     """Every command's progress bar: what (the task's description), bar, done/total (or bytes and
     speed with ``data``), the command's own ``fields`` (Rich templates over ``task.fields``), time
-    left. On stderr and transient, so reports on stdout stay clean; ``quiet`` hides it."""
+    left. On stderr and transient, so reports on stdout stay clean; ``quiet`` hides it, and so does
+    a stderr that is not a terminal (a log or a pipe gets nothing from a transient bar but the
+    blank line Rich leaves when it stops: it came before every summary and error message)."""
     counts = (DownloadColumn(), TransferSpeedColumn()) if data else (MofNCompleteColumn(),)
     return Progress(TextColumn("{task.description}"), BarColumn(), *counts, *(TextColumn(f) for f in fields),
-                    TimeRemainingColumn(), console=err, transient=True, disable=quiet)
+                    TimeRemainingColumn(), console=err, transient=True, disable=quiet or not err.is_terminal)
 
 
 class _LazyProgress:

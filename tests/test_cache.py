@@ -211,6 +211,26 @@ def test_corrupt_cache_is_set_aside_and_replaced(tmp_path):
     assert open_cache(db, "w", 1, "draft")[1] is None  # the new one opens cleanly
 
 
+@pytest.mark.parametrize("planted", ["", "-wal"])
+def test_a_link_at_the_cache_is_set_aside_never_written_through(tmp_path, planted):
+    # SQLite follows links: another program's database (or any file) would get ilgnet's tables.
+    victim = tmp_path / "library.db"
+    sqlite3.connect(victim).executescript("CREATE TABLE images (id INTEGER); INSERT INTO images VALUES (1);")
+    before = victim.read_bytes()
+    home = tmp_path / "home"
+    home.mkdir()
+    db = home / "scores.sqlite"
+    (home / f"scores.sqlite{planted}").symlink_to(victim)
+    cache, note = open_cache(db, "w", 1, "draft")
+    assert cache is not None and "regular file" in note
+    f = tmp_path / "a.jpg"
+    f.write_bytes(b"x")
+    cache.put_many([(FileKey.of(str(f)), 0.5, None, {})])
+    cache.close()
+    assert victim.read_bytes() == before
+    assert not db.is_symlink() and not (home / "scores.sqlite-wal").is_symlink()
+
+
 def test_a_valid_header_over_damaged_pages_is_caught_at_open(tmp_path):
     db = tmp_path / "scores.sqlite"
     with ScoreCache(db, "w", 1, "draft") as cache:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import shared_path, write_dng
+from helpers import one_line, shared_path, write_dng
 from PIL import Image
 
 from ilgnet_cli.predict import gate as gate_module
@@ -215,6 +215,25 @@ def test_copy_and_link_top_never_overwrite_and_export_once(tmp_path, tiny_cli, p
     assert score(cli, *args, "--link-top", links).code == 0
     linked = [p for p in links.iterdir() if not p.name.startswith(".")]
     assert len(linked) == 2 and all(p.is_symlink() and p.resolve().parent == folder.resolve() for p in linked)
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo"])
+def test_an_export_mark_that_cannot_be_written_is_refused_before_scoring(tmp_path, tiny_cli, photo_folder, cli,
+                                                                         planted):
+    folder = photo_folder(3, size=400)
+    dest = tmp_path / "best"
+    dest.mkdir()
+    mark = dest / ".ilgnet-export.json"
+    if planted == "link":
+        (tmp_path / "victim.txt").write_text("mine")
+        mark.symlink_to(tmp_path / "victim.txt")
+    else:
+        os.mkfifo(mark)
+    result = score(cli, folder, "--top", "2", "--copy-top", dest)
+    assert result.code == 2
+    one_line(result.stderr, ".ilgnet-export.json")
+    assert sorted(p.name for p in dest.iterdir()) == [".ilgnet-export.json"]  # nothing copied, nothing scored
+    assert "scored" not in result.stderr
 
 
 def test_an_export_inside_the_scanned_tree_is_not_scored_again(tmp_path, tiny_cli, photo_folder, cli):

@@ -161,3 +161,25 @@ def test_any_depth_of_folders_is_walked(tmp_path):
     finally:
         sys.setrecursionlimit(limit)
     assert [Path(p).name for p in found] == ["deep.jpg"]
+
+
+def test_a_folder_deeper_than_path_max_is_reported_not_left_out(tmp_path):
+    """Beyond PATH_MAX no path names the folder: its photos cannot be read, and must show up as
+    such (the walk left them out silently). Long names keep the tree shallow enough to remove."""
+    name = "d" * 200
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for _ in range(os.pathconf(tmp_path, "PC_PATH_MAX") // len(name) + 2):
+            os.mkdir(name, dir_fd=fd)
+            deeper = os.open(name, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        photo = os.open("deep.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(photo, camera_photos(1)[0].read_bytes())
+        os.close(photo)
+    finally:
+        os.close(fd)
+    missing: list[str] = []
+    assert list(find_images([tmp_path], missing=missing)) == []
+    assert len(missing) == 1 and missing[0].startswith(str(tmp_path))
+    assert "too long" in unusable_reason(missing[0])

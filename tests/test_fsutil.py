@@ -114,6 +114,26 @@ def test_a_photo_is_never_written_over_by_name_or_by_content(tmp_path):
     check_target(tmp_path / "IMG_0001.CR2", image_ok=True)  # e.g. copying a photo on purpose
 
 
+@pytest.mark.parametrize("head", [
+    b"FUJIFILMCCD-RAW 0201FF383501",  # RAF
+    b"IIRO\x08\x00\x00\x00", b"IIRS\x08\x00\x00\x00", b"MMOR\x00\x00\x00\x08",  # ORF
+    b"IIU\x00\x08\x00\x00\x00",  # RW2
+    b"FOVb\x00\x00\x00\x00",  # X3F
+    b"\x00MRM\x00\x00\x00\x00",  # MRW
+    b"II\x1a\x00\x00\x00HEAPCCDR",  # CRW
+    b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01",  # CR3
+    b"\x00\x00\x00\x18ftypMSF1\x00\x00\x00\x00",  # a HEIF brand sniff() does not decode
+    b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00",  # a video
+])
+def test_a_raw_known_only_by_its_content_is_never_written_over(tmp_path, head):
+    raw = tmp_path / "report.csv"  # a RAW renamed, or a name the user happened to give
+    raw.write_bytes(head + os.urandom(2000))
+    before = raw.read_bytes()
+    with pytest.raises(OutputRefused, match="it is an image"):
+        atomic_write_text(raw, "rank,score\n")
+    assert raw.read_bytes() == before
+
+
 def test_outputs_are_checked_before_long_work(tmp_path):
     a_file = tmp_path / "taken"
     a_file.write_text("x")

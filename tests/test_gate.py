@@ -125,6 +125,24 @@ def test_refusals_are_remembered_at_once_acceptances_after_enough_checks(tmp_pat
     assert Gate({Shortcut.BF16: "k1"}).refused(Shortcut.BF16) is None  # no store, nothing remembered
 
 
+@pytest.mark.parametrize("planted", ["fifo", "folder", "link"])
+def test_a_verdict_store_that_cannot_be_written_loses_the_memo_not_the_run(tmp_path, planted):
+    path = tmp_path / "precision.json"
+    if planted == "fifo":
+        os.mkfifo(path)
+    elif planted == "folder":
+        path.mkdir()
+    else:
+        (tmp_path / "elsewhere.txt").write_text("mine")
+        path.symlink_to(tmp_path / "elsewhere.txt")
+    gate = Gate({Shortcut.BF16: "k1"}, VerdictStore(path))
+    assert not gate.judge(Shortcut.BF16, [0.0], [1.0])  # a refusal is stored at once: the write is refused
+    gate.finish()
+    assert [v.ok for v in gate.verdicts] == [False]  # this run still knows
+    if planted == "link":
+        assert (tmp_path / "elsewhere.txt").read_text() == "mine"
+
+
 def test_verdicts_judged_by_other_rules_or_edited_by_hand_are_judged_again(tmp_path):
     path = tmp_path / "precision.json"
     store = VerdictStore(path)

@@ -61,7 +61,7 @@ def learn(
     """
     from ilgnet_cli.errors import UsageError
     from ilgnet_cli.model import store
-    from ilgnet_cli.photos.discover import Selection
+    from ilgnet_cli.photos.discover import Selection, unusable_reason
     from ilgnet_cli.photos.ratings import collect
     from ilgnet_cli.runtime.device import pick_device
     from ilgnet_cli.training import learn as learning
@@ -82,7 +82,7 @@ def learn(
         missing: list[str] = []
         found = collect(paths or [], keep=keep, reject=reject, ratings_csv=ratings_csv, selection=selection,
                         missing=missing, catalogs=catalog, darktable_initial_rating=darktable_initial_rating)
-        found.problems.extend(f"no such file or folder: {m}" for m in missing)
+        found.problems.extend(f"{unusable_reason(m)}: {m}" for m in missing)
         progress, update = download_progress()
         with progress:
             base = store.resolve_weights(base, allow_download=not offline, progress=update)

@@ -85,7 +85,8 @@ def score(
     """
     from ilgnet_cli.photos import reports
     from ilgnet_cli.photos.collection import score_collection
-    from ilgnet_cli.runtime.fsutil import check_output_file, check_writable_folder
+    from ilgnet_cli.photos.discover import EXPORT_MANIFEST
+    from ilgnet_cli.runtime.fsutil import check_output_file, check_target, check_writable_folder
 
     xmp_style = sidecar_style.value
     fmt = "json" if as_json and not report_format else reports.guess_format(
@@ -126,6 +127,7 @@ def score(
                 raise fail(f"{'--copy-top' if copy_top else '--link-top'} {escape(display(str(export_to)))} is a "
                            "folder being scored: give another folder (a sub-folder such as keepers/ is fine)", 2)
             check_writable_folder(export_to)
+            check_target(Path(export_to) / EXPORT_MANIFEST)  # written last: refused now, not after copying
         outputs = [p for p in (copy_top, link_top, output if fmt != "table" else None) if p is not None]
         started = time.monotonic()
         bar, on_bytes = download_progress()

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import sqlite3
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,16 @@ def _cached(score: object, error: object, meta: object) -> Cached | None:
     return Cached(score=float(score) if _finite(score) else None, error=error, meta=info)
 
 
+def _not_regular(path: Path) -> bool:
+    """Something other than a regular file is at ``path`` (a link, FIFO, folder, device)."""
+    try:
+        return not stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+
+
 def _set_aside(db_path: Path) -> str | None:
     """Rename a damaged database (and drop its WAL) so the next run starts a fresh one."""
     aside = db_path.with_name(f"{db_path.name}.corrupt-{int(time.time())}")
@@ -204,6 +215,22 @@ def open_cache(db_path: str | Path, weights_sha256: str, prep_version: int,
     happened (for a warning) or is None."""
     db_path = Path(db_path)
     note = None
+    # SQLite follows a link planted at the cache's name (or its -wal/-shm) and would write into
+    # whatever it points at, another program's database included: only regular files are used.
+    planted = [p for p in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")) if _not_regular(p)]
+    if planted:
+        if os.path.lexists(db_path):
+            aside = _set_aside(db_path)
+            if aside is None:
+                return None, f"score cache {db_path} is not a regular file; scoring without it"
+            note = f"score cache {db_path} was not a regular file; set aside as {aside}, starting a new one"
+        else:
+            try:
+                for p in planted:
+                    p.unlink()
+            except OSError as exc:
+                return None, f"score cache unusable ({exc.strerror or exc}); scoring without it"
+            note = f"score cache files that were not regular files removed: {', '.join(p.name for p in planted)}"
     for attempt in range(2):
         try:
             return ScoreCache(db_path, weights_sha256, prep_version, mode), note

@@ -34,15 +34,25 @@ def _looks_like_image(path: Path) -> bool:
 
 
 def unusable_reason(path: str | os.PathLike[str]) -> str:
-    """Why a path given on the command line is neither a file nor a folder we can read.
+    """Why a path (given on the command line, or a folder met on the way) is neither a file nor a
+    folder we can read.
 
     Pipes and devices are never opened: reading a FIFO would block the run forever."""
     p = Path(path).expanduser()
-    if p.is_symlink() and not p.exists():
-        return "broken symbolic link"
-    if p.exists():
-        return "not a regular file or folder (pipe, device or socket)"
-    return "no such file or folder"
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(p) else "no such file or folder"
+    except OSError as exc:  # too long for the system (deeper than PATH_MAX), no permission, a loop
+        return f"cannot be read ({exc.strerror or exc})"
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            with os.scandir(p):
+                pass
+        except OSError as exc:
+            return f"folder cannot be read ({exc.strerror or exc})"
+        return "folder could not be read"  # it could a moment ago: gone or changed meanwhile
+    return "not a regular file or folder (pipe, device or socket)"
 
 
 @dataclass
@@ -108,19 +118,23 @@ def find_images(paths: Sequence[str | os.PathLike[str]], selection: Selection | 
             if missing is not None:
                 missing.append(str(raw))
             continue
-        yield from _walk(root, root, sel, seen_files, seen_dirs)
+        yield from _walk(root, root, sel, seen_files, seen_dirs, missing)
 
 
 def _walk(top: Path, root: Path, sel: Selection, seen_files: set[str],
-          seen_dirs: set[tuple[int, int]]) -> Iterator[str]:
+          seen_dirs: set[tuple[int, int]], unreadable: list[str] | None = None) -> Iterator[str]:
     """Files under ``top`` in a stable order (a folder's files, then each sub-folder in turn).
-    Iterative, so any folder depth is fine (a recursive walk ended in RecursionError)."""
+    Iterative, so any folder depth is fine (a recursive walk ended in RecursionError). A folder
+    that cannot be read (no permission; deeper than the system's PATH_MAX) is appended to
+    ``unreadable``: the photos in it must be reported, not silently left out."""
     stack = [top]
     while stack:
         folder = stack.pop()
         try:
             st = folder.stat()
         except OSError:
+            if unreadable is not None:
+                unreadable.append(str(folder))
             continue
         key = (st.st_dev, st.st_ino)
         if key in seen_dirs:  # a symlink loop or a folder reached twice
@@ -129,6 +143,8 @@ def _walk(top: Path, root: Path, sel: Selection, seen_files: set[str],
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
+            if unreadable is not None:
+                unreadable.append(str(folder))
             continue
         if folder != root and any(e.name == EXPORT_MANIFEST for e in entries):
             continue

@@ -82,6 +82,14 @@ CUT_MARK = " …(cut)"
 # No single read of EXIF data is larger than this: exifread follows counts written in the file,
 # and a hostile count would make it read (and then walk) a whole 10 MB value.
 MAX_READ = 1 << 20
+# Nor does one file take more reads than this: a TIFF can chain IFDs without end (200,000 of them
+# cost exifread 27 s). The most any real photo here takes is about 1,600 (a Pillow BigTIFF sample,
+# which exifread cannot parse anyway, 197,000).
+MAX_READS = 100_000
+
+
+class TooMuchExif(Exception):
+    """More EXIF work than any photo needs: the file is built to waste time."""
 
 
 def cut_text(text: str) -> str:
@@ -93,8 +101,12 @@ class _CappedReader:
 
     def __init__(self, fh) -> None:  # noqa: ANN001 - any binary file object
         self.fh = fh
+        self.reads = 0
 
     def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads > MAX_READS:
+            raise TooMuchExif(f"more than {MAX_READS:,} reads")
         return self.fh.read(MAX_READ if size is None or size < 0 or size > MAX_READ else size)
 
     def __getattr__(self, name: str):  # noqa: ANN204 - seek, tell, ... as the file has them

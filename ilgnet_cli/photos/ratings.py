@@ -48,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ilgnet_cli.photos.discover import Selection, find_images
+from ilgnet_cli.photos.discover import Selection, find_images, unusable_reason
 from ilgnet_cli.photos.xmp import (
     DARKTABLE_DEFAULT,
     ILGNET_KEPT,
@@ -397,7 +397,7 @@ def folder_ratings(keep: list[str | os.PathLike[str]], reject: list[str | os.Pat
         missing: list[str] = []
         for path in find_images(list(folders), selection, missing):
             report.photos.append(RatedPhoto(path, rating, source))
-        report.problems.extend(f"{source}: no such folder: {m}" for m in missing)
+        report.problems.extend(f"{source}: {unusable_reason(m)}: {m}" for m in missing)
     return _dedupe(report)
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from ilgnet_cli.runtime.fsutil import UnreadableFile, atomic_write_text, read_json_object
+from ilgnet_cli.runtime.fsutil import OutputRefused, UnreadableFile, atomic_write_text, read_json_object
 
 BOUND = 0.02  # log-odds: |dP| <= BOUND / 4 = 0.005 for every P
 ACCEPT = 0.008  # per shortcut and checked crop
@@ -117,7 +117,7 @@ class VerdictStore:
             data.pop(next(iter(data)))
         try:
             atomic_write_text(self.path, json.dumps(data, indent=1) + "\n")
-        except OSError:
+        except (OSError, OutputRefused):  # a full disk; a link, FIFO or folder planted at the name
             pass  # only a memo of checks: they simply run again next time
 
 

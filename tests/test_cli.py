@@ -5,6 +5,8 @@ of a signal, the options every command shares, and the progress bars."""
 from __future__ import annotations
 
 import signal
+import threading
+import time
 
 import pytest
 from helpers import one_line
@@ -125,3 +127,24 @@ def test_download_bar_counts_bytes():
     task = bar.add_task("downloading", total=2_000_000)
     bar.update(task, completed=1_000_000)
     assert "1.0/2.0 MB" in _render(bar)
+
+
+def test_signals_wait_while_torch_loads_then_end_the_command(monkeypatch):
+    # An interrupt raised inside native code's callback into Python aborts the process (seen once
+    # as SIGABRT while `score` started): while torch loads, signals are blocked, then handled.
+    from ilgnet_cli.cli import common
+
+    monkeypatch.setattr(common, "_received", [])
+    previous = signal.signal(signal.SIGTERM, common._on_signal)
+    try:
+        reached = []
+        with pytest.raises(common.Interrupted), common.signals_deferred():
+            # At the main thread: in the CLI no other thread exists yet (threads started while the
+            # block lasts inherit it); pytest's process has torch's threads from other tests.
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+            time.sleep(0.05)
+            reached.append(True)  # the signal waited for the block to end
+        assert reached == [True]
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == set()  # nothing left blocked
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -85,6 +85,29 @@ def install_signal_handlers() -> None:
             signal.signal(sig, _on_signal)
 
 
+@contextmanager
+def signals_deferred():
+    """Ctrl-C, SIGTERM and SIGHUP wait (blocked, not lost) until the block ends. Importing torch
+    runs native code that calls back into Python; an interrupt raised inside such a callback
+    cannot unwind through C++ and aborts the process (SIGABRT, no partial report, no clean-up)."""
+    sigs = {s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a pending signal is handled here, in Python
+
+
+def load_torch() -> None:
+    """Import torch with signals deferred; an interrupt during it ends the command like any
+    other (128 + N, one line)."""
+    with errors_as_messages(), signals_deferred():
+        import torch  # noqa: F401
+
+
 def exit_code(exc: BaseException | None) -> int:
     """128 + the signal that ended the run (Ctrl-C: 130)."""
     signum = getattr(exc, "signum", None) or (_received[-1] if _received else signal.SIGINT)

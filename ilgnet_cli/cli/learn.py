@@ -17,6 +17,7 @@ from ilgnet_cli.cli.common import (
     err,
     errors_as_messages,
     fail,
+    load_torch,
     out,
     progress_bar,
 )
@@ -59,6 +60,7 @@ def learn(
     beyond noise (and with at least 40 ratings, 10 on each side), unless --force.
     Exit code 0 when installed (or evaluated with --dry-run), 1 when refused or nothing to learn.
     """
+    load_torch()
     from ilgnet_cli.errors import UsageError
     from ilgnet_cli.model import store
     from ilgnet_cli.photos.discover import Selection, unusable_reason

@@ -20,6 +20,7 @@ from ilgnet_cli.cli.common import (
     errors_as_messages,
     exit_code,
     fail,
+    load_torch,
     out,
     progress_bar,
 )
@@ -83,6 +84,7 @@ def score(
     be written), 2 for usage errors, 128+N when ended by signal N (130 Ctrl-C, 143 SIGTERM; the
     partial report is still written).
     """
+    load_torch()
     from ilgnet_cli.photos import reports
     from ilgnet_cli.photos.collection import score_collection
     from ilgnet_cli.photos.discover import EXPORT_MANIFEST

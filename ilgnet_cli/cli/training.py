@@ -17,6 +17,7 @@ from ilgnet_cli.cli.common import (
     ava_dir,
     errors_as_messages,
     fail,
+    load_torch,
     out,
     progress_bar,
 )
@@ -96,6 +97,7 @@ def train(
     Multi-GPU: torchrun --nproc-per-node N -m ilgnet_cli train ...
     """
     from ilgnet_cli.ava.partition import resolve_partition
+    load_torch()
     from ilgnet_cli.training.train import TrainConfig
     from ilgnet_cli.training.train import train as run
 
@@ -164,6 +166,7 @@ def eval_cmd(
 ) -> None:
     """Accuracy next to the test set's majority baseline and the paper, with balanced accuracy, ROC AUC, CIs."""
     from ilgnet_cli.runtime.fsutil import atomic_write_text, check_writable_file
+    load_torch()
     from ilgnet_cli.training.evaluate import comparison_rows, evaluate
 
     if output is not None and output.suffix.lower() not in (".html", ".htm", ".json"):

@@ -293,6 +293,27 @@ def xmp(rating: float | None = None, ours: float | None = None) -> str:
     return XMP.format(attrs=" ".join(attrs))
 
 
+# A sidecar as darktable writes it, edited by hand since (keywords, a comment, its history).
+DARKTABLE_XMP = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about=""
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
+    xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:darktable="http://darktable.sf.net/"
+    xmp:Rating="{rating}"
+    darktable:xmp_version="5">
+   <!-- edited by hand -->
+   <dc:subject><rdf:Bag><rdf:li>holiday</rdf:li><rdf:li>beach</rdf:li></rdf:Bag></dc:subject>
+   <darktable:history><rdf:Seq>
+    <rdf:li darktable:operation="exposure" darktable:enabled="1" darktable:params="0000803f"/>
+   </rdf:Seq></darktable:history>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>"""
+
+
 def write_sidecar(image: Path, rating: float, style: str, ours: float | None = None) -> Path:
     """A rating sidecar beside ``image``: Adobe style (IMG.xmp) or darktable style (IMG.JPG.xmp);
     ``ours``: also the rating ilgnet itself would have written."""

@@ -31,7 +31,7 @@ from darktable_client import (
     missing_gexiv2,
     xvfb,
 )
-from helpers import shared_path
+from helpers import DARKTABLE_XMP, shared_path
 
 from ilgnet_cli.photos import ratings
 from ilgnet_cli.photos.results import ScoreResult
@@ -198,7 +198,7 @@ def test_score_xmp_rates_default_stars_and_keeps_hand_ratings(hand_rated):
 def test_independent_readers_see_the_users_rating_in_the_copy(tmp_path):
     image = tmp_path / "IMG_0001.JPG"
     shutil.copyfile(shared_path("photos", "camera", "Canon_EOS-20D.jpg"), image)
-    sidecar_paths(image, "darktable")[0].write_text(DARKTABLE_SIDECAR.format(rating=4), encoding="utf-8")
+    sidecar_paths(image, "darktable")[0].write_text(DARKTABLE_XMP.replace("{rating}", "4"), encoding="utf-8")
     changes, errors = write_sidecars([ScoreResult(path=str(image), score=0.1)], style="adobe", model="m")
     assert errors == [] and changes[0].action == "keep-hand-rating" and changes[0].new_rating == "4"
     adobe = sidecar_paths(image, "adobe")[0]
@@ -208,23 +208,6 @@ def test_independent_readers_see_the_users_rating_in_the_copy(tmp_path):
         tags = gexiv2_tags(adobe)
         assert tags["Xmp.xmp.Rating"] == "4" and tags["Xmp.ilgnet.KeptRating"] == "4"
         assert "Xmp.ilgnet.Rating" not in tags
-
-
-DARKTABLE_SIDECAR = """<?xml version="1.0" encoding="UTF-8"?>
-<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
- <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
-  <rdf:Description rdf:about=""
-    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
-    xmlns:darktable="http://darktable.sf.net/"
-   xmp:Rating="{rating}"
-   darktable:xmp_version="5">
-   <darktable:history>
-    <rdf:Seq/>
-   </darktable:history>
-  </rdf:Description>
- </rdf:RDF>
-</x:xmpmeta>
-"""
 
 
 # --------------------------------------------------------------------------- ilgnet's guesses, copied

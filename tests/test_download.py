@@ -128,24 +128,18 @@ def most_written(calls: list[tuple[int, int | None]]) -> int:
 # --------------------------------------------------------------------------- A: bounds
 
 
-@pytest.mark.parametrize("length", [None, ""])  # with and without a Content-Length
-def test_body_longer_than_expected_size_stops_at_the_size(server, tmp_path, length):
+@pytest.mark.parametrize(("length", "cap", "match"), [
+    (None, {"expected_size": 1000}, "longer than"),  # a body longer than the expected size ...
+    ("", {"expected_size": 1000}, "longer than"),  # ... with and without a Content-Length
+    ("", {"max_bytes": 5000}, "more than 5000 bytes"),  # an unknown size is capped by max_bytes
+])
+def test_a_body_stops_at_its_size_or_cap(server, tmp_path, length, cap, match):
     server.add("/big.bin", data=SMALL, content_length=length)
     seen: list = []
-    with pytest.raises(DownloadError, match="longer than"):
-        download([server.url("/big.bin")], tmp_path / "f.bin", expected_size=1000, retries=0,
-                 progress=lambda d, t: seen.append((d, t)))
-    assert most_written(seen) <= 1000
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_unknown_size_is_capped_by_max_bytes(server, tmp_path):
-    server.add("/big.bin", data=SMALL, content_length="")
-    seen: list = []
-    with pytest.raises(DownloadError, match="more than 5000 bytes"):
-        download([server.url("/big.bin")], tmp_path / "f.bin", max_bytes=5000, retries=0,
-                 progress=lambda d, t: seen.append((d, t)))
-    assert most_written(seen) <= 5000
+    with pytest.raises(DownloadError, match=match):
+        download([server.url("/big.bin")], tmp_path / "f.bin", retries=0, progress=lambda d, t: seen.append((d, t)),
+                 **cap)
+    assert most_written(seen) <= next(iter(cap.values()))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import DARKTABLE_XMP
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -386,26 +387,6 @@ def test_one_image_named_twice_is_no_clash(tmp_path, monkeypatch):
 
 # --- G: photographers' files, ExifTool and the CLI -------------------------------------
 
-EXISTING = """<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>
-<x:xmpmeta xmlns:x="adobe:ns:meta/" x:xmptk="XMP Core 4.4.0-Exiv2">
- <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
-  <rdf:Description rdf:about=""
-    xmlns:xmp="http://ns.adobe.com/xap/1.0/"
-    xmlns:dc="http://purl.org/dc/elements/1.1/"
-    xmlns:darktable="http://darktable.sf.net/"
-    xmp:Rating="{rating}"
-    darktable:xmp_version="5">
-   <!-- edited by hand -->
-   <dc:subject><rdf:Bag><rdf:li>holiday</rdf:li><rdf:li>beach</rdf:li></rdf:Bag></dc:subject>
-   <darktable:history><rdf:Seq>
-    <rdf:li darktable:operation="exposure" darktable:enabled="1" darktable:params="0000803f"/>
-   </rdf:Seq></darktable:history>
-  </rdf:Description>
- </rdf:RDF>
-</x:xmpmeta>
-<?xpacket end="w"?>"""
-
-
 def exiftool(*paths: Path) -> list[dict]:
     out = subprocess.run([EXIFTOOL, "-j", "-struct", "-XMP:all", *map(str, paths)], capture_output=True, text=True,
                          check=True).stdout
@@ -437,7 +418,7 @@ def test_existing_sidecar_keeps_every_field_and_hand_rating(tmp_path, camera):
     image = tmp_path / "IMG_0001.JPG"
     shutil.copy2(camera(1)[0], image)
     sidecar = tmp_path / "IMG_0001.xmp"
-    sidecar.write_text(EXISTING.replace("{rating}", "2"), encoding="utf-8")
+    sidecar.write_text(DARKTABLE_XMP.replace("{rating}", "2"), encoding="utf-8")
     before = exiftool(sidecar)[0]
     change = plan_and_write(sidecar, 5, 0.91, "ilgnet-ava1")
     assert change.action == "keep-hand-rating"
@@ -459,7 +440,7 @@ def test_existing_sidecar_keeps_every_field_and_hand_rating(tmp_path, camera):
 
 def test_dry_run_writes_nothing(photo_folder, tiny_cli, cli):
     folder = photo_folder(2, names=["IMG_0000.JPG", "IMG_0001.JPG"], size=400)
-    (folder / "IMG_0000.xmp").write_text(EXISTING.replace("{rating}", "4"), encoding="utf-8")
+    (folder / "IMG_0000.xmp").write_text(DARKTABLE_XMP.replace("{rating}", "4"), encoding="utf-8")
     before = (folder / "IMG_0000.xmp").read_bytes()
     result = cli("score", folder, "--weights", "tiny", "--device", "cpu", "--workers", "0", "--xmp", "--dry-run")
     assert result.code == 0, result.output

@@ -53,6 +53,27 @@ def test_unknown_provenance_is_never_clean():
     assert not derived.known  # fine-tuned from weights of unknown origin: unknown too
 
 
+def test_edited_or_incomplete_training_ids_are_unknown_not_clean():
+    """Held-out probes: a record claiming AVA images but naming nowhere to read them, and ids
+    edited in the file, both scored as clean (overlap 0) instead of unknown."""
+    ids = np.array([5, 7, 9], dtype=np.int64)
+    from ilgnet_cli.model.provenance import ids_digest
+
+    run = {"dataset": "partition", "summary": "partition A", "ids_ref": "tensor", "ids_count": 3,
+           "ids_sha256": ids_digest(ids.tolist())}
+    assert training_ids(Provenance.from_json(run), ids) == {5, 7, 9}
+    for broken in ({k: v for k, v in run.items() if k != "ids_ref"}, {**run, "ids_ref": "list:AVA3"},
+                   {"dataset": "ava1"}, {"dataset": "photos", "ids_count": 3}):
+        assert not Provenance.from_json(broken).known
+    prov = Provenance.from_json(run)
+    assert training_ids(prov, np.array([1, 2, 3])) is None  # the tensor edited: digest disagrees
+    assert training_ids(prov, np.array([5, 7])) is None  # ... or its count
+    assert training_ids(Provenance.from_json({**run, "ids_sha256": None}), ids) is None  # a tensor needs its digest
+    listed = {"dataset": "ava2", "ids_ref": "list:AVA2", "ids_count": 25_553}
+    assert len(training_ids(Provenance.from_json(listed), None)) == 25_553
+    assert training_ids(Provenance.from_json({**listed, "ids_count": 10}), None) is None
+
+
 def test_overlap_is_refused_with_its_count_unless_allowed():
     train = {1, 2, 3}
     items = [(1, 0), (2, 1), (9, 0)]

@@ -617,3 +617,13 @@ def test_safetensors_hostile_header(tensors, meta, body):
 @given(st.binary(max_size=256), st.one_of(st.none(), st.integers(0, 2**64 - 1)))
 def test_safetensors_random_bytes(data, declared):
     read_weights_hostile(write_safetensors(data, b"", declared))
+
+
+def test_importing_a_safetensors_file_points_to_weights_add(tmp_path, cli):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "mine.caffemodel"  # a renamed copy of weights ilgnet wrote
+    save_file({"fc.weight": np.zeros((2, 2), dtype=np.float32)}, str(path))
+    result = cli("weights", "import", path, "--name", "mine")
+    assert result.code == 1
+    one_line(result.stderr, "safetensors", "ilgnet weights add")

@@ -23,6 +23,7 @@ import numpy as np
 IDS_TENSOR = "_provenance.train_ids"
 DATASETS = ("ava1", "ava2", "imagenet", "partition", "photos", "unknown")
 LISTS = {"list:AVA1": ("AVA1", "train.txt.xz"), "list:AVA2": ("AVA2", "train.txt.xz")}
+AVA_DATASETS = ("ava1", "ava2", "partition")  # trained on AVA images: where their ids are must be said
 MAX_BASES = 8  # a chain deeper than this is not ours
 MAX_JSON = 64 << 10
 
@@ -80,11 +81,15 @@ class Provenance:
 
         count = data.get("ids_count")
         ref = text("ids_ref", 40)
+        ref = ref if ref in (*LISTS, "tensor") else None
+        if ref is None and (dataset in AVA_DATASETS or data.get("ids_count") is not None
+                            or data.get("ids_sha256") is not None):
+            return UNKNOWN  # AVA images seen, but nowhere to read which: as good as not recorded
         raw_bases = data.get("bases")
         bases: list = raw_bases if isinstance(raw_bases, list) else []
         return cls(dataset=dataset, summary=text("summary") or dataset,
                    ids_sha256=text("ids_sha256", 64), ids_count=count if isinstance(count, int) else None,
-                   ids_ref=ref if ref in (*LISTS, "tensor") else None, partition=text("partition", 200),
+                   ids_ref=ref, partition=text("partition", 200),
                    mean=text("mean", 64), declared=data.get("declared") is True,
                    bases=tuple(cls.from_json(b, depth + 1) for b in bases[:MAX_BASES]))
 
@@ -110,20 +115,40 @@ def authors_list_ids(ref: str) -> set[int]:
     return {int(line.split()[0].removesuffix(".jpg")) for line in text.splitlines() if line.strip()}
 
 
+def _matches(p: Provenance, ids: set[int]) -> bool:
+    """The ids read agree with the count and digest recorded beside them (a tensor's digest is
+    required: ilgnet always writes it)."""
+    if p.ids_count is not None and p.ids_count != len(ids):
+        return False
+    if p.ids_sha256 is None:
+        return p.ids_ref != "tensor"
+    return p.ids_sha256 == ids_digest(ids)
+
+
 def training_ids(prov: Provenance, tensor_ids: np.ndarray | None) -> set[int] | None:
     """Every AVA id the weights trained on (their own and their bases'), or None when unknown.
-    ``tensor_ids``: the file's ``_provenance.train_ids`` (needed when ``ids_ref`` is ``tensor``)."""
+    ``tensor_ids``: the file's ``_provenance.train_ids`` (needed when ``ids_ref`` is ``tensor``).
+    Ids that disagree with the count or digest recorded with them (an edited file) are unknown."""
     if not prov.known:
         return None
     ids: set[int] = set()
-    stack = [prov]
+    stack = [(prov, True)]
     while stack:
-        p = stack.pop()
+        p, top = stack.pop()
         if p.ids_ref in LISTS:
-            ids |= authors_list_ids(p.ids_ref)
+            listed = authors_list_ids(p.ids_ref)
+            if not _matches(p, listed):
+                return None
+            ids |= listed
         elif p.ids_ref == "tensor":
             if tensor_ids is None:
                 return None
-            ids |= {int(v) for v in np.asarray(tensor_ids).reshape(-1).tolist()}
-        stack.extend(p.bases)
+            if top:  # a run's tensor holds its bases' ids too: checked once, against its own digest
+                own = {int(v) for v in np.asarray(tensor_ids).reshape(-1).tolist()}
+                if not _matches(p, own):
+                    return None
+                ids |= own
+            elif prov.ids_ref != "tensor":  # a base's ids in a tensor this file does not vouch for
+                return None
+        stack.extend((b, False) for b in p.bases)
     return ids

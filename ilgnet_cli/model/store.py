@@ -289,6 +289,16 @@ def _known_provenance(source_sha256: str, registry: Registry | None = None) -> t
     return None
 
 
+def _looks_like_safetensors(path: Path) -> bool:
+    """A safetensors header: an 8-byte little-endian length, then a JSON object."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= 100 << 20
+
+
 def import_caffemodel(path: str | Path, name: str | None = None, mean: str | None = None,
                       *, trunk: bool | None = None, source: str | None = None, trained_on: str | None = None,
                       provenance: Provenance | None = None, replace: bool = True) -> Installed:
@@ -312,6 +322,9 @@ def import_caffemodel(path: str | Path, name: str | None = None, mean: str | Non
     try:
         layers = read_caffemodel(path)
     except CaffeModelError as exc:
+        if _looks_like_safetensors(path):
+            raise WeightsError(f"{clip(path.name)} is a safetensors file, not a caffemodel: store it with "
+                               f"'ilgnet weights add {clip(str(path))} --name NAME'") from None
         raise WeightsError(str(exc)) from None
     names = {layer.name for layer in layers}
     if trunk is None:

@@ -87,8 +87,7 @@ def score(
     load_torch()
     from ilgnet_cli.photos import reports
     from ilgnet_cli.photos.collection import score_collection
-    from ilgnet_cli.photos.discover import EXPORT_MANIFEST
-    from ilgnet_cli.runtime.fsutil import check_output_file, check_target, check_writable_folder
+    from ilgnet_cli.runtime.fsutil import check_output_file
 
     xmp_style = sidecar_style.value
     fmt = "json" if as_json and not report_format else reports.guess_format(
@@ -128,8 +127,7 @@ def score(
             if any(os.path.isdir(p) and os.path.realpath(p) == os.path.realpath(export_to) for p in paths):
                 raise fail(f"{'--copy-top' if copy_top else '--link-top'} {escape(display(str(export_to)))} is a "
                            "folder being scored: give another folder (a sub-folder such as keepers/ is fine)", 2)
-            check_writable_folder(export_to)
-            check_target(Path(export_to) / EXPORT_MANIFEST)  # written last: refused now, not after copying
+            reports.check_export_folder(export_to)
         outputs = [p for p in (copy_top, link_top, output if fmt != "table" else None) if p is not None]
         started = time.monotonic()
         bar, on_bytes = download_progress()

@@ -618,6 +618,15 @@ def _still_ours(target: Path, entry: dict[str, Any], link: bool) -> bool:
     return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (entry.get("size"), entry.get("mtime_ns"))
 
 
+def check_export_folder(dest: str | Path) -> None:
+    """Before any scoring: ``dest`` can be a folder, and its mark (written last, after the
+    copies) can be written; one :class:`UsageError` line otherwise."""
+    from ilgnet_cli.runtime.fsutil import check_target, check_writable_folder
+
+    check_writable_folder(dest)
+    check_target(Path(dest) / EXPORT_MANIFEST)
+
+
 def export_top(results: Iterable[ScoreResult], dest: str | Path, *, link: bool = False) -> Export:
     """Copy (or symlink) ranked files into ``dest`` as ``NNN_name``; never overwrites anything.
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from ilgnet_cli.runtime.fsutil import db_text
+from ilgnet_cli.runtime.fsutil import db_text, set_aside_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores_v2 (
@@ -196,15 +196,11 @@ def _not_regular(path: Path) -> bool:
 
 
 def _set_aside(db_path: Path) -> str | None:
-    """Rename a damaged database (and drop its WAL) so the next run starts a fresh one."""
-    aside = db_path.with_name(f"{db_path.name}.corrupt-{int(time.time())}")
+    """The damaged cache's new name, or None when it could not be set aside."""
     try:
-        for suffix in ("-wal", "-shm"):
-            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
-        db_path.rename(aside)
+        return set_aside_database(db_path).name
     except OSError:
         return None
-    return aside.name
 
 
 def open_cache(db_path: str | Path, weights_sha256: str, prep_version: int,

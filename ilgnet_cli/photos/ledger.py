@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ilgnet_cli.runtime.fsutil import db_text
+from ilgnet_cli.runtime.fsutil import db_text, set_aside_database
 
 CHUNK = 64 << 10
 DIGEST_VERSION = "v1"
@@ -151,11 +151,8 @@ class Ledger:
     def _set_aside(self, exc: Exception) -> None:
         """A ledger that is not a database (or is damaged) goes aside; the next run starts afresh."""
         self.close()
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
         try:
-            for suffix in ("-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            self.path.rename(aside)
+            aside = set_aside_database(self.path)
         except OSError as err:
             self._give_up(f"ledger {self.path} is damaged ({exc}) and could not be set aside "
                           f"({err.strerror or err}); not used")

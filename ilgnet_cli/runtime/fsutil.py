@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from ilgnet_cli.errors import UsageError
@@ -266,3 +267,14 @@ def read_json_object(path: str | Path, limit: int = 1 << 20) -> dict:
     if not isinstance(value, dict):
         raise UnreadableFile(f"{display(str(path))}: not a JSON object")
     return value
+
+
+def set_aside_database(db_path: str | Path) -> Path:
+    """Rename a damaged SQLite database to ``NAME.corrupt-TIME`` (kept for inspection, never
+    deleted) and drop its ``-wal``/``-shm``, so the next open starts a fresh one. Raises OSError."""
+    db_path = Path(db_path)
+    aside = db_path.with_name(f"{db_path.name}.corrupt-{int(time.time())}")
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+    db_path.rename(aside)
+    return aside

@@ -95,6 +95,23 @@ def test_digest_reads_only_regular_files_and_is_cheap(tmp_path):
         assert done == [None], "opened the FIFO and blocked"
 
 
+@pytest.mark.parametrize("planted", ["", "-wal", "-shm"])
+def test_a_link_at_the_ledger_or_its_wal_is_never_written_through(tmp_path, planted):
+    # SQLite follows a link at any of a database's files: another program's library would get
+    # ilgnet's table. The ledger is then not used (one line), the target left as it was.
+    a = _photo(tmp_path / "a.jpg")
+    victim = tmp_path / "library.db"
+    sqlite3.connect(victim).executescript("CREATE TABLE images (id INTEGER); INSERT INTO images VALUES (1);")
+    before = victim.read_bytes()
+    path = ledger_path()
+    path.parent.mkdir(parents=True)
+    Path(f"{path}{planted}").symlink_to(victim)
+    with Ledger() as book:
+        assert book.record([Written(str(a), 3, 0.5)]) == 0
+        assert len(book.notes) == 1 and "not a regular file" in book.notes[0]
+    assert victim.read_bytes() == before
+
+
 @pytest.mark.parametrize("garbage", [b"not a database at all" * 100, b"", b"SQLite format 3\x00" + b"\xff" * 4000])
 def test_a_damaged_ledger_is_set_aside_with_one_line(tmp_path, garbage):
     a = _photo(tmp_path / "a.jpg")

@@ -20,13 +20,12 @@ import json
 import math
 import os
 import sqlite3
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from ilgnet_cli.runtime.fsutil import db_text, set_aside_database
+from ilgnet_cli.runtime.fsutil import db_text, set_aside_database, sqlite_files_not_regular
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS scores_v2 (
@@ -185,16 +184,6 @@ def _cached(score: object, error: object, meta: object) -> Cached | None:
     return Cached(score=float(score) if _finite(score) else None, error=error, meta=info)
 
 
-def _not_regular(path: Path) -> bool:
-    """Something other than a regular file is at ``path`` (a link, FIFO, folder, device)."""
-    try:
-        return not stat.S_ISREG(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-
-
 def _set_aside(db_path: Path) -> str | None:
     """The damaged cache's new name, or None when it could not be set aside."""
     try:
@@ -211,9 +200,8 @@ def open_cache(db_path: str | Path, weights_sha256: str, prep_version: int,
     happened (for a warning) or is None."""
     db_path = Path(db_path)
     note = None
-    # SQLite follows a link planted at the cache's name (or its -wal/-shm) and would write into
-    # whatever it points at, another program's database included: only regular files are used.
-    planted = [p for p in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")) if _not_regular(p)]
+    # Another program's database, or any file, linked in would get our tables: regular files only.
+    planted = sqlite_files_not_regular(db_path)
     if planted:
         if os.path.lexists(db_path):
             aside = _set_aside(db_path)

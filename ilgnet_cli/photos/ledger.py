@@ -37,7 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ilgnet_cli.runtime.fsutil import db_text, set_aside_database
+from ilgnet_cli.runtime.fsutil import db_text, set_aside_database, sqlite_files_not_regular
 
 CHUNK = 64 << 10
 DIGEST_VERSION = "v1"
@@ -165,15 +165,8 @@ class Ledger:
             return self._conn
         if self._unusable or (not create and not self.path.exists()) or self._too_large():
             return None
-        try:
-            st = os.lstat(self.path)
-            if not stat.S_ISREG(st.st_mode):
-                self._give_up(f"ledger {self.path} is not a regular file; not used")
-                return None
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            self._give_up(f"ledger {self.path} unusable ({exc.strerror or exc})")
+        if planted := sqlite_files_not_regular(self.path):  # a link would be written through
+            self._give_up(f"ledger {planted[0]} is not a regular file; not used")
             return None
         try:
             conn = self._open_retrying(create)

@@ -278,3 +278,18 @@ def set_aside_database(db_path: str | Path) -> Path:
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     db_path.rename(aside)
     return aside
+
+
+def sqlite_files_not_regular(db_path: str | Path) -> list[Path]:
+    """Those of a database's files (it, ``-wal``, ``-shm``) that exist but are not regular files:
+    SQLite follows a link planted at any of them and writes into its target."""
+    found = []
+    for path in (Path(db_path), Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        try:
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                found.append(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            found.append(path)
+    return found

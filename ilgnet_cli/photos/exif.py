@@ -83,8 +83,9 @@ CUT_MARK = " …(cut)"
 # and a hostile count would make it read (and then walk) a whole 10 MB value.
 MAX_READ = 1 << 20
 # Nor does one file take more reads than this: a TIFF can chain IFDs without end (200,000 of them
-# cost exifread 27 s). The most any real photo here takes is about 1,600 (a Pillow BigTIFF sample,
-# which exifread cannot parse anyway, 197,000).
+# cost exifread 27 s). Real photos here take at most about 1,600. One shared sample goes past it:
+# a BigTIFF, whose EXIF exifread cannot parse anyway (197,000 reads for nothing); it is now
+# "EXIF unreadable" at once.
 MAX_READS = 100_000
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from ilgnet_cli.photos.discover import IMAGE_EXTENSIONS
+from ilgnet_cli.photos.ledger import valid_star
 
 MAX_PHOTOS = 2_000_000  # per catalog; the largest real catalogs hold a few hundred thousand
 MAX_TEXT = 4096  # characters in one path component read from a catalog
@@ -247,14 +248,6 @@ class _Builder:
         cat.entries.append(CatalogEntry(os.path.normpath(path), rating, pick, darktable))
 
 
-def _stars(value: object) -> float | None:
-    """A catalog's star value as 1..5, else None (0, NULL, junk: unrated)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    v = float(value)
-    return v if 1 <= v <= 5 else None
-
-
 def _rows(conn: sqlite3.Connection, sql: str, catalog: Catalog, params: tuple = ()) -> list[tuple]:
     rows = conn.execute(sql + " LIMIT ?", (*params, MAX_PHOTOS + 1)).fetchall()
     if len(rows) > MAX_PHOTOS:
@@ -391,7 +384,7 @@ def _read_digikam(conn: sqlite3.Connection, catalog: Catalog) -> None:
             catalog.missing.append(f"{_text(rel) or '?'}/{_text(name) or '?'}")
             continue
         label = picks.get(image_id)
-        stars = _stars(rating)
+        stars = valid_star(rating)
         value = -1.0 if label == DIGIKAM_REJECTED else stars
         build.add(root, rel, name, value, pick=label == DIGIKAM_ACCEPTED and stars is None)
 
@@ -419,7 +412,7 @@ def _read_lightroom(conn: sqlite3.Connection, catalog: Catalog) -> None:
             continue
         base, ext = _text(base), _text(ext)
         name = f"{base}.{ext}" if base and ext else base
-        stars = _stars(rating)
+        stars = valid_star(rating)
         flag = pick if isinstance(pick, int | float) and not isinstance(pick, bool) else 0
         value = -1.0 if flag < 0 else stars
         build.add(root, rel, name, value, pick=flag > 0 and stars is None)

@@ -108,7 +108,9 @@ class Written:
     sidecar: str | None = None
 
 
-def _valid_star(value: object) -> float | None:
+def valid_star(value: object) -> float | None:
+    """A star read from a database (the ledger, a photo manager's catalog) as 1..5, else None
+    (0, NULL, junk, NaN: unrated)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     value = float(value)
@@ -267,7 +269,7 @@ class Ledger:
     def _query(conn: sqlite3.Connection, column: str, value: str | bytes) -> frozenset[float]:
         rows = conn.execute(f"SELECT DISTINCT stars FROM writes WHERE {column} = ? LIMIT ?",
                             (value, MAX_ROWS_PER_PHOTO)).fetchall()
-        return frozenset(s for (v,) in rows if (s := _valid_star(v)) is not None)
+        return frozenset(s for (v,) in rows if (s := valid_star(v)) is not None)
 
     def is_empty(self) -> bool:
         conn = self._connect(create=False)
